@@ -1,0 +1,765 @@
+//! The apply path: committed Raft entries become changes to the MVCC store, the lessor and the
+//! alarms, all written in one redb transaction per batch together with the applied index
+//! (etcd `apply.go`, `txn/txn.go`).
+//!
+//! Entries at or below the durable applied index are skipped, so replaying the Raft log after a
+//! crash is idempotent. Apply never reads a clock and never formats wire errors: a refused request
+//! is a [`RequestError`] value in the result, and only disk failures are errors of the batch.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use prost::Message;
+use raft::eraftpb::{ConfState, Entry, EntryType};
+use redb::ReadableTable;
+use synod_api::etcdserverpb::{
+    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, CompactionResponse, Compare,
+    DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest,
+    TxnResponse,
+    alarm_request::AlarmAction,
+    compare::{CompareResult, CompareTarget, TargetUnion},
+    range_request::{SortOrder, SortTarget},
+    request_op, response_op,
+};
+use synod_api::mvccpb::KeyValue;
+use synod_api::synodpb::{InternalRequest, internal_request::Request};
+
+use crate::backend::{self, ALARM, Backend, META};
+use crate::error::{Error, RequestError, StorageError};
+use crate::lease::Lessor;
+use crate::mvcc::kv_store::{KvStore, RangeOptions, RangeResult, RevisionTxn};
+use crate::watch::WatchHub;
+
+/// A successful answer of the state machine to one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Response {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compaction(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    Alarm(AlarmResponse),
+}
+
+/// The outcome of one request.
+pub type ApplyResult = Result<Response, RequestError>;
+
+/// What applying a batch produced.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Outcomes keyed by request id, for the waiters of the proposing member.
+    pub results: Vec<(u64, ApplyResult)>,
+    /// The store revision after the batch.
+    pub revision: i64,
+}
+
+/// The alarms raised in the cluster, shared with the request handlers.
+#[derive(Debug, Default)]
+pub struct Alarms {
+    raised: Mutex<BTreeSet<(u64, i32)>>,
+}
+
+impl Alarms {
+    fn lock(&self) -> MutexGuard<'_, BTreeSet<(u64, i32)>> {
+        self.raised
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Every raised alarm as (member id, alarm type).
+    pub fn list(&self) -> Vec<(u64, i32)> {
+        self.lock().iter().copied().collect()
+    }
+
+    /// Returns whether any member raised an alarm of this type.
+    pub fn is_raised(&self, alarm: AlarmType) -> bool {
+        self.lock().iter().any(|(_, kind)| *kind == alarm as i32)
+    }
+}
+
+/// A read view: the store as a reader sees it, or a request inside a write batch.
+pub trait ReadView {
+    fn range(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        options: RangeOptions,
+    ) -> Result<RangeResult, Error>;
+}
+
+impl ReadView for KvStore {
+    fn range(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        options: RangeOptions,
+    ) -> Result<RangeResult, Error> {
+        KvStore::range(self, key, range_end, options)
+    }
+}
+
+impl ReadView for RevisionTxn<'_, '_> {
+    fn range(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        options: RangeOptions,
+    ) -> Result<RangeResult, Error> {
+        RevisionTxn::range(self, key, range_end, options)
+    }
+}
+
+/// Serves a `RangeRequest` with etcd's rules for limits, filters and sorting.
+pub fn execute_range(view: &impl ReadView, request: &RangeRequest) -> Result<RangeResponse, Error> {
+    let filtered = request.min_mod_revision != 0
+        || request.max_mod_revision != 0
+        || request.min_create_revision != 0
+        || request.max_create_revision != 0;
+    let mut limit = request.limit.max(0) as usize;
+    if request.sort_order != SortOrder::None as i32 || filtered {
+        // Everything is fetched, then filtered, sorted and truncated.
+        limit = 0;
+    }
+    if limit > 0 {
+        // One extra tells whether there is more.
+        limit += 1;
+    }
+    let options = RangeOptions {
+        revision: request.revision,
+        limit,
+        count_only: request.count_only,
+    };
+    let mut result = view.range(&request.key, &request.range_end, options)?;
+    let kvs = &mut result.kvs;
+    if request.max_mod_revision != 0 {
+        kvs.retain(|kv| kv.mod_revision <= request.max_mod_revision);
+    }
+    if request.min_mod_revision != 0 {
+        kvs.retain(|kv| kv.mod_revision >= request.min_mod_revision);
+    }
+    if request.max_create_revision != 0 {
+        kvs.retain(|kv| kv.create_revision <= request.max_create_revision);
+    }
+    if request.min_create_revision != 0 {
+        kvs.retain(|kv| kv.create_revision >= request.min_create_revision);
+    }
+    let target =
+        SortTarget::try_from(request.sort_target).map_err(|_| RequestError::InvalidSortOption)?;
+    let mut order =
+        SortOrder::try_from(request.sort_order).map_err(|_| RequestError::InvalidSortOption)?;
+    if target != SortTarget::Key && order == SortOrder::None {
+        order = SortOrder::Ascend;
+    } else if target == SortTarget::Key && order == SortOrder::Ascend {
+        // Results already come in ascending key order.
+        order = SortOrder::None;
+    }
+    if order != SortOrder::None {
+        // A stable sort: ties keep key order. (etcd's sort is not stable, so its order among
+        // ties is unspecified; the differential test compares ties as sets.)
+        match target {
+            SortTarget::Key => kvs.sort_by(|a, b| a.key.cmp(&b.key)),
+            SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
+            SortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
+            SortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
+            SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
+        }
+        if order == SortOrder::Descend {
+            kvs.reverse();
+        }
+    }
+    let mut more = false;
+    if request.limit > 0 && kvs.len() > request.limit as usize {
+        kvs.truncate(request.limit as usize);
+        more = true;
+    }
+    if request.keys_only {
+        for kv in kvs.iter_mut() {
+            kv.value.clear();
+        }
+    }
+    Ok(RangeResponse {
+        header: Some(ResponseHeader {
+            revision: result.revision,
+            ..ResponseHeader::default()
+        }),
+        kvs: std::mem::take(&mut result.kvs),
+        more,
+        count: result.count,
+    })
+}
+
+/// Evaluates one compare against a read view (etcd `applyCompare`).
+pub fn compare_holds(view: &impl ReadView, compare: &Compare) -> Result<bool, Error> {
+    let kvs = match view.range(&compare.key, &compare.range_end, RangeOptions::default()) {
+        Ok(result) => result.kvs,
+        Err(Error::Request(_)) => return Ok(false),
+        Err(other) => return Err(other),
+    };
+    if kvs.is_empty() {
+        if compare.target == CompareTarget::Value as i32 {
+            // A missing key has no value to compare: such a compare always fails.
+            return Ok(false);
+        }
+        return Ok(compare_kv(compare, &KeyValue::default()));
+    }
+    Ok(kvs.iter().all(|kv| compare_kv(compare, kv)))
+}
+
+fn compare_kv(compare: &Compare, kv: &KeyValue) -> bool {
+    use std::cmp::Ordering;
+    let operand = |expected: &dyn Fn(&TargetUnion) -> Option<i64>| {
+        compare
+            .target_union
+            .as_ref()
+            .and_then(expected)
+            .unwrap_or(0)
+    };
+    let ordering = match CompareTarget::try_from(compare.target) {
+        Ok(CompareTarget::Value) => {
+            let value = match &compare.target_union {
+                Some(TargetUnion::Value(value)) => value.as_slice(),
+                _ => &[],
+            };
+            kv.value.as_slice().cmp(value)
+        }
+        Ok(CompareTarget::Create) => kv.create_revision.cmp(&operand(&|t| match t {
+            TargetUnion::CreateRevision(v) => Some(*v),
+            _ => None,
+        })),
+        Ok(CompareTarget::Mod) => kv.mod_revision.cmp(&operand(&|t| match t {
+            TargetUnion::ModRevision(v) => Some(*v),
+            _ => None,
+        })),
+        Ok(CompareTarget::Version) => kv.version.cmp(&operand(&|t| match t {
+            TargetUnion::Version(v) => Some(*v),
+            _ => None,
+        })),
+        Ok(CompareTarget::Lease) => kv.lease.cmp(&operand(&|t| match t {
+            TargetUnion::Lease(v) => Some(*v),
+            _ => None,
+        })),
+        Err(_) => Ordering::Equal,
+    };
+    match CompareResult::try_from(compare.result) {
+        Ok(CompareResult::Equal) => ordering == Ordering::Equal,
+        Ok(CompareResult::NotEqual) => ordering != Ordering::Equal,
+        Ok(CompareResult::Greater) => ordering == Ordering::Greater,
+        Ok(CompareResult::Less) => ordering == Ordering::Less,
+        Err(_) => true,
+    }
+}
+
+/// The branch each (nested) txn takes, in depth-first order (etcd `compareToPath`).
+fn txn_path(view: &impl ReadView, txn: &TxnRequest, path: &mut Vec<bool>) -> Result<(), Error> {
+    let mut succeeded = true;
+    for compare in &txn.compare {
+        if !compare_holds(view, compare)? {
+            succeeded = false;
+            break;
+        }
+    }
+    path.push(succeeded);
+    let ops = if succeeded {
+        &txn.success
+    } else {
+        &txn.failure
+    };
+    for op in ops {
+        if let Some(request_op::Request::RequestTxn(nested)) = &op.request {
+            txn_path(view, nested, path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Returns whether a txn writes anything on any branch.
+pub fn txn_writes(txn: &TxnRequest) -> bool {
+    txn.success
+        .iter()
+        .chain(&txn.failure)
+        .any(|op| match &op.request {
+            Some(request_op::Request::RequestPut(_))
+            | Some(request_op::Request::RequestDeleteRange(_)) => true,
+            Some(request_op::Request::RequestTxn(nested)) => txn_writes(nested),
+            _ => false,
+        })
+}
+
+/// Returns whether a txn may put on any branch (the quota counts puts only).
+pub fn txn_puts(txn: &TxnRequest) -> bool {
+    txn.success
+        .iter()
+        .chain(&txn.failure)
+        .any(|op| match &op.request {
+            Some(request_op::Request::RequestPut(_)) => true,
+            Some(request_op::Request::RequestTxn(nested)) => txn_puts(nested),
+            _ => false,
+        })
+}
+
+/// The member's state machine: MVCC store, lessor, watch hub and alarms over one backend.
+pub struct StateMachine {
+    backend: Arc<Backend>,
+    store: Arc<KvStore>,
+    lessor: Arc<Lessor>,
+    hub: Arc<WatchHub>,
+    alarms: Arc<Alarms>,
+    applied_index: u64,
+    applied_term: u64,
+    durable_applied_index: u64,
+    durable_every_entries: u64,
+}
+
+impl StateMachine {
+    /// Opens the state machine in `backend`; `tick_ms` and `lease_ttl_min_seconds` configure the
+    /// lessor, `durable_every_entries` how often apply batches commit durably.
+    pub fn open(
+        backend: Arc<Backend>,
+        tick_ms: u64,
+        lease_ttl_min_seconds: i64,
+        durable_every_entries: u64,
+    ) -> Result<StateMachine, StorageError> {
+        let (store, leased) = KvStore::open(backend.clone())?;
+        let lessor = Lessor::open(&backend, leased, tick_ms, lease_ttl_min_seconds)?;
+        let tx = backend.begin_read()?;
+        let meta = tx.open_table(META).map_err(StorageError::backend)?;
+        let applied_index = backend::read_meta_u64(&meta, backend::META_APPLIED_INDEX)?;
+        let applied_term = backend::read_meta_u64(&meta, backend::META_APPLIED_TERM)?;
+        let mut raised = BTreeSet::new();
+        for entry in tx
+            .open_table(ALARM)
+            .map_err(StorageError::backend)?
+            .iter()
+            .map_err(StorageError::backend)?
+        {
+            let (key, _) = entry.map_err(StorageError::backend)?;
+            raised.insert(key.value());
+        }
+        let hub = Arc::new(WatchHub::new(store.current_revision()));
+        Ok(StateMachine {
+            backend,
+            store: Arc::new(store),
+            lessor: Arc::new(lessor),
+            hub,
+            alarms: Arc::new(Alarms {
+                raised: Mutex::new(raised),
+            }),
+            applied_index,
+            applied_term,
+            durable_applied_index: applied_index,
+            durable_every_entries: durable_every_entries.max(1),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<KvStore> {
+        &self.store
+    }
+
+    pub fn lessor(&self) -> &Arc<Lessor> {
+        &self.lessor
+    }
+
+    pub fn hub(&self) -> &Arc<WatchHub> {
+        &self.hub
+    }
+
+    pub fn alarms(&self) -> &Arc<Alarms> {
+        &self.alarms
+    }
+
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+
+    /// Index of the last applied entry.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// Index of the last entry whose effects are durable in the state-machine file.
+    pub fn durable_applied_index(&self) -> u64 {
+        self.durable_applied_index
+    }
+
+    /// Reads the Raft configuration recorded with the applied state, if any.
+    pub fn conf_state(&self) -> Result<Option<ConfState>, StorageError> {
+        let tx = self.backend.begin_read()?;
+        let meta = tx.open_table(META).map_err(StorageError::backend)?;
+        let Some(bytes) = meta
+            .get(backend::META_CONF_STATE)
+            .map_err(StorageError::backend)?
+        else {
+            return Ok(None);
+        };
+        let state = protobuf::Message::parse_from_bytes(bytes.value())
+            .map_err(|e| StorageError::corrupt(format!("stored conf state: {e}")))?;
+        Ok(Some(state))
+    }
+
+    /// Applies committed entries in one batch. `conf_change` applies a configuration-change entry
+    /// to Raft and returns the resulting configuration, which is recorded with the batch.
+    /// With `force_durable`, the batch commits durably whatever the schedule says.
+    pub fn apply(
+        &mut self,
+        entries: &[Entry],
+        mut conf_change: impl FnMut(&Entry) -> ConfState,
+        force_durable: bool,
+    ) -> Result<Applied, StorageError> {
+        let mut applied = Applied::default();
+        let fresh: Vec<&Entry> = entries
+            .iter()
+            .filter(|e| e.index > self.applied_index)
+            .collect();
+        let Some(last) = fresh.last() else {
+            applied.revision = self.store.current_revision();
+            return Ok(applied);
+        };
+        let (last_index, last_term) = (last.index, last.term);
+        let mut batch = self.store.begin_batch()?;
+        let mut conf_state = None;
+        for entry in fresh {
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {}
+                EntryType::EntryNormal => {
+                    let request = InternalRequest::decode(entry.data.as_ref()).map_err(|e| {
+                        StorageError::corrupt(format!(
+                            "raft entry {} is not a request: {e}",
+                            entry.index
+                        ))
+                    })?;
+                    let result = self.apply_request(&mut batch, request.request)?;
+                    applied.results.push((request.id, result));
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    conf_state = Some(conf_change(entry));
+                }
+            }
+        }
+        {
+            let tx = batch.transaction();
+            let mut meta = tx.open_table(META).map_err(StorageError::backend)?;
+            backend::write_meta_u64(&mut meta, backend::META_APPLIED_INDEX, last_index)?;
+            backend::write_meta_u64(&mut meta, backend::META_APPLIED_TERM, last_term)?;
+            if let Some(state) = &conf_state {
+                let bytes = protobuf::Message::write_to_bytes(state)
+                    .map_err(|e| StorageError::corrupt(format!("encoding conf state: {e}")))?;
+                meta.insert(backend::META_CONF_STATE, bytes.as_slice())
+                    .map_err(StorageError::backend)?;
+            }
+        }
+        let durable =
+            force_durable || last_index - self.durable_applied_index >= self.durable_every_entries;
+        applied.revision = batch.revision();
+        let events = batch.commit(durable)?;
+        assert!(last_index > self.applied_index, "applied index only grows");
+        self.applied_index = last_index;
+        self.applied_term = last_term;
+        if durable {
+            self.durable_applied_index = last_index;
+        }
+        self.hub.notify(applied.revision, &events);
+        Ok(applied)
+    }
+
+    /// Makes everything applied so far durable.
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        if self.durable_applied_index < self.applied_index {
+            self.backend.sync()?;
+            self.durable_applied_index = self.applied_index;
+        }
+        Ok(())
+    }
+
+    fn apply_request(
+        &self,
+        batch: &mut crate::mvcc::kv_store::WriteBatch<'_>,
+        request: Option<Request>,
+    ) -> Result<ApplyResult, StorageError> {
+        let outcome = match request {
+            None => return Ok(Err(RequestError::KeyNotFound)),
+            Some(Request::Put(put)) => {
+                if self.alarms.is_raised(AlarmType::Nospace) {
+                    return Ok(Err(RequestError::NoSpace));
+                }
+                let mut txn = batch.begin();
+                let response =
+                    check_put(&txn, &self.lessor, &put).and_then(|()| self.put(&mut txn, &put));
+                txn.end();
+                response.map(Response::Put)
+            }
+            Some(Request::DeleteRange(delete)) => {
+                let mut txn = batch.begin();
+                let response = self.delete_range(&mut txn, &delete);
+                txn.end();
+                response.map(Response::DeleteRange)
+            }
+            Some(Request::Txn(request)) => {
+                if txn_puts(&request) && self.alarms.is_raised(AlarmType::Nospace) {
+                    return Ok(Err(RequestError::NoSpace));
+                }
+                self.txn(batch, &request).map(Response::Txn)
+            }
+            Some(Request::Compaction(compaction)) => batch.compact(compaction.revision).map(|()| {
+                Response::Compaction(CompactionResponse {
+                    header: Some(ResponseHeader {
+                        revision: batch.revision(),
+                        ..ResponseHeader::default()
+                    }),
+                })
+            }),
+            Some(Request::LeaseGrant(grant)) => {
+                if self.alarms.is_raised(AlarmType::Nospace) {
+                    return Ok(Err(RequestError::NoSpace));
+                }
+                match self
+                    .lessor
+                    .grant(batch.transaction(), grant.id, grant.ttl)?
+                {
+                    Ok(ttl) => Ok(Response::LeaseGrant(LeaseGrantResponse {
+                        header: Some(ResponseHeader {
+                            revision: batch.revision(),
+                            ..ResponseHeader::default()
+                        }),
+                        id: grant.id,
+                        ttl,
+                        error: String::new(),
+                    })),
+                    Err(refused) => Err(refused.into()),
+                }
+            }
+            Some(Request::LeaseRevoke(revoke)) => {
+                match self.lessor.revoke(batch.transaction(), revoke.id)? {
+                    Ok(keys) => {
+                        let mut txn = batch.begin();
+                        let mut outcome = Ok(());
+                        for key in keys {
+                            if let Err(error) = txn.delete_range(&key, &[]) {
+                                outcome = Err(error);
+                                break;
+                            }
+                        }
+                        let revision = txn.end();
+                        outcome.map(|()| {
+                            Response::LeaseRevoke(LeaseRevokeResponse {
+                                header: Some(ResponseHeader {
+                                    revision,
+                                    ..ResponseHeader::default()
+                                }),
+                            })
+                        })
+                    }
+                    Err(refused) => Err(refused.into()),
+                }
+            }
+            Some(Request::LeaseCheckpoint(_)) => {
+                // Remaining-TTL checkpoints matter once there are followers; see ARCHITECTURE.md.
+                return Ok(Err(RequestError::KeyNotFound));
+            }
+            Some(Request::Alarm(alarm)) => {
+                self.alarm(batch.transaction(), &alarm).map(Response::Alarm)
+            }
+        };
+        match outcome {
+            Ok(response) => Ok(Ok(response)),
+            Err(Error::Request(refused)) => Ok(Err(refused)),
+            Err(Error::Storage(failure)) => Err(failure),
+        }
+    }
+
+    fn put(&self, txn: &mut RevisionTxn<'_, '_>, put: &PutRequest) -> Result<PutResponse, Error> {
+        let previous = if put.ignore_value || put.ignore_lease || put.prev_kv {
+            txn.get(&put.key)?
+        } else {
+            None
+        };
+        if (put.ignore_value || put.ignore_lease) && previous.is_none() {
+            return Err(RequestError::KeyNotFound.into());
+        }
+        let value = match (&previous, put.ignore_value) {
+            (Some(prev), true) => prev.value.clone(),
+            _ => put.value.clone(),
+        };
+        let lease = match (&previous, put.ignore_lease) {
+            (Some(prev), true) => prev.lease,
+            _ => put.lease,
+        };
+        let kv = txn.put(&put.key, value, lease)?;
+        self.lessor.attach(&put.key, lease);
+        Ok(PutResponse {
+            header: Some(ResponseHeader {
+                revision: kv.mod_revision,
+                ..ResponseHeader::default()
+            }),
+            prev_kv: if put.prev_kv { previous } else { None },
+        })
+    }
+
+    fn delete_range(
+        &self,
+        txn: &mut RevisionTxn<'_, '_>,
+        delete: &DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, Error> {
+        let deleted = txn.delete_range(&delete.key, &delete.range_end)?;
+        for kv in &deleted {
+            self.lessor.attach(&kv.key, 0);
+        }
+        let revision = txn.read_revision();
+        Ok(DeleteRangeResponse {
+            header: Some(ResponseHeader {
+                revision,
+                ..ResponseHeader::default()
+            }),
+            deleted: deleted.len() as i64,
+            prev_kvs: if delete.prev_kv { deleted } else { Vec::new() },
+        })
+    }
+
+    fn txn(
+        &self,
+        batch: &mut crate::mvcc::kv_store::WriteBatch<'_>,
+        request: &TxnRequest,
+    ) -> Result<TxnResponse, Error> {
+        let mut txn = batch.begin();
+        let mut path = Vec::new();
+        txn_path(&txn, request, &mut path)?;
+        check_txn(&txn, &self.lessor, request, &mut path.iter().copied())?;
+        let response = self.execute_txn(&mut txn, request, &mut path.into_iter());
+        txn.end();
+        response
+    }
+
+    fn execute_txn(
+        &self,
+        txn: &mut RevisionTxn<'_, '_>,
+        request: &TxnRequest,
+        path: &mut impl Iterator<Item = bool>,
+    ) -> Result<TxnResponse, Error> {
+        let succeeded = path.next().expect("the path has one entry per txn");
+        let ops = if succeeded {
+            &request.success
+        } else {
+            &request.failure
+        };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let response = match &op.request {
+                Some(request_op::Request::RequestRange(range)) => {
+                    response_op::Response::ResponseRange(execute_range(txn, range)?)
+                }
+                Some(request_op::Request::RequestPut(put)) => {
+                    response_op::Response::ResponsePut(self.put(txn, put)?)
+                }
+                Some(request_op::Request::RequestDeleteRange(delete)) => {
+                    response_op::Response::ResponseDeleteRange(self.delete_range(txn, delete)?)
+                }
+                Some(request_op::Request::RequestTxn(nested)) => {
+                    response_op::Response::ResponseTxn(self.execute_txn(txn, nested, path)?)
+                }
+                None => continue,
+            };
+            responses.push(ResponseOp {
+                response: Some(response),
+            });
+        }
+        Ok(TxnResponse {
+            header: Some(ResponseHeader {
+                revision: txn.read_revision(),
+                ..ResponseHeader::default()
+            }),
+            succeeded,
+            responses,
+        })
+    }
+
+    fn alarm(
+        &self,
+        tx: &redb::WriteTransaction,
+        request: &AlarmRequest,
+    ) -> Result<AlarmResponse, Error> {
+        let mut table = tx.open_table(ALARM).map_err(StorageError::backend)?;
+        let mut raised = self.alarms.lock();
+        let key = (request.member_id, request.alarm);
+        let mut answer = Vec::new();
+        match AlarmAction::try_from(request.action) {
+            Ok(AlarmAction::Get) => {
+                answer = raised
+                    .iter()
+                    .map(|(member_id, alarm)| AlarmMember {
+                        member_id: *member_id,
+                        alarm: *alarm,
+                    })
+                    .collect();
+            }
+            Ok(AlarmAction::Activate) => {
+                if request.alarm != AlarmType::None as i32 && raised.insert(key) {
+                    table.insert(key, ()).map_err(StorageError::backend)?;
+                    answer.push(AlarmMember {
+                        member_id: request.member_id,
+                        alarm: request.alarm,
+                    });
+                }
+            }
+            Ok(AlarmAction::Deactivate) => {
+                if raised.remove(&key) {
+                    table.remove(key).map_err(StorageError::backend)?;
+                    answer.push(AlarmMember {
+                        member_id: request.member_id,
+                        alarm: request.alarm,
+                    });
+                }
+            }
+            Err(_) => {}
+        }
+        Ok(AlarmResponse {
+            header: Some(ResponseHeader::default()),
+            alarms: answer,
+        })
+    }
+}
+
+fn check_put(view: &impl ReadView, lessor: &Lessor, put: &PutRequest) -> Result<(), Error> {
+    if put.ignore_value || put.ignore_lease {
+        let found = view.range(&put.key, &[], RangeOptions::default())?;
+        if found.kvs.is_empty() {
+            return Err(RequestError::KeyNotFound.into());
+        }
+    }
+    if put.lease != 0 && !lessor.contains(put.lease) {
+        return Err(RequestError::LeaseNotFound.into());
+    }
+    Ok(())
+}
+
+/// Checks the ops of the branches a txn will take against the state before it (etcd `checkTxn`).
+fn check_txn(
+    view: &RevisionTxn<'_, '_>,
+    lessor: &Lessor,
+    request: &TxnRequest,
+    path: &mut impl Iterator<Item = bool>,
+) -> Result<(), Error> {
+    let succeeded = path.next().expect("the path has one entry per txn");
+    let ops: &[RequestOp] = if succeeded {
+        &request.success
+    } else {
+        &request.failure
+    };
+    for op in ops {
+        match &op.request {
+            Some(request_op::Request::RequestRange(range)) => {
+                let current = view.read_revision();
+                if range.revision > current {
+                    return Err(RequestError::FutureRevision.into());
+                }
+                if range.revision != 0 && range.revision < view.compact_revision() {
+                    return Err(RequestError::Compacted.into());
+                }
+            }
+            Some(request_op::Request::RequestPut(put)) => check_put(view, lessor, put)?,
+            Some(request_op::Request::RequestTxn(nested)) => check_txn(view, lessor, nested, path)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}

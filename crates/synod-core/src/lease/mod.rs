@@ -1,0 +1,284 @@
+//! The lessor: leases, their deadlines and the keys attached to them (etcd `lease/lessor.go`).
+//!
+//! Grant, revoke, attach and detach happen only while applying Raft entries, so every member
+//! holds the same leases and attachments. Deadlines exist only on the primary (the leader): it
+//! renews leases on keep-alive and, on [`Lessor::tick`], reports expired leases, which the leader
+//! then revokes through Raft. Apply never reads a clock. Time is counted in ticks passed in by the
+//! owner of the node.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use prost::Message;
+use redb::ReadableTable;
+use synod_api::synodpb::LeaseRecord;
+
+use crate::backend::{Backend, LEASE};
+use crate::error::{RequestError, StorageError};
+
+/// The largest TTL a lease may have, in seconds (etcd's `MaxLeaseTTL`).
+pub const LEASE_TTL_MAX_SECONDS: i64 = 9_000_000_000;
+/// How long the primary waits before reporting an expired lease again if its revoke did not land.
+const EXPIRED_RETRY_MS: u64 = 3_000;
+
+#[derive(Debug)]
+struct Lease {
+    ttl_seconds: i64,
+    /// Tick at which the lease expires; `None` when this member is not the primary.
+    deadline_tick: Option<u64>,
+    keys: BTreeSet<Vec<u8>>,
+}
+
+#[derive(Debug, Default)]
+struct LessorState {
+    leases: BTreeMap<i64, Lease>,
+    /// Key to the lease it is attached to.
+    attached: HashMap<Vec<u8>, i64>,
+    now_tick: u64,
+    primary: bool,
+}
+
+/// What `TimeToLive` reports about a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseInfo {
+    pub granted_ttl_seconds: i64,
+    /// Remaining seconds, truncated; the granted TTL when this member is not the primary.
+    pub remaining_seconds: i64,
+    pub keys: Vec<Vec<u8>>,
+}
+
+/// The leases of one member.
+pub struct Lessor {
+    state: Mutex<LessorState>,
+    tick_ms: u64,
+    ttl_min_seconds: i64,
+}
+
+impl Lessor {
+    /// Loads the leases stored in `backend` and attaches `leased_keys` (key, lease) to them.
+    pub fn open(
+        backend: &Backend,
+        leased_keys: Vec<(Vec<u8>, i64)>,
+        tick_ms: u64,
+        ttl_min_seconds: i64,
+    ) -> Result<Lessor, StorageError> {
+        let tx = backend.begin_read()?;
+        let table = tx.open_table(LEASE).map_err(StorageError::backend)?;
+        let mut state = LessorState::default();
+        for entry in table.iter().map_err(StorageError::backend)? {
+            let (id, value) = entry.map_err(StorageError::backend)?;
+            let record = LeaseRecord::decode(value.value())
+                .map_err(|e| StorageError::corrupt(format!("lease {}: {e}", id.value())))?;
+            state.leases.insert(
+                record.id,
+                Lease {
+                    ttl_seconds: record.ttl,
+                    deadline_tick: None,
+                    keys: BTreeSet::new(),
+                },
+            );
+        }
+        for (key, id) in leased_keys {
+            if let Some(lease) = state.leases.get_mut(&id) {
+                lease.keys.insert(key.clone());
+                state.attached.insert(key, id);
+            }
+        }
+        Ok(Lessor {
+            state: Mutex::new(state),
+            tick_ms: tick_ms.max(1),
+            ttl_min_seconds,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LessorState> {
+        // A panic while holding this lock is a bug that already stops the member; recovering the
+        // guard keeps the remaining readers answering instead of cascading panics.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn ticks(&self, seconds: i64) -> u64 {
+        (seconds.max(0) as u64)
+            .saturating_mul(1000)
+            .div_ceil(self.tick_ms)
+    }
+
+    /// The smallest TTL a lease gets, in seconds.
+    pub fn ttl_min_seconds(&self) -> i64 {
+        self.ttl_min_seconds
+    }
+
+    /// Returns whether the lease exists.
+    pub fn contains(&self, id: i64) -> bool {
+        self.lock().leases.contains_key(&id)
+    }
+
+    /// Applies a grant; returns the TTL given (raised to the minimum).
+    pub fn grant(
+        &self,
+        tx: &redb::WriteTransaction,
+        id: i64,
+        ttl_seconds: i64,
+    ) -> Result<Result<i64, RequestError>, StorageError> {
+        if ttl_seconds > LEASE_TTL_MAX_SECONDS {
+            return Ok(Err(RequestError::LeaseTtlTooLarge));
+        }
+        let mut state = self.lock();
+        if state.leases.contains_key(&id) {
+            return Ok(Err(RequestError::LeaseExists));
+        }
+        let ttl = ttl_seconds.max(self.ttl_min_seconds);
+        let record = LeaseRecord {
+            id,
+            ttl,
+            remaining_ttl: 0,
+        };
+        tx.open_table(LEASE)
+            .map_err(StorageError::backend)?
+            .insert(id, record.encode_to_vec().as_slice())
+            .map_err(StorageError::backend)?;
+        let deadline_tick = state.primary.then(|| state.now_tick + self.ticks(ttl));
+        state.leases.insert(
+            id,
+            Lease {
+                ttl_seconds: ttl,
+                deadline_tick,
+                keys: BTreeSet::new(),
+            },
+        );
+        Ok(Ok(ttl))
+    }
+
+    /// Applies a revoke: forgets the lease and returns the keys that must be deleted with it.
+    pub fn revoke(
+        &self,
+        tx: &redb::WriteTransaction,
+        id: i64,
+    ) -> Result<Result<Vec<Vec<u8>>, RequestError>, StorageError> {
+        let mut state = self.lock();
+        let Some(lease) = state.leases.remove(&id) else {
+            return Ok(Err(RequestError::LeaseNotFound));
+        };
+        for key in &lease.keys {
+            state.attached.remove(key);
+        }
+        tx.open_table(LEASE)
+            .map_err(StorageError::backend)?
+            .remove(id)
+            .map_err(StorageError::backend)?;
+        Ok(Ok(lease.keys.into_iter().collect()))
+    }
+
+    /// Records that `key` now carries `lease` (0 for none), detaching it from its previous lease.
+    pub fn attach(&self, key: &[u8], lease: i64) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        if let Some(previous) = state.attached.remove(key) {
+            if let Some(old) = state.leases.get_mut(&previous) {
+                old.keys.remove(key);
+            }
+        }
+        if lease != 0 {
+            if let Some(new) = state.leases.get_mut(&lease) {
+                new.keys.insert(key.to_vec());
+                state.attached.insert(key.to_vec(), lease);
+            }
+        }
+    }
+
+    /// Renews a lease on keep-alive; returns its TTL. Only the primary renews.
+    pub fn renew(&self, id: i64) -> Result<i64, RenewError> {
+        let mut state = self.lock();
+        if !state.primary {
+            return Err(RenewError::NotPrimary);
+        }
+        let now = state.now_tick;
+        let lease = state.leases.get_mut(&id).ok_or(RenewError::NotFound)?;
+        lease.deadline_tick = Some(now + self.ticks(lease.ttl_seconds));
+        Ok(lease.ttl_seconds)
+    }
+
+    /// Returns what `TimeToLive` reports, or `None` for an unknown lease.
+    pub fn info(&self, id: i64) -> Option<LeaseInfo> {
+        let state = self.lock();
+        let lease = state.leases.get(&id)?;
+        let remaining_seconds = match lease.deadline_tick {
+            Some(deadline) => {
+                (deadline.saturating_sub(state.now_tick) * self.tick_ms / 1000) as i64
+            }
+            None => lease.ttl_seconds,
+        };
+        Some(LeaseInfo {
+            granted_ttl_seconds: lease.ttl_seconds,
+            remaining_seconds,
+            keys: lease.keys.iter().cloned().collect(),
+        })
+    }
+
+    /// Every lease id, ascending.
+    pub fn ids(&self) -> Vec<i64> {
+        self.lock().leases.keys().copied().collect()
+    }
+
+    /// Advances time to `now_tick`; on the primary, returns leases past their deadline. Each one
+    /// is reported again only after a retry interval, in case its revoke is lost.
+    pub fn tick(&self, now_tick: u64) -> Vec<i64> {
+        let retry_ticks = EXPIRED_RETRY_MS.div_ceil(self.tick_ms);
+        let mut state = self.lock();
+        state.now_tick = now_tick;
+        if !state.primary {
+            return Vec::new();
+        }
+        let mut expired = Vec::new();
+        for (id, lease) in state.leases.iter_mut() {
+            if matches!(lease.deadline_tick, Some(deadline) if deadline <= now_tick) {
+                expired.push(*id);
+                lease.deadline_tick = Some(now_tick + retry_ticks);
+            }
+        }
+        expired
+    }
+
+    /// Makes this member the primary: every lease gets a full TTL plus `extend_ticks` from now.
+    pub fn promote(&self, extend_ticks: u64) {
+        let mut state = self.lock();
+        let now = state.now_tick;
+        state.primary = true;
+        let tick_ms = self.tick_ms;
+        for lease in state.leases.values_mut() {
+            let ttl_ticks = (lease.ttl_seconds.max(0) as u64)
+                .saturating_mul(1000)
+                .div_ceil(tick_ms);
+            lease.deadline_tick = Some(now + ttl_ticks + extend_ticks);
+        }
+    }
+
+    /// Stops expiring leases: another member is the primary now.
+    pub fn demote(&self) {
+        let mut state = self.lock();
+        state.primary = false;
+        for lease in state.leases.values_mut() {
+            lease.deadline_tick = None;
+        }
+    }
+
+    /// Number of leases.
+    pub fn len(&self) -> usize {
+        self.lock().leases.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why a keep-alive was not honoured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RenewError {
+    #[error("lease not found")]
+    NotFound,
+    #[error("this member is not the leader")]
+    NotPrimary,
+}

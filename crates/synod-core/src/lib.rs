@@ -1,0 +1,27 @@
+//! The deterministic core of a Synod member: everything that decides what the replicated state
+//! is, and nothing that talks to the outside world.
+//!
+//! - [`node::Node`]: raft-rs's `RawNode` over the Raft log, advanced by `tick`, `propose`, `step`
+//!   and `advance`; it applies committed entries to the state machine.
+//! - [`raft_log::RaftLog`]: the Raft log in raft-engine, with group commit.
+//! - [`apply::StateMachine`]: the apply path over [`mvcc::kv_store::KvStore`] (key history in
+//!   redb plus the in-memory [`mvcc::key_index::TreeIndex`]), the [`lease::Lessor`] and the
+//!   alarms, sharing one [`backend::Backend`] (the redb file).
+//! - [`watch::WatchHub`]: watchers, fed by apply and caught up from history.
+//!
+//! This crate must not spawn threads, read a clock, open sockets or depend on an async runtime:
+//! time arrives as ticks and the owner of the [`node::Node`] runs the loop. Disk access goes
+//! through raft-engine and redb, both of which accept a custom file system or storage backend,
+//! which is where the simulator will plug in.
+
+pub mod apply;
+pub mod backend;
+pub mod crc32c;
+pub mod error;
+pub mod lease;
+pub mod mvcc;
+pub mod node;
+pub mod raft_log;
+pub mod watch;
+
+pub use error::{Error, RequestError, StorageError};

@@ -1,0 +1,525 @@
+//! The multi-version key-value store (etcd `mvcc/kvstore.go`, `kvstore_txn.go`).
+//!
+//! [`KvStore`] pairs the in-memory [`TreeIndex`] with the `key` table of the state-machine file.
+//! Readers take a snapshot of the published revision, open a redb read transaction while holding
+//! the index lock, and then read values outside the lock. The apply path writes through a
+//! [`WriteBatch`] (one redb write transaction for many Raft entries) in which each request is one
+//! [`RevisionTxn`]; the batch publishes its revision only after its redb commit, so no reader ever
+//! sees a revision whose values are not readable.
+//!
+//! Lock order: `state` is the only lock here; it is never held across a call into redb other than
+//! `begin_read`.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use prost::Message;
+use redb::ReadableTable;
+use synod_api::mvccpb::{Event, KeyValue, event::EventType};
+
+use super::key_index::{KeyAt, KeyRange, TreeIndex};
+use super::revision::Revision;
+use crate::backend::{self, Backend, KEY, META};
+use crate::crc32c;
+use crate::error::{Error, RequestError, StorageError};
+
+/// Options of a read, as in etcd's `RangeOptions`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RangeOptions {
+    /// Revision to read at; 0 or less means the latest.
+    pub revision: i64,
+    /// Maximum keys to return; 0 means no limit.
+    pub limit: usize,
+    /// Return only the count.
+    pub count_only: bool,
+}
+
+/// The answer to a read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RangeResult {
+    pub kvs: Vec<KeyValue>,
+    /// Keys in the range at the read revision, regardless of the limit.
+    pub count: i64,
+    /// The store's revision when the read was served (not the revision read at).
+    pub revision: i64,
+}
+
+#[derive(Debug)]
+struct IndexState {
+    index: TreeIndex,
+    /// The latest revision whose writes are committed to redb and visible to readers.
+    current: i64,
+    /// Reads below this revision fail with `Compacted`.
+    compact: i64,
+}
+
+/// The MVCC store of one member.
+pub struct KvStore {
+    backend: Arc<Backend>,
+    state: RwLock<IndexState>,
+}
+
+/// Result of looking up revisions under the index lock.
+struct Lookup {
+    keys: Vec<(Vec<u8>, KeyAt)>,
+    count: i64,
+}
+
+impl KvStore {
+    /// Opens the store over `backend`, rebuilding the key index from the key table. Also returns
+    /// every live key that carries a lease, with its lease, for the lessor.
+    pub fn open(backend: Arc<Backend>) -> Result<(KvStore, Vec<(Vec<u8>, i64)>), StorageError> {
+        let tx = backend.begin_read()?;
+        let meta = tx.open_table(META).map_err(StorageError::backend)?;
+        let compact = backend::read_meta_u64(&meta, backend::META_COMPACT_REVISION)? as i64;
+        let table = tx.open_table(KEY).map_err(StorageError::backend)?;
+        let mut index = TreeIndex::default();
+        let mut current = compact;
+        let mut leased: std::collections::HashMap<Vec<u8>, i64> = std::collections::HashMap::new();
+        for entry in table.iter().map_err(StorageError::backend)? {
+            let (rev_bytes, value) = entry.map_err(StorageError::backend)?;
+            let (rev, tombstone) = Revision::from_bytes(rev_bytes.value()).ok_or_else(|| {
+                StorageError::corrupt(format!(
+                    "key table holds a malformed revision {:?}",
+                    rev_bytes.value()
+                ))
+            })?;
+            let kv = KeyValue::decode(value.value()).map_err(|e| {
+                StorageError::corrupt(format!(
+                    "key table value at revision {}/{}: {e}",
+                    rev.main, rev.sub
+                ))
+            })?;
+            if tombstone {
+                index.tombstone(&kv.key, rev);
+                leased.remove(&kv.key);
+            } else {
+                index.put(&kv.key, rev);
+                if kv.lease != 0 {
+                    leased.insert(kv.key.clone(), kv.lease);
+                } else {
+                    leased.remove(&kv.key);
+                }
+            }
+            current = current.max(rev.main);
+        }
+        let store = KvStore {
+            backend,
+            state: RwLock::new(IndexState {
+                index,
+                current,
+                compact,
+            }),
+        };
+        Ok((store, leased.into_iter().collect()))
+    }
+
+    fn read_state(&self) -> Result<RwLockReadGuard<'_, IndexState>, StorageError> {
+        self.state.read().map_err(|_| StorageError::Poisoned)
+    }
+
+    fn write_state(&self) -> Result<RwLockWriteGuard<'_, IndexState>, StorageError> {
+        self.state.write().map_err(|_| StorageError::Poisoned)
+    }
+
+    /// The latest published revision.
+    pub fn current_revision(&self) -> i64 {
+        self.state.read().map(|s| s.current).unwrap_or(0)
+    }
+
+    /// The compaction revision: history below it is gone.
+    pub fn compact_revision(&self) -> i64 {
+        self.state.read().map(|s| s.compact).unwrap_or(0)
+    }
+
+    /// Number of keys (live or with history) in the index.
+    pub fn key_count(&self) -> usize {
+        self.state.read().map(|s| s.index.len()).unwrap_or(0)
+    }
+
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+
+    /// Reads `[key, range_end)` at a revision; see [`RangeOptions`].
+    pub fn range(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        options: RangeOptions,
+    ) -> Result<RangeResult, Error> {
+        let (tx, current, lookup) = {
+            let state = self.read_state()?;
+            let at = check_read_revision(options.revision, state.current, state.compact)?;
+            // The read transaction starts under the lock so that a concurrent compaction, which
+            // takes the lock before deleting, cannot remove what the index lookup returns.
+            let tx = self.backend.begin_read()?;
+            let lookup = lookup(&state.index, KeyRange::new(key, range_end), at, options);
+            (tx, state.current, lookup)
+        };
+        let table = tx.open_table(KEY).map_err(StorageError::backend)?;
+        let kvs = fetch(&table, &lookup.keys)?;
+        Ok(RangeResult {
+            kvs,
+            count: lookup.count,
+            revision: current,
+        })
+    }
+
+    /// Returns the events of revisions `from..=to` for keys in `range`, oldest first, stopping
+    /// after `revisions_max` distinct revisions. Used by watchers catching up from history.
+    pub fn events(&self, from: i64, to: i64, revisions_max: usize) -> Result<Vec<Event>, Error> {
+        let tx = {
+            let state = self.read_state()?;
+            if from < state.compact {
+                return Err(RequestError::Compacted.into());
+            }
+            self.backend.begin_read()?
+        };
+        let table = tx.open_table(KEY).map_err(StorageError::backend)?;
+        let start = Revision::lower_bound(from);
+        let end = Revision::lower_bound(to.saturating_add(1));
+        let mut events = Vec::new();
+        let mut revisions = 0;
+        let mut last_main = 0;
+        for entry in table
+            .range(start.as_slice()..end.as_slice())
+            .map_err(StorageError::backend)?
+        {
+            let (rev_bytes, value) = entry.map_err(StorageError::backend)?;
+            let (rev, tombstone) = Revision::from_bytes(rev_bytes.value())
+                .ok_or_else(|| StorageError::corrupt("key table holds a malformed revision"))?;
+            if rev.main != last_main {
+                if revisions == revisions_max {
+                    break;
+                }
+                revisions += 1;
+                last_main = rev.main;
+            }
+            let mut kv = KeyValue::decode(value.value())
+                .map_err(|e| StorageError::corrupt(e.to_string()))?;
+            let kind = if tombstone {
+                kv.mod_revision = rev.main;
+                EventType::Delete
+            } else {
+                EventType::Put
+            };
+            events.push(Event {
+                r#type: kind as i32,
+                kv: Some(kv),
+                prev_kv: None,
+            });
+        }
+        Ok(events)
+    }
+
+    /// etcd's `HashKV`: CRC-32C over the table name and every (revision, value) pair at or below
+    /// `revision` (0 means the latest). Returns (hash, compact revision, hashed revision).
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), Error> {
+        let (tx, at, compact) = {
+            let state = self.read_state()?;
+            let at = check_read_revision(revision, state.current, state.compact)?;
+            (self.backend.begin_read()?, at, state.compact)
+        };
+        let table = tx.open_table(KEY).map_err(StorageError::backend)?;
+        let mut hash = crc32c::Hasher::new();
+        hash.update(b"key");
+        let end = Revision::lower_bound(at.saturating_add(1));
+        for entry in table
+            .range(..end.as_slice())
+            .map_err(StorageError::backend)?
+        {
+            let (rev_bytes, value) = entry.map_err(StorageError::backend)?;
+            hash.update(rev_bytes.value());
+            hash.update(value.value());
+        }
+        Ok((hash.finish(), compact, at))
+    }
+
+    /// Starts a write batch: one redb transaction for the entries of one apply turn.
+    pub fn begin_batch(&self) -> Result<WriteBatch<'_>, StorageError> {
+        let current = self.read_state()?.current;
+        Ok(WriteBatch {
+            store: self,
+            tx: self.backend.begin_write()?,
+            current,
+            events: Vec::new(),
+        })
+    }
+}
+
+/// Resolves the revision a read is served at, or refuses it.
+fn check_read_revision(requested: i64, current: i64, compact: i64) -> Result<i64, RequestError> {
+    if requested > current {
+        return Err(RequestError::FutureRevision);
+    }
+    let at = if requested <= 0 { current } else { requested };
+    if at < compact {
+        return Err(RequestError::Compacted);
+    }
+    Ok(at)
+}
+
+fn lookup(index: &TreeIndex, range: KeyRange<'_>, at: i64, options: RangeOptions) -> Lookup {
+    let mut keys = Vec::new();
+    let mut count = 0i64;
+    index.visit(range, at, |key, state| {
+        count += 1;
+        if !options.count_only && (options.limit == 0 || keys.len() < options.limit) {
+            keys.push((key.to_vec(), state));
+        }
+        true
+    });
+    Lookup { keys, count }
+}
+
+fn fetch(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    keys: &[(Vec<u8>, KeyAt)],
+) -> Result<Vec<KeyValue>, StorageError> {
+    let mut kvs = Vec::with_capacity(keys.len());
+    for (key, state) in keys {
+        let rev_bytes = state.modified.to_bytes(false);
+        let value = table
+            .get(rev_bytes.as_slice())
+            .map_err(StorageError::backend)?
+            .ok_or_else(|| {
+                StorageError::corrupt(format!(
+                    "key {:?} at revision {}/{} is in the index but not in the key table",
+                    String::from_utf8_lossy(key),
+                    state.modified.main,
+                    state.modified.sub
+                ))
+            })?;
+        let kv =
+            KeyValue::decode(value.value()).map_err(|e| StorageError::corrupt(e.to_string()))?;
+        kvs.push(kv);
+    }
+    Ok(kvs)
+}
+
+/// One redb write transaction covering the requests of one apply turn.
+pub struct WriteBatch<'s> {
+    store: &'s KvStore,
+    tx: redb::WriteTransaction,
+    /// The revision of the last request written in this batch.
+    current: i64,
+    events: Vec<Event>,
+}
+
+impl<'s> WriteBatch<'s> {
+    /// The redb transaction, for the other tables written in the same batch.
+    pub fn transaction(&self) -> &redb::WriteTransaction {
+        &self.tx
+    }
+
+    /// The revision of the last request written so far.
+    pub fn revision(&self) -> i64 {
+        self.current
+    }
+
+    /// Starts one request: every change it makes shares the next revision.
+    pub fn begin(&mut self) -> RevisionTxn<'_, 's> {
+        let main = self.current + 1;
+        RevisionTxn {
+            batch: self,
+            main,
+            changes: Vec::new(),
+        }
+    }
+
+    /// Compacts history below `revision`: the index forgets it, the key table drops it.
+    pub fn compact(&mut self, revision: i64) -> Result<(), Error> {
+        let keep = {
+            let mut state = self.store.write_state()?;
+            if revision <= state.compact {
+                return Err(RequestError::Compacted.into());
+            }
+            if revision > self.current {
+                return Err(RequestError::FutureRevision.into());
+            }
+            state.compact = revision;
+            state.index.compact(revision)
+        };
+        let mut table = self.tx.open_table(KEY).map_err(StorageError::backend)?;
+        let end = Revision::lower_bound(revision + 1);
+        table
+            .retain_in(
+                ..end.as_slice(),
+                |rev_bytes, _| match Revision::from_bytes(rev_bytes) {
+                    Some((rev, _)) => keep.contains(&rev),
+                    None => true,
+                },
+            )
+            .map_err(StorageError::backend)?;
+        let mut meta = self.tx.open_table(META).map_err(StorageError::backend)?;
+        backend::write_meta_u64(&mut meta, backend::META_COMPACT_REVISION, revision as u64)?;
+        Ok(())
+    }
+
+    /// Commits the batch and publishes its revision. Returns the events it produced, in order.
+    pub fn commit(self, durable: bool) -> Result<Vec<Event>, StorageError> {
+        let WriteBatch {
+            store,
+            mut tx,
+            current,
+            events,
+        } = self;
+        if durable {
+            tx.set_durability(redb::Durability::Immediate)
+                .map_err(StorageError::backend)?;
+            tx.set_quick_repair(true);
+        } else {
+            tx.set_durability(redb::Durability::None)
+                .map_err(StorageError::backend)?;
+        }
+        tx.commit().map_err(StorageError::backend)?;
+        let mut state = store.write_state()?;
+        assert!(current >= state.current, "revisions never go back");
+        state.current = current;
+        Ok(events)
+    }
+}
+
+/// The changes of one request, all at revision `main`.
+pub struct RevisionTxn<'b, 's> {
+    batch: &'b mut WriteBatch<'s>,
+    main: i64,
+    changes: Vec<Event>,
+}
+
+impl RevisionTxn<'_, '_> {
+    /// The revision reads in this request see: the request's own changes are visible to it.
+    pub fn read_revision(&self) -> i64 {
+        if self.changes.is_empty() {
+            self.main - 1
+        } else {
+            self.main
+        }
+    }
+
+    /// The compaction revision as this request sees it.
+    pub fn compact_revision(&self) -> i64 {
+        self.batch.store.compact_revision()
+    }
+
+    /// Reads through the batch's transaction, seeing every earlier write of the batch.
+    pub fn range(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        options: RangeOptions,
+    ) -> Result<RangeResult, Error> {
+        let current = self.read_revision();
+        let lookup = {
+            let state = self.batch.store.read_state()?;
+            let at = check_read_revision(options.revision, current, state.compact)?;
+            lookup(&state.index, KeyRange::new(key, range_end), at, options)
+        };
+        let table = self
+            .batch
+            .tx
+            .open_table(KEY)
+            .map_err(StorageError::backend)?;
+        let kvs = fetch(&table, &lookup.keys)?;
+        Ok(RangeResult {
+            kvs,
+            count: lookup.count,
+            revision: current,
+        })
+    }
+
+    /// Returns the live value of one key as this request sees it.
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, Error> {
+        let mut result = self.range(key, &[], RangeOptions::default())?;
+        Ok(result.kvs.pop())
+    }
+
+    /// Writes `key`; returns the new value.
+    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<KeyValue, Error> {
+        let rev = Revision::new(self.main, self.changes.len() as i64);
+        let previous = self.batch.store.read_state()?.index.get(key, self.main);
+        let (create_revision, version) = match previous {
+            Some(state) => (state.created.main, state.version + 1),
+            None => (self.main, 1),
+        };
+        let kv = KeyValue {
+            key: key.to_vec(),
+            create_revision,
+            mod_revision: self.main,
+            version,
+            value,
+            lease,
+        };
+        {
+            let mut table = self
+                .batch
+                .tx
+                .open_table(KEY)
+                .map_err(StorageError::backend)?;
+            table
+                .insert(
+                    rev.to_bytes(false).as_slice(),
+                    kv.encode_to_vec().as_slice(),
+                )
+                .map_err(StorageError::backend)?;
+        }
+        self.batch.store.write_state()?.index.put(key, rev);
+        self.changes.push(Event {
+            r#type: EventType::Put as i32,
+            kv: Some(kv.clone()),
+            prev_kv: None,
+        });
+        Ok(kv)
+    }
+
+    /// Deletes every live key in the range; returns the deleted values.
+    pub fn delete_range(&mut self, key: &[u8], range_end: &[u8]) -> Result<Vec<KeyValue>, Error> {
+        let deleted = self.range(key, range_end, RangeOptions::default())?.kvs;
+        for kv in &deleted {
+            let rev = Revision::new(self.main, self.changes.len() as i64);
+            let tombstone = KeyValue {
+                key: kv.key.clone(),
+                ..KeyValue::default()
+            };
+            {
+                let mut table = self
+                    .batch
+                    .tx
+                    .open_table(KEY)
+                    .map_err(StorageError::backend)?;
+                table
+                    .insert(
+                        rev.to_bytes(true).as_slice(),
+                        tombstone.encode_to_vec().as_slice(),
+                    )
+                    .map_err(StorageError::backend)?;
+            }
+            let was_live = self
+                .batch
+                .store
+                .write_state()?
+                .index
+                .tombstone(&kv.key, rev);
+            assert!(was_live, "a key read as live must be live in the index");
+            let event_kv = KeyValue {
+                mod_revision: self.main,
+                ..tombstone
+            };
+            self.changes.push(Event {
+                r#type: EventType::Delete as i32,
+                kv: Some(event_kv),
+                prev_kv: None,
+            });
+        }
+        Ok(deleted)
+    }
+
+    /// Ends the request; returns the store revision after it (unchanged when it wrote nothing).
+    pub fn end(self) -> i64 {
+        if !self.changes.is_empty() {
+            self.batch.current = self.main;
+            self.batch.events.extend(self.changes);
+        }
+        self.batch.current
+    }
+}

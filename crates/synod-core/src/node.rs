@@ -1,0 +1,399 @@
+//! The member's Raft node: raft-rs's `RawNode` over the [`RaftLog`], driving the
+//! [`StateMachine`]. A plain struct advanced by its owner: [`Node::tick`], [`Node::propose`],
+//! [`Node::read_index`], [`Node::step`], then [`Node::advance`] once per turn. It does no
+//! network I/O and reads no clock; the shell (or the simulator) owns the loop, the timer and the
+//! transport.
+//!
+//! [`Node::advance`] handles one Ready in the order raft-rs requires: the leader's messages go out
+//! first, committed entries are applied, new entries and the hard state are written in one fsync'd
+//! batch, and only then are `persisted_messages` (votes, acks) released; the LightReady's commit
+//! and committed entries follow.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use prost::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message};
+use raft::{RawNode, StateRole};
+use synod_api::etcdserverpb::LeaseRevokeRequest;
+use synod_api::synodpb::{InternalRequest, internal_request::Request};
+
+use crate::apply::{ApplyResult, StateMachine};
+use crate::error::StorageError;
+use crate::raft_log::RaftLog;
+
+/// How a node is set up.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: u64,
+    /// Ticks without a heartbeat before a follower campaigns.
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// Applied entries between two log compactions (`--snapshot-count`).
+    pub snapshot_count: u64,
+    /// Entries kept behind a compaction point for followers to catch up from.
+    pub catch_up_entries: u64,
+    /// Uncommitted bytes the leader accepts before refusing proposals.
+    pub uncommitted_size_max: u64,
+}
+
+/// Facts about the node that other threads read without locking it.
+#[derive(Debug, Default)]
+pub struct NodeStatus {
+    pub leader_id: AtomicU64,
+    pub term: AtomicU64,
+    pub commit_index: AtomicU64,
+    pub applied_index: AtomicU64,
+    pub last_index: AtomicU64,
+    pub is_leader: AtomicBool,
+}
+
+/// What one [`Node::advance`] produced for the shell to act on.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Messages for peers; the shell sends them.
+    pub messages: Vec<Message>,
+    /// Outcomes of applied requests, by request id.
+    pub applied: Vec<(u64, ApplyResult)>,
+    /// Read tokens whose read index is applied: they may now read the state machine.
+    pub reads_ready: Vec<u64>,
+    /// Read tokens that can no longer be served (leadership was lost); they should be retried.
+    pub reads_failed: Vec<u64>,
+}
+
+/// Why a proposal was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("no leader")]
+    NoLeader,
+    #[error("proposal dropped")]
+    Dropped,
+}
+
+/// A member's Raft node and state machine.
+pub struct Node {
+    raw: RawNode<RaftLog>,
+    machine: StateMachine,
+    config: NodeConfig,
+    status: Arc<NodeStatus>,
+    now_tick: u64,
+    next_read_context: u64,
+    /// ReadIndex requests sent to Raft and not yet answered: (context, tokens).
+    reads_in_flight: VecDeque<(u64, Vec<u64>)>,
+    /// Answered reads waiting for the applied index to reach their read index.
+    reads_waiting: VecDeque<(u64, Vec<u64>)>,
+    role: StateRole,
+}
+
+impl Node {
+    /// Builds the node from what is on disk. `log` must be bootstrapped.
+    pub fn new(
+        config: NodeConfig,
+        mut log: RaftLog,
+        machine: StateMachine,
+        logger: &slog::Logger,
+    ) -> Result<Node, StorageError> {
+        let applied = machine.applied_index();
+        log.clamp_commit(applied)?;
+        let raft_config = raft::Config {
+            id: config.id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            applied,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            max_uncommitted_size: config.uncommitted_size_max,
+            check_quorum: true,
+            pre_vote: true,
+            read_only_option: raft::ReadOnlyOption::Safe,
+            ..raft::Config::default()
+        };
+        raft_config
+            .validate()
+            .map_err(|e| StorageError::corrupt(format!("raft configuration: {e}")))?;
+        let raw = RawNode::new(&raft_config, log, logger)
+            .map_err(|e| StorageError::corrupt(format!("raft log: {e}")))?;
+        let status = Arc::new(NodeStatus::default());
+        let node = Node {
+            raw,
+            machine,
+            config,
+            status,
+            now_tick: 0,
+            next_read_context: 1,
+            reads_in_flight: VecDeque::new(),
+            reads_waiting: VecDeque::new(),
+            role: StateRole::Follower,
+        };
+        node.publish_status();
+        Ok(node)
+    }
+
+    pub fn status(&self) -> &Arc<NodeStatus> {
+        &self.status
+    }
+
+    pub fn machine(&self) -> &StateMachine {
+        &self.machine
+    }
+
+    pub fn id(&self) -> u64 {
+        self.config.id
+    }
+
+    /// Returns whether this node is the only voter, so it can elect itself at once.
+    pub fn is_single_voter(&self) -> bool {
+        let conf = self.raw.raft.prs().conf();
+        conf.voters().ids().len() == 1 && conf.voters().ids().contains(self.config.id)
+    }
+
+    /// Starts an election now instead of waiting for the election timeout.
+    pub fn campaign(&mut self) -> Result<(), ProposeError> {
+        self.raw.campaign().map_err(|_| ProposeError::Dropped)
+    }
+
+    /// Advances logical time by one tick; the leader revokes leases that expired.
+    pub fn tick(&mut self) {
+        self.now_tick += 1;
+        self.raw.tick();
+        let expired = self.machine.lessor().tick(self.now_tick);
+        if self.role == StateRole::Leader {
+            for id in expired {
+                let request = InternalRequest {
+                    id: 0,
+                    request: Some(Request::LeaseRevoke(LeaseRevokeRequest { id })),
+                };
+                // A dropped revoke is retried by the lessor after its retry interval.
+                let _ = self.propose(&request);
+            }
+        }
+    }
+
+    /// The current logical time in ticks.
+    pub fn now_tick(&self) -> u64 {
+        self.now_tick
+    }
+
+    /// Proposes a request to the log.
+    pub fn propose(&mut self, request: &InternalRequest) -> Result<(), ProposeError> {
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            return Err(ProposeError::NoLeader);
+        }
+        self.raw
+            .propose(Vec::new(), request.encode_to_vec())
+            .map_err(|_| ProposeError::Dropped)
+    }
+
+    /// Proposes a configuration change.
+    pub fn propose_conf_change(&mut self, change: ConfChangeV2) -> Result<(), ProposeError> {
+        self.raw
+            .propose_conf_change(Vec::new(), change)
+            .map_err(|_| ProposeError::Dropped)
+    }
+
+    /// Asks Raft for one read index covering every token in `tokens`: reads that arrived in the
+    /// same turn share one round of heartbeats.
+    pub fn read_index(&mut self, tokens: Vec<u64>) {
+        if tokens.is_empty() {
+            return;
+        }
+        let context = self.next_read_context;
+        self.next_read_context += 1;
+        // Every attempt carries a fresh context, so an answer can never be matched to a read
+        // that did not ask for it.
+        self.raw.read_index(context.to_be_bytes().to_vec());
+        self.reads_in_flight.push_back((context, tokens));
+    }
+
+    /// Feeds a message from a peer.
+    pub fn step(&mut self, message: Message) -> Result<(), raft::Error> {
+        self.raw.step(message)
+    }
+
+    /// Handles one Ready, if there is one; see the module docs for the order.
+    pub fn advance(&mut self, out: &mut Output) -> Result<(), StorageError> {
+        if !self.raw.has_ready() {
+            self.release_reads(out);
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        if !ready.messages().is_empty() {
+            out.messages.extend(ready.take_messages());
+        }
+        if let Some(soft) = ready.ss() {
+            self.on_role_change(soft.raft_state, out);
+        }
+        if !ready.snapshot().is_empty() {
+            return Err(StorageError::corrupt(
+                "received a raft snapshot; installing snapshots arrives with the peer transport",
+            ));
+        }
+        let committed = ready.take_committed_entries();
+        self.apply(&committed, out)?;
+        for state in ready.take_read_states() {
+            self.on_read_state(&state.request_ctx, state.index);
+        }
+        if !ready.entries().is_empty() || ready.hs().is_some() {
+            let entries = ready.entries();
+            self.raw.mut_store().append(entries, ready.hs())?;
+        }
+        out.messages.extend(ready.take_persisted_messages());
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit)?;
+        }
+        out.messages.extend(light.take_messages());
+        let committed = light.take_committed_entries();
+        self.apply(&committed, out)?;
+        self.raw.advance_apply();
+        self.release_reads(out);
+        self.compact_log()?;
+        self.publish_status();
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: &[Entry], out: &mut Output) -> Result<(), StorageError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let raw = &mut self.raw;
+        let mut conf_error = None;
+        let applied = self.machine.apply(
+            entries,
+            |entry| match apply_conf_change(raw, entry) {
+                Ok(state) => state,
+                Err(error) => {
+                    conf_error = Some(error);
+                    raw.raft.prs().conf().to_conf_state()
+                }
+            },
+            false,
+        )?;
+        if let Some(error) = conf_error {
+            return Err(error);
+        }
+        if entries
+            .iter()
+            .any(|e| e.get_entry_type() != EntryType::EntryNormal)
+        {
+            let conf_state = self.raw.raft.prs().conf().to_conf_state();
+            self.raw.mut_store().set_conf_state(conf_state)?;
+        }
+        out.applied.extend(applied.results);
+        Ok(())
+    }
+
+    fn on_role_change(&mut self, role: StateRole, out: &mut Output) {
+        let was_leader = self.role == StateRole::Leader;
+        self.role = role;
+        if role == StateRole::Leader && !was_leader {
+            // A new leader cannot know how long ago the old one last renewed: every lease gets
+            // its full TTL again, plus an election timeout (etcd's lease promotion).
+            self.machine
+                .lessor()
+                .promote(self.config.election_ticks as u64);
+        } else if role != StateRole::Leader && was_leader {
+            self.machine.lessor().demote();
+        }
+        if role != StateRole::Leader && was_leader {
+            // Reads in flight on a deposed leader will never be answered.
+            for (_, tokens) in self.reads_in_flight.drain(..) {
+                out.reads_failed.extend(tokens);
+            }
+        }
+    }
+
+    fn on_read_state(&mut self, context: &[u8], index: u64) {
+        let Ok(bytes) = <[u8; 8]>::try_from(context) else {
+            return;
+        };
+        let context = u64::from_be_bytes(bytes);
+        while let Some((pending, _)) = self.reads_in_flight.front() {
+            if *pending > context {
+                break;
+            }
+            let (pending, tokens) = self.reads_in_flight.pop_front().expect("front exists");
+            if pending == context {
+                self.reads_waiting.push_back((index, tokens));
+            } else {
+                // An older request whose answer was lost (its leader stepped down): Raft answers
+                // in order, so it will not come now. Serve it with the newer index, which is at
+                // least as recent as any answer it could have had.
+                self.reads_waiting.push_back((index, tokens));
+            }
+        }
+    }
+
+    fn release_reads(&mut self, out: &mut Output) {
+        let applied = self.machine.applied_index();
+        while let Some((index, _)) = self.reads_waiting.front() {
+            if *index > applied {
+                break;
+            }
+            let (_, tokens) = self.reads_waiting.pop_front().expect("front exists");
+            out.reads_ready.extend(tokens);
+        }
+    }
+
+    fn compact_log(&mut self) -> Result<(), StorageError> {
+        let applied = self.machine.applied_index();
+        let log_snapshot = self.raw.store().snapshot_index();
+        if applied < log_snapshot + self.config.snapshot_count + self.config.catch_up_entries {
+            return Ok(());
+        }
+        // Entries may be dropped only once their effects are durable in the state machine.
+        self.machine.sync()?;
+        let target = applied.saturating_sub(self.config.catch_up_entries);
+        tracing::info!(applied, compact_to = target, "compacting the raft log");
+        self.raw.mut_store().compact(target)
+    }
+
+    fn publish_status(&self) {
+        let raft = &self.raw.raft;
+        self.status
+            .leader_id
+            .store(raft.leader_id, Ordering::Relaxed);
+        self.status.term.store(raft.term, Ordering::Relaxed);
+        self.status
+            .commit_index
+            .store(raft.raft_log.committed, Ordering::Relaxed);
+        self.status
+            .applied_index
+            .store(self.machine.applied_index(), Ordering::Relaxed);
+        self.status
+            .last_index
+            .store(raft.raft_log.last_index(), Ordering::Relaxed);
+        self.status
+            .is_leader
+            .store(self.role == StateRole::Leader, Ordering::Relaxed);
+    }
+
+    /// Makes every applied change durable; called on graceful shutdown.
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        self.machine.sync()
+    }
+
+    /// Applied entries not yet committed to the state machine's disk file.
+    pub fn apply_lag(&self) -> u64 {
+        self.raw
+            .raft
+            .raft_log
+            .committed
+            .saturating_sub(self.machine.applied_index())
+    }
+}
+
+fn apply_conf_change(raw: &mut RawNode<RaftLog>, entry: &Entry) -> Result<ConfState, StorageError> {
+    let result = if entry.get_entry_type() == EntryType::EntryConfChange {
+        let change: ConfChange = protobuf::Message::parse_from_bytes(&entry.data)
+            .map_err(|e| StorageError::corrupt(format!("conf change at {}: {e}", entry.index)))?;
+        raw.apply_conf_change(&change)
+    } else {
+        let change: ConfChangeV2 = protobuf::Message::parse_from_bytes(&entry.data)
+            .map_err(|e| StorageError::corrupt(format!("conf change at {}: {e}", entry.index)))?;
+        raw.apply_conf_change(&change)
+    };
+    result
+        .map_err(|e| StorageError::corrupt(format!("applying conf change at {}: {e}", entry.index)))
+}

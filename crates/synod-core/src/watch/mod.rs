@@ -1,0 +1,414 @@
+//! The watch hub: every watcher of the member, split into a synced group (fed directly by apply)
+//! and an unsynced group (caught up from history), as in etcd's `mvcc/watchable_store.go`.
+//!
+//! Delivery never blocks apply. Each watch stream has a bounded queue behind a [`WatchSink`];
+//! when [`WatchHub::notify`] cannot enqueue a watcher's events, the watcher moves to the unsynced
+//! group and [`WatchHub::sync_unsynced`] later replays what it missed from the key table, as
+//! soon as its stream has room again. A watcher whose history was compacted away is canceled with
+//! the compaction revision. Memory per slow stream is therefore bounded by its queue.
+//!
+//! Lock order: the hub lock is never held while reading the store.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use synod_api::mvccpb::{Event, event::EventType};
+
+use crate::error::{Error, RequestError};
+use crate::mvcc::key_index::KeyRange;
+use crate::mvcc::kv_store::KvStore;
+
+/// Most revisions replayed to unsynced watchers in one catch-up round (etcd: 1000).
+const CATCH_UP_REVISIONS_MAX: usize = 1000;
+
+/// Identifies a stream within the hub.
+pub type StreamId = u64;
+
+/// What the hub sends to a stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchNotice {
+    /// Events of one or more whole revisions for one watcher, oldest first.
+    Events {
+        watch_id: i64,
+        revision: i64,
+        events: Vec<Event>,
+    },
+    /// The watcher needs history that compaction removed; it has been canceled.
+    Compacted {
+        watch_id: i64,
+        compact_revision: i64,
+        revision: i64,
+    },
+    /// Every watcher of the stream has seen everything up to `revision` (`watch_id` -1 for a
+    /// stream-wide answer to a progress request).
+    Progress { watch_id: i64, revision: i64 },
+}
+
+/// The sending half of a stream's bounded queue.
+pub trait WatchSink: Send + Sync {
+    /// Enqueues a notice; returns false, dropping it, when the queue is full or closed.
+    fn try_send(&self, notice: WatchNotice) -> bool;
+}
+
+/// What a client asked to watch.
+#[derive(Debug, Clone, Default)]
+pub struct WatchRequest {
+    pub key: Vec<u8>,
+    pub range_end: Vec<u8>,
+    /// First revision to deliver; 0 means "after the current revision".
+    pub start_revision: i64,
+    pub no_put: bool,
+    pub no_delete: bool,
+    pub progress_notify: bool,
+}
+
+struct Watcher {
+    request: WatchRequest,
+    /// The next revision this watcher must receive.
+    next_revision: i64,
+    sink: Arc<dyn WatchSink>,
+}
+
+impl Watcher {
+    fn wants(&self, event: &Event) -> bool {
+        let Some(kv) = &event.kv else { return false };
+        let range = KeyRange::new(&self.request.key, &self.request.range_end);
+        if !range.contains(&kv.key) {
+            return false;
+        }
+        if event.r#type == EventType::Put as i32 {
+            !self.request.no_put
+        } else {
+            !self.request.no_delete
+        }
+    }
+}
+
+type WatcherKey = (StreamId, i64);
+
+#[derive(Default)]
+struct HubState {
+    watchers: HashMap<WatcherKey, Watcher>,
+    /// Synced watchers of exactly one key, by key, so apply finds them without a scan.
+    synced_by_key: HashMap<Vec<u8>, HashSet<WatcherKey>>,
+    /// Synced watchers of a range.
+    synced_ranges: HashSet<WatcherKey>,
+    unsynced: HashSet<WatcherKey>,
+    /// The last revision handed to `notify`.
+    notified_revision: i64,
+}
+
+impl HubState {
+    fn make_synced(&mut self, key: WatcherKey) {
+        let Some(watcher) = self.watchers.get(&key) else {
+            return;
+        };
+        self.unsynced.remove(&key);
+        if watcher.request.range_end.is_empty() {
+            self.synced_by_key
+                .entry(watcher.request.key.clone())
+                .or_default()
+                .insert(key);
+        } else {
+            self.synced_ranges.insert(key);
+        }
+    }
+
+    fn make_unsynced(&mut self, key: WatcherKey) {
+        self.remove_synced(key);
+        self.unsynced.insert(key);
+    }
+
+    fn remove_synced(&mut self, key: WatcherKey) {
+        let Some(watcher) = self.watchers.get(&key) else {
+            return;
+        };
+        if watcher.request.range_end.is_empty() {
+            if let Some(set) = self.synced_by_key.get_mut(&watcher.request.key) {
+                set.remove(&key);
+                if set.is_empty() {
+                    self.synced_by_key.remove(&watcher.request.key);
+                }
+            }
+        } else {
+            self.synced_ranges.remove(&key);
+        }
+    }
+
+    fn remove(&mut self, key: WatcherKey) -> bool {
+        self.remove_synced(key);
+        self.unsynced.remove(&key);
+        self.watchers.remove(&key).is_some()
+    }
+}
+
+/// Counts the hub reports for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WatchStats {
+    pub watchers: usize,
+    pub unsynced: usize,
+}
+
+/// Every watcher of one member.
+pub struct WatchHub {
+    state: Mutex<HubState>,
+}
+
+impl WatchHub {
+    /// Creates a hub whose watchers start after `revision`.
+    pub fn new(revision: i64) -> WatchHub {
+        WatchHub {
+            state: Mutex::new(HubState {
+                notified_revision: revision,
+                ..HubState::default()
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HubState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds a watcher. The caller has already refused a start revision below the compaction
+    /// point. Returns false if the stream already has a watcher with this id.
+    pub fn watch(
+        &self,
+        stream: StreamId,
+        watch_id: i64,
+        request: WatchRequest,
+        sink: Arc<dyn WatchSink>,
+    ) -> bool {
+        let mut state = self.lock();
+        let key = (stream, watch_id);
+        if state.watchers.contains_key(&key) {
+            return false;
+        }
+        let current = state.notified_revision;
+        let next_revision = if request.start_revision <= 0 {
+            current + 1
+        } else {
+            request.start_revision
+        };
+        state.watchers.insert(
+            key,
+            Watcher {
+                request,
+                next_revision,
+                sink,
+            },
+        );
+        if next_revision > current {
+            state.make_synced(key);
+        } else {
+            state.unsynced.insert(key);
+        }
+        true
+    }
+
+    /// Removes a watcher; returns whether it existed.
+    pub fn cancel(&self, stream: StreamId, watch_id: i64) -> bool {
+        self.lock().remove((stream, watch_id))
+    }
+
+    /// Removes every watcher of a closed stream.
+    pub fn remove_stream(&self, stream: StreamId) {
+        let mut state = self.lock();
+        let keys: Vec<WatcherKey> = state
+            .watchers
+            .keys()
+            .filter(|(s, _)| *s == stream)
+            .copied()
+            .collect();
+        for key in keys {
+            state.remove(key);
+        }
+    }
+
+    /// Hands the events of a committed batch (revisions in order, ending at `revision`) to the
+    /// synced watchers. A watcher whose queue is full becomes unsynced and catches up later.
+    pub fn notify(&self, revision: i64, events: &[Event]) {
+        let mut state = self.lock();
+        assert!(
+            revision >= state.notified_revision,
+            "notified revisions never go back"
+        );
+        state.notified_revision = revision;
+        if events.is_empty() {
+            return;
+        }
+        // Group the events per watcher, keeping revision order.
+        let mut per_watcher: BTreeMap<WatcherKey, Vec<Event>> = BTreeMap::new();
+        for event in events {
+            let Some(kv) = &event.kv else { continue };
+            let exact = state.synced_by_key.get(&kv.key).into_iter().flatten();
+            for key in exact.chain(state.synced_ranges.iter()) {
+                let watcher = &state.watchers[key];
+                if kv.mod_revision >= watcher.next_revision && watcher.wants(event) {
+                    per_watcher.entry(*key).or_default().push(event.clone());
+                }
+            }
+        }
+        let mut fallen_behind = Vec::new();
+        for (key, events) in per_watcher {
+            let watcher = state
+                .watchers
+                .get_mut(&key)
+                .expect("grouped from live watchers");
+            // One notice per revision, so a revision is never split and a full queue loses
+            // nothing: the watcher resumes from the first revision it did not get.
+            for chunk in events.chunk_by(|a, b| mod_revision(a) == mod_revision(b)) {
+                let rev = mod_revision(&chunk[0]);
+                let notice = WatchNotice::Events {
+                    watch_id: key.1,
+                    revision,
+                    events: chunk.to_vec(),
+                };
+                if !watcher.sink.try_send(notice) {
+                    watcher.next_revision = rev;
+                    fallen_behind.push(key);
+                    break;
+                }
+                watcher.next_revision = rev + 1;
+            }
+        }
+        for key in fallen_behind {
+            state.make_unsynced(key);
+        }
+        // Synced watchers that saw nothing have still seen everything up to `revision`.
+        let synced: Vec<WatcherKey> = state
+            .synced_by_key
+            .values()
+            .flatten()
+            .chain(state.synced_ranges.iter())
+            .copied()
+            .collect();
+        for key in synced {
+            if let Some(watcher) = state.watchers.get_mut(&key) {
+                watcher.next_revision = watcher.next_revision.max(revision + 1);
+            }
+        }
+    }
+
+    /// Replays history to unsynced watchers whose streams have room; moves those that caught up
+    /// to the synced group, and cancels those whose history is compacted. Returns how many
+    /// watchers are still unsynced.
+    pub fn sync_unsynced(&self, store: &KvStore) -> Result<usize, Error> {
+        let (from, to) = {
+            let state = self.lock();
+            let Some(from) = state
+                .unsynced
+                .iter()
+                .filter_map(|key| state.watchers.get(key))
+                .map(|w| w.next_revision)
+                .min()
+            else {
+                return Ok(0);
+            };
+            (from, state.notified_revision)
+        };
+        let compact = store.compact_revision();
+        let events = if from < compact || from > to {
+            Vec::new()
+        } else {
+            match store.events(from, to, CATCH_UP_REVISIONS_MAX) {
+                Ok(events) => events,
+                Err(Error::Request(RequestError::Compacted)) => Vec::new(),
+                Err(other) => return Err(other),
+            }
+        };
+        // The last revision the read covered: all of `to`, unless the read stopped early.
+        let covered = if events.len() > 0 && revisions_in(&events) == CATCH_UP_REVISIONS_MAX {
+            mod_revision(events.last().expect("non-empty"))
+        } else {
+            to
+        };
+        let mut state = self.lock();
+        let keys: Vec<WatcherKey> = state.unsynced.iter().copied().collect();
+        for key in keys {
+            let notified = state.notified_revision;
+            let Some(watcher) = state.watchers.get_mut(&key) else {
+                continue;
+            };
+            if watcher.next_revision < compact {
+                let notice = WatchNotice::Compacted {
+                    watch_id: key.1,
+                    compact_revision: compact,
+                    revision: notified,
+                };
+                if watcher.sink.try_send(notice) {
+                    state.remove(key);
+                }
+                continue;
+            }
+            if watcher.next_revision > covered + 1 || watcher.next_revision < from {
+                continue;
+            }
+            let wanted: Vec<Event> = events
+                .iter()
+                .filter(|e| mod_revision(e) >= watcher.next_revision && watcher.wants(e))
+                .cloned()
+                .collect();
+            if !wanted.is_empty() {
+                let notice = WatchNotice::Events {
+                    watch_id: key.1,
+                    revision: notified,
+                    events: wanted,
+                };
+                if !watcher.sink.try_send(notice) {
+                    continue;
+                }
+            }
+            watcher.next_revision = covered + 1;
+            if watcher.next_revision > state.notified_revision {
+                state.make_synced(key);
+            }
+        }
+        Ok(state.unsynced.len())
+    }
+
+    /// Answers a progress request: if every watcher of the stream is synced, sends a stream-wide
+    /// progress notice (watch id -1) through `sink` and returns true.
+    pub fn request_progress(&self, stream: StreamId, sink: &dyn WatchSink) -> bool {
+        let state = self.lock();
+        if state.unsynced.iter().any(|(s, _)| *s == stream) {
+            return false;
+        }
+        sink.try_send(WatchNotice::Progress {
+            watch_id: -1,
+            revision: state.notified_revision,
+        })
+    }
+
+    /// Sends a progress notice to every synced watcher that asked for periodic progress.
+    pub fn notify_progress(&self) {
+        let state = self.lock();
+        for (key, watcher) in &state.watchers {
+            if watcher.request.progress_notify && !state.unsynced.contains(key) {
+                watcher.sink.try_send(WatchNotice::Progress {
+                    watch_id: key.1,
+                    revision: state.notified_revision,
+                });
+            }
+        }
+    }
+
+    pub fn stats(&self) -> WatchStats {
+        let state = self.lock();
+        WatchStats {
+            watchers: state.watchers.len(),
+            unsynced: state.unsynced.len(),
+        }
+    }
+}
+
+fn mod_revision(event: &Event) -> i64 {
+    event.kv.as_ref().map(|kv| kv.mod_revision).unwrap_or(0)
+}
+
+fn revisions_in(events: &[Event]) -> usize {
+    events
+        .chunk_by(|a, b| mod_revision(a) == mod_revision(b))
+        .count()
+}
