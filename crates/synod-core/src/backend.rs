@@ -9,7 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
+use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use synod_api::synodpb::MemberRecord;
 
 use crate::error::StorageError;
 
@@ -35,6 +37,9 @@ pub const META_CLUSTER_ID: &str = "cluster_id";
 /// The Raft configuration (an encoded `eraftpb.ConfState`) as of the applied index.
 pub const META_CONF_STATE: &str = "conf_state";
 
+/// This member's own id, fixed at bootstrap.
+pub const META_MEMBER_ID: &str = "member_id";
+
 /// When an apply batch commits durably.
 #[derive(Debug, Clone, Copy)]
 pub struct DurableEvery {
@@ -52,10 +57,7 @@ pub struct Backend {
 impl Backend {
     /// Opens (or creates) the state-machine file at `path`, creating every table.
     pub fn open(path: &Path) -> Result<Backend, StorageError> {
-        let db = Database::builder()
-            .set_cache_size(256 << 20)
-            .create(path)
-            .map_err(|source| StorageError::open(path, source))?;
+        let db = open_checked(path)?;
         let tx = db.begin_write().map_err(StorageError::backend)?;
         {
             tx.open_table(KEY).map_err(StorageError::backend)?;
@@ -97,6 +99,56 @@ impl Backend {
         Ok(())
     }
 
+    /// Records the identity of a new member and the initial member list, durably. Writing the
+    /// same values again is harmless, which makes an interrupted bootstrap safe to repeat.
+    pub fn write_bootstrap(
+        &self,
+        cluster_id: u64,
+        member_id: u64,
+        members: &[MemberRecord],
+    ) -> Result<(), StorageError> {
+        let mut tx = self.begin_write()?;
+        {
+            let mut meta = tx.open_table(META).map_err(StorageError::backend)?;
+            write_meta_u64(&mut meta, META_CLUSTER_ID, cluster_id)?;
+            write_meta_u64(&mut meta, META_MEMBER_ID, member_id)?;
+            let mut table = tx.open_table(MEMBERS).map_err(StorageError::backend)?;
+            for member in members {
+                table
+                    .insert(member.id, member.encode_to_vec().as_slice())
+                    .map_err(StorageError::backend)?;
+            }
+        }
+        tx.set_durability(redb::Durability::Immediate)
+            .map_err(StorageError::backend)?;
+        tx.commit().map_err(StorageError::backend)
+    }
+
+    /// Returns (member id, cluster id) as recorded at bootstrap; zeros when never bootstrapped.
+    pub fn identity(&self) -> Result<(u64, u64), StorageError> {
+        let tx = self.begin_read()?;
+        let meta = tx.open_table(META).map_err(StorageError::backend)?;
+        Ok((
+            read_meta_u64(&meta, META_MEMBER_ID)?,
+            read_meta_u64(&meta, META_CLUSTER_ID)?,
+        ))
+    }
+
+    /// Every member record, ordered by id.
+    pub fn members(&self) -> Result<Vec<MemberRecord>, StorageError> {
+        let tx = self.begin_read()?;
+        let table = tx.open_table(MEMBERS).map_err(StorageError::backend)?;
+        let mut members = Vec::new();
+        for entry in table.iter().map_err(StorageError::backend)? {
+            let (_, value) = entry.map_err(StorageError::backend)?;
+            members.push(
+                MemberRecord::decode(value.value())
+                    .map_err(|e| StorageError::corrupt(e.to_string()))?,
+            );
+        }
+        Ok(members)
+    }
+
     /// Commits an empty transaction durably, so that every earlier non-durable commit is on disk.
     pub fn sync(&self) -> Result<(), StorageError> {
         let mut tx = self.begin_write()?;
@@ -104,6 +156,50 @@ impl Backend {
             .map_err(StorageError::backend)?;
         tx.set_quick_repair(true);
         tx.commit().map_err(StorageError::backend)
+    }
+}
+
+/// Opens the redb file and checks every page. redb reports some damage by panicking rather than
+/// with an error; the panic is contained here and becomes a refusal to start that names the file.
+fn open_checked(path: &Path) -> Result<Database, StorageError> {
+    let attempt = std::panic::catch_unwind(|| -> Result<Database, StorageError> {
+        let mut db = Database::builder()
+            .set_cache_size(256 << 20)
+            .create(path)
+            .map_err(|source| {
+                StorageError::open(path, format!("state-machine file is unreadable: {source}"))
+            })?;
+        // A torn last commit is rolled back to the previous intact one, which is safe: the Raft
+        // log replays everything after its applied index.
+        match db.check_integrity() {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                path = %path.display(),
+                "state-machine file failed its integrity check and was repaired to its last intact commit; \
+                 the raft log replays the rest"
+            ),
+            Err(error) => {
+                return Err(StorageError::open(
+                    path,
+                    format!("state-machine file is corrupt: {error}"),
+                ));
+            }
+        }
+        Ok(db)
+    });
+    match attempt {
+        Ok(result) => result,
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown damage".to_owned());
+            Err(StorageError::open(
+                path,
+                format!("state-machine file is corrupt: {detail}"),
+            ))
+        }
     }
 }
 

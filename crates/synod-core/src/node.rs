@@ -95,6 +95,13 @@ impl Node {
         logger: &slog::Logger,
     ) -> Result<Node, StorageError> {
         let applied = machine.applied_index();
+        if applied < log.snapshot_index() {
+            return Err(StorageError::corrupt(format!(
+                "the state machine has applied index {applied} but the raft log was compacted up to {}: \
+                 the state-machine file is older than the log (was member/db replaced?)",
+                log.snapshot_index()
+            )));
+        }
         log.clamp_commit(applied)?;
         let raft_config = raft::Config {
             id: config.id,

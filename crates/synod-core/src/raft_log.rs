@@ -41,18 +41,20 @@ pub struct RaftLog {
 }
 
 impl RaftLog {
-    /// Opens the log in `dir`. A torn tail (an interrupted last write) is cut off and logged;
-    /// corruption anywhere else fails with a message naming the file.
+    /// Opens the log in `dir`.
+    ///
+    /// The log is first opened in raft-engine's strict mode, which changes nothing on disk. If
+    /// that finds corruption, the newest file is saved aside and the log is opened again in
+    /// tail-tolerant mode, which cuts the newest file at the first bad record. If the cut removed
+    /// no more than one write batch (a torn last write), the member starts and says so; if it
+    /// removed more, the damage is not a torn write: the saved file is put back and the open
+    /// fails with a message naming the file, so nothing acknowledged is silently dropped.
     pub fn open(dir: &Path) -> Result<RaftLog, StorageError> {
-        let config = Config {
-            dir: dir.display().to_string(),
-            recovery_mode: RecoveryMode::TolerateTailCorruption,
-            target_file_size: ReadableSize::mb(64),
-            purge_threshold: ReadableSize::mb(512),
-            enable_log_recycle: false,
-            ..Config::default()
+        let engine = match Engine::open(engine_config(dir, RecoveryMode::AbsoluteConsistency)) {
+            Ok(engine) => engine,
+            Err(raft_engine::Error::Io(error)) => return Err(StorageError::open(dir, error)),
+            Err(corruption) => recover_torn_tail(dir, &corruption.to_string())?,
         };
-        let engine = Engine::open(config).map_err(|e| StorageError::open(dir, e))?;
         let hard_state: HardState = read_message(&engine, KEY_HARD_STATE)?;
         let conf_state: ConfState = read_message(&engine, KEY_CONF_STATE)?;
         let snapshot: SnapshotMetadata = read_message(&engine, KEY_SNAPSHOT)?;
@@ -63,7 +65,48 @@ impl RaftLog {
             snapshot,
         };
         log.check()?;
+        log.verify_entries(dir)?;
         Ok(log)
+    }
+
+    /// Reads every retained entry once: raft-engine checks an entry block's checksum only when
+    /// the block is read, so without this a damaged entry would be found only when a follower
+    /// or a replay needs it. The log holds at most about `--snapshot-count` entries beyond the
+    /// catch-up margin, so this stays cheap.
+    fn verify_entries(&self, dir: &Path) -> Result<(), StorageError> {
+        const CHUNK: u64 = 1024;
+        let mut low = self.first();
+        let end = self.last() + 1;
+        let mut entries = Vec::new();
+        while low < end {
+            let high = (low + CHUNK).min(end);
+            entries.clear();
+            if let Err(error) =
+                self.engine
+                    .fetch_entries_to::<EntryCodec>(REGION, low, high, None, &mut entries)
+            {
+                let bad = (low..high)
+                    .find(|&index| self.engine.get_entry::<EntryCodec>(REGION, index).is_err())
+                    .unwrap_or(low);
+                return Err(StorageError::corrupt(format!(
+                    "raft log in {}: entry {bad} cannot be read back ({error}); refusing to start",
+                    dir.display()
+                )));
+            }
+            if entries.len() as u64 != high - low
+                || entries
+                    .iter()
+                    .zip(low..)
+                    .any(|(entry, index)| entry.index != index)
+            {
+                return Err(StorageError::corrupt(format!(
+                    "raft log in {}: entries {low}..{high} are missing or out of order; refusing to start",
+                    dir.display()
+                )));
+            }
+            low = high;
+        }
+        Ok(())
     }
 
     /// Cross-checks what was read back: the committed index must exist in the log.
@@ -177,9 +220,11 @@ impl RaftLog {
             return Ok(());
         }
         let term = self.term(index).map_err(StorageError::log)?;
-        let mut snapshot = SnapshotMetadata::default();
-        snapshot.index = index;
-        snapshot.term = term;
+        let mut snapshot = SnapshotMetadata {
+            index,
+            term,
+            ..SnapshotMetadata::default()
+        };
         snapshot.set_conf_state(self.conf_state.clone());
         let mut batch = LogBatch::default();
         batch
@@ -215,6 +260,79 @@ impl RaftLog {
             .unwrap_or(self.snapshot.index)
             .max(self.snapshot.index)
     }
+}
+
+/// The most a torn last write can cut from the newest log file: one write batch (the node loop
+/// bounds the proposals it drains per turn) plus raft-engine's 2 MiB preallocation step.
+pub const TORN_TAIL_BYTES_MAX: u64 = 24 << 20;
+
+fn engine_config(dir: &Path, recovery_mode: RecoveryMode) -> Config {
+    Config {
+        dir: dir.display().to_string(),
+        recovery_mode,
+        target_file_size: ReadableSize::mb(64),
+        purge_threshold: ReadableSize::mb(512),
+        enable_log_recycle: false,
+        ..Config::default()
+    }
+}
+
+/// The newest file of the append queue.
+fn newest_log_file(dir: &Path) -> Result<Option<std::path::PathBuf>, StorageError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| StorageError::open(dir, e))?;
+    let mut files: Vec<std::path::PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "raftlog"))
+        .collect();
+    files.sort();
+    Ok(files.pop())
+}
+
+fn recover_torn_tail(dir: &Path, strict_error: &str) -> Result<Engine, StorageError> {
+    let refuse = |detail: String| {
+        StorageError::corrupt(format!(
+            "raft log in {}: {detail}; refusing to start",
+            dir.display()
+        ))
+    };
+    let Some(newest) = newest_log_file(dir)? else {
+        return Err(refuse(strict_error.to_owned()));
+    };
+    let saved = newest.with_extension("raftlog.before-recovery");
+    std::fs::copy(&newest, &saved).map_err(|e| StorageError::open(&saved, e))?;
+    let length_before = std::fs::metadata(&newest)
+        .map_err(|e| StorageError::open(&newest, e))?
+        .len();
+    let restore = || std::fs::rename(&saved, &newest).map_err(|e| StorageError::open(&newest, e));
+    let engine = match Engine::open(engine_config(dir, RecoveryMode::TolerateTailCorruption)) {
+        Ok(engine) => engine,
+        Err(error) => {
+            restore()?;
+            return Err(refuse(format!("{error} (strict open: {strict_error})")));
+        }
+    };
+    let length_after = std::fs::metadata(&newest)
+        .map_err(|e| StorageError::open(&newest, e))?
+        .len();
+    let cut = length_before.saturating_sub(length_after);
+    if cut > TORN_TAIL_BYTES_MAX {
+        drop(engine);
+        restore()?;
+        return Err(refuse(format!(
+            "{} is corrupt at byte {length_after} of {length_before}, far from its end, so this is not a torn \
+             last write ({strict_error})",
+            newest.display()
+        )));
+    }
+    std::fs::remove_file(&saved).map_err(|e| StorageError::open(&saved, e))?;
+    tracing::warn!(
+        file = %newest.display(),
+        cut_bytes = cut,
+        at_byte = length_after,
+        detail = strict_error,
+        "raft log had a torn tail (an interrupted last write); truncated it and continuing"
+    );
+    Ok(engine)
 }
 
 fn read_message<M: protobuf::Message + Default>(

@@ -175,16 +175,16 @@ impl Lessor {
     pub fn attach(&self, key: &[u8], lease: i64) {
         let mut state = self.lock();
         let state = &mut *state;
-        if let Some(previous) = state.attached.remove(key) {
-            if let Some(old) = state.leases.get_mut(&previous) {
-                old.keys.remove(key);
-            }
+        if let Some(previous) = state.attached.remove(key)
+            && let Some(old) = state.leases.get_mut(&previous)
+        {
+            old.keys.remove(key);
         }
-        if lease != 0 {
-            if let Some(new) = state.leases.get_mut(&lease) {
-                new.keys.insert(key.to_vec());
-                state.attached.insert(key.to_vec(), lease);
-            }
+        if lease != 0
+            && let Some(new) = state.leases.get_mut(&lease)
+        {
+            new.keys.insert(key.to_vec());
+            state.attached.insert(key.to_vec(), lease);
         }
     }
 

@@ -255,10 +255,10 @@ impl TreeIndex {
             return;
         }
         for (key, index) in self.keys.range::<[u8], _>(range.bounds()) {
-            if let Some(state) = index.get(at) {
-                if !visit(key, state) {
-                    return;
-                }
+            if let Some(state) = index.get(at)
+                && !visit(key, state)
+            {
+                return;
             }
         }
     }

@@ -43,6 +43,9 @@ pub struct RangeResult {
     pub revision: i64,
 }
 
+/// A live key and the lease it carries.
+pub type LeasedKey = (Vec<u8>, i64);
+
 #[derive(Debug)]
 struct IndexState {
     index: TreeIndex,
@@ -67,13 +70,14 @@ struct Lookup {
 impl KvStore {
     /// Opens the store over `backend`, rebuilding the key index from the key table. Also returns
     /// every live key that carries a lease, with its lease, for the lessor.
-    pub fn open(backend: Arc<Backend>) -> Result<(KvStore, Vec<(Vec<u8>, i64)>), StorageError> {
+    pub fn open(backend: Arc<Backend>) -> Result<(KvStore, Vec<LeasedKey>), StorageError> {
         let tx = backend.begin_read()?;
         let meta = tx.open_table(META).map_err(StorageError::backend)?;
         let compact = backend::read_meta_u64(&meta, backend::META_COMPACT_REVISION)? as i64;
         let table = tx.open_table(KEY).map_err(StorageError::backend)?;
         let mut index = TreeIndex::default();
-        let mut current = compact;
+        // A new store is at revision 1, as in etcd: the first write makes revision 2.
+        let mut current = compact.max(1);
         let mut leased: std::collections::HashMap<Vec<u8>, i64> = std::collections::HashMap::new();
         for entry in table.iter().map_err(StorageError::backend)? {
             let (rev_bytes, value) = entry.map_err(StorageError::backend)?;

@@ -48,6 +48,11 @@ pub enum WatchNotice {
 pub trait WatchSink: Send + Sync {
     /// Enqueues a notice; returns false, dropping it, when the queue is full or closed.
     fn try_send(&self, notice: WatchNotice) -> bool;
+
+    /// Returns whether the queue has room now; catch-up skips streams that have none.
+    fn has_room(&self) -> bool {
+        true
+    }
 }
 
 /// What a client asked to watch.
@@ -276,19 +281,10 @@ impl WatchHub {
         for key in fallen_behind {
             state.make_unsynced(key);
         }
-        // Synced watchers that saw nothing have still seen everything up to `revision`.
-        let synced: Vec<WatcherKey> = state
-            .synced_by_key
-            .values()
-            .flatten()
-            .chain(state.synced_ranges.iter())
-            .copied()
-            .collect();
-        for key in synced {
-            if let Some(watcher) = state.watchers.get_mut(&key) {
-                watcher.next_revision = watcher.next_revision.max(revision + 1);
-            }
-        }
+        // A synced watcher that got nothing has still seen everything up to `revision`; its
+        // `next_revision` is not advanced here (that would cost a pass over every watcher per
+        // write): for synced watchers it only matters when it is in the future (a start
+        // revision ahead of the store), and the filter above reads it that way.
     }
 
     /// Replays history to unsynced watchers whose streams have room; moves those that caught up
@@ -297,14 +293,17 @@ impl WatchHub {
     pub fn sync_unsynced(&self, store: &KvStore) -> Result<usize, Error> {
         let (from, to) = {
             let state = self.lock();
+            // Only watchers whose stream has room can take anything now; reading history for
+            // the others would be wasted work, every round, for as long as their client stalls.
             let Some(from) = state
                 .unsynced
                 .iter()
                 .filter_map(|key| state.watchers.get(key))
-                .map(|w| w.next_revision)
+                .filter(|watcher| watcher.sink.has_room())
+                .map(|watcher| watcher.next_revision)
                 .min()
             else {
-                return Ok(0);
+                return Ok(state.unsynced.len());
             };
             (from, state.notified_revision)
         };
@@ -319,7 +318,7 @@ impl WatchHub {
             }
         };
         // The last revision the read covered: all of `to`, unless the read stopped early.
-        let covered = if events.len() > 0 && revisions_in(&events) == CATCH_UP_REVISIONS_MAX {
+        let covered = if !events.is_empty() && revisions_in(&events) == CATCH_UP_REVISIONS_MAX {
             mod_revision(events.last().expect("non-empty"))
         } else {
             to
@@ -342,7 +341,10 @@ impl WatchHub {
                 }
                 continue;
             }
-            if watcher.next_revision > covered + 1 || watcher.next_revision < from {
+            if watcher.next_revision > covered + 1
+                || watcher.next_revision < from
+                || !watcher.sink.has_room()
+            {
                 continue;
             }
             let wanted: Vec<Event> = events
