@@ -1,1 +1,143 @@
-//! placeholder
+//! The runtime shell of a Synod member: it owns the threads, the sockets and the clock, and drives
+//! the deterministic core (`synod-core`).
+//!
+//! - [`member::Member`]: bootstrap from the data directory, the node-loop thread, and the
+//!   propose/read API the handlers use.
+//! - [`kv`], [`watch`], [`lease`], [`maintenance`]: etcd's gRPC services.
+//! - [`http`]: `/health`, `/version` and friends on the client port.
+//! - [`config`]: flags, environment and config file.
+//! - [`error`]: the single mapping of failures to etcd's codes and messages.
+//!
+//! Handlers never write state: they validate, propose or read, map the error and fill the header.
+//! No lock is held across an `.await`.
+
+pub mod background;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod kv;
+pub mod lease;
+pub mod maintenance;
+pub mod member;
+pub mod validate;
+pub mod watch;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use synod_api::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::member::Member;
+
+/// gRPC allows this much more than `--max-request-bytes` so that oversize requests reach the
+/// handler and get etcd's "request is too large" rather than a transport error (etcd: +512 KiB).
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Builds the router that serves gRPC and HTTP on a client URL.
+pub fn client_router(member: Arc<Member>) -> axum::Router {
+    let decode_max = member.config.request_bytes_max + GRPC_OVERHEAD_BYTES;
+    let routes = tonic::service::Routes::new(
+        KvServer::new(kv::KvService::new(member.clone())).max_decoding_message_size(decode_max),
+    )
+    .add_service(
+        WatchServer::new(watch::WatchService::new(member.clone()))
+            .max_decoding_message_size(decode_max),
+    )
+    .add_service(
+        LeaseServer::new(lease::LeaseService::new(member.clone()))
+            .max_decoding_message_size(decode_max),
+    )
+    .add_service(MaintenanceServer::new(
+        maintenance::MaintenanceService::new(member.clone()),
+    ))
+    .add_service(ClusterServer::new(maintenance::ClusterService::new(
+        member.clone(),
+    )));
+    routes.into_axum_router().merge(http::router(member))
+}
+
+/// Runs a member until `shutdown` resolves, then stops it gracefully: the listeners close, the
+/// node loop makes the state machine durable, and the function returns.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let mut client_listeners = Vec::new();
+    for url in &config.listen_client_urls {
+        let address = config::socket_address(url)?;
+        let listener = TcpListener::bind(&address)
+            .await
+            .with_context(|| format!("listening for clients on {address}"))?;
+        client_listeners.push(listener);
+    }
+    let mut peer_listeners = Vec::new();
+    for url in &config.listen_peer_urls {
+        let address = config::socket_address(url)?;
+        let listener = TcpListener::bind(&address)
+            .await
+            .with_context(|| format!("listening for peers on {address}"))?;
+        peer_listeners.push(listener);
+    }
+    let (member, node_loop) = Member::open(config.clone()).context("opening the member")?;
+    let node_thread = std::thread::Builder::new()
+        .name("synod-node".to_owned())
+        .spawn(move || node_loop.run())?;
+    background::spawn(member.clone());
+
+    let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
+    let mut servers = Vec::new();
+    for listener in client_listeners {
+        let router = client_router(member.clone());
+        let mut stop = stop_receiver.clone();
+        tracing::info!(address = %listener.local_addr()?, "serving clients (gRPC and HTTP)");
+        // Without TCP_NODELAY, a small unary response that follows a watch event on the same
+        // connection waits for the client's delayed ACK (about 40 ms on Linux).
+        let listener = listener.tap_io(|stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::warn!(%error, "cannot set TCP_NODELAY on a client connection");
+            }
+        });
+        servers.push(tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                })
+                .await
+        }));
+    }
+    for listener in peer_listeners {
+        // Peers will speak Raft here; for now the port is held and answers /version, as etcd's
+        // peer port does.
+        let router = http::router(member.clone());
+        let mut stop = stop_receiver.clone();
+        tracing::info!(address = %listener.local_addr()?, "listening for peers");
+        servers.push(tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                })
+                .await
+        }));
+    }
+    tracing::info!(name = %config.name, data_dir = %config.data_dir.display(), "ready to serve");
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_sender.send(true);
+    member.shutdown();
+    let joined = tokio::task::spawn_blocking(move || node_thread.join()).await;
+    if !matches!(joined, Ok(Ok(()))) {
+        anyhow::bail!("the node loop ended abnormally");
+    }
+    for server in servers {
+        // Streams such as watches end when the process exits; do not wait on them for long.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! Periodic work of a member outside the node loop: catching up unsynced watchers, progress
+//! notifications, and auto-compaction.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use synod_api::etcdserverpb::CompactionRequest;
+use synod_api::synodpb::internal_request::Request;
+
+use crate::config::AutoCompaction;
+use crate::error::ServerError;
+use crate::member::Member;
+
+/// How often unsynced watchers are caught up (etcd: 100 ms).
+const WATCH_SYNC_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Spawns the member's periodic tasks on the current runtime.
+pub fn spawn(member: Arc<Member>) {
+    let watch_member = member.clone();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(WATCH_SYNC_INTERVAL);
+        while !watch_member.is_stopped() {
+            interval.tick().await;
+            if let Err(error) = watch_member.hub.sync_unsynced(&watch_member.store) {
+                tracing::error!(%error, "catching up watchers failed");
+            }
+        }
+    });
+    let progress_member = member.clone();
+    tokio::spawn(async move {
+        let mut interval =
+            tokio::time::interval(progress_member.config.watch_progress_notify_interval);
+        interval.tick().await;
+        while !progress_member.is_stopped() {
+            interval.tick().await;
+            progress_member.hub.notify_progress();
+        }
+    });
+    if member.config.auto_compaction != AutoCompaction::Off {
+        tokio::spawn(auto_compact(member));
+    }
+}
+
+/// etcd's compactors. Periodic: samples the revision every tenth of the retention and compacts
+/// to the revision seen one retention ago. Revision: keeps the last N revisions.
+async fn auto_compact(member: Arc<Member>) {
+    let (check, retention) = match member.config.auto_compaction {
+        AutoCompaction::Periodic(retention) => (
+            (retention / 10).max(Duration::from_secs(1)),
+            Some(retention),
+        ),
+        AutoCompaction::Revision(_) => (Duration::from_secs(1), None),
+        AutoCompaction::Off => return,
+    };
+    let mut samples: VecDeque<(Instant, i64)> = VecDeque::new();
+    let mut interval = tokio::time::interval(check);
+    let mut last_compacted = member.store.compact_revision();
+    while !member.is_stopped() {
+        interval.tick().await;
+        let now = Instant::now();
+        let current = member.store.current_revision();
+        let target = match (member.config.auto_compaction, retention) {
+            (AutoCompaction::Revision(keep), _) => current - keep,
+            (_, Some(retention)) => {
+                samples.push_back((now, current));
+                let mut target = 0;
+                while let Some(&(at, revision)) = samples.front() {
+                    if now.duration_since(at) < retention {
+                        break;
+                    }
+                    target = revision;
+                    samples.pop_front();
+                }
+                target
+            }
+            _ => 0,
+        };
+        if target <= last_compacted || target <= member.store.compact_revision() {
+            continue;
+        }
+        match member
+            .propose(Request::Compaction(CompactionRequest {
+                revision: target,
+                physical: false,
+            }))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(revision = target, "auto-compacted");
+                last_compacted = target;
+            }
+            Err(ServerError::Request(synod_core::RequestError::Compacted)) => {
+                last_compacted = target
+            }
+            Err(error) => {
+                tracing::warn!(%error, revision = target, "auto-compaction failed; will retry")
+            }
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! Member configuration: etcd's flag names, each also settable as a `SYNOD_*` environment variable
+//! and in a TOML file given by `--config-file` (keys spelled like the flags, e.g. `data-dir`).
+//! Precedence: command line, then environment, then file, then defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default client URL (etcd's port 2379).
+pub const DEFAULT_CLIENT_URL: &str = "http://127.0.0.1:2379";
+/// Default peer URL (etcd's port 2380).
+pub const DEFAULT_PEER_URL: &str = "http://127.0.0.1:2380";
+
+/// Flags of `synod server`. Every field is optional here so that the file can fill the gaps.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServerArgs {
+    /// TOML file with any of these settings (keys as the flag names without dashes in front).
+    #[arg(long, env = "SYNOD_CONFIG_FILE")]
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
+    /// Human-readable name of this member.
+    #[arg(long, env = "SYNOD_NAME")]
+    pub name: Option<String>,
+    /// Directory for the Raft log and the state-machine file [default: <name>.synod].
+    #[arg(long, env = "SYNOD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic (gRPC and HTTP on the same port), comma-separated.
+    #[arg(long, env = "SYNOD_LISTEN_CLIENT_URLS")]
+    pub listen_client_urls: Option<String>,
+    /// Client URLs to advertise to the cluster [default: the listen URLs].
+    #[arg(long, env = "SYNOD_ADVERTISE_CLIENT_URLS")]
+    pub advertise_client_urls: Option<String>,
+    /// URLs to listen on for peer traffic.
+    #[arg(long, env = "SYNOD_LISTEN_PEER_URLS")]
+    pub listen_peer_urls: Option<String>,
+    /// Peer URLs of this member to advertise to the cluster.
+    #[arg(long, env = "SYNOD_INITIAL_ADVERTISE_PEER_URLS")]
+    pub initial_advertise_peer_urls: Option<String>,
+    /// Initial cluster configuration, `name=peer-url,...` [default: <name>=<advertised peer URL>].
+    #[arg(long, env = "SYNOD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// `new` to bootstrap a cluster, `existing` to join one.
+    #[arg(long, env = "SYNOD_INITIAL_CLUSTER_STATE")]
+    pub initial_cluster_state: Option<String>,
+    /// Token that makes cluster and member ids unique to this cluster.
+    #[arg(long, env = "SYNOD_INITIAL_CLUSTER_TOKEN")]
+    pub initial_cluster_token: Option<String>,
+    /// Time of one Raft tick (heartbeat), in milliseconds.
+    #[arg(long, env = "SYNOD_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<u64>,
+    /// Election timeout, in milliseconds.
+    #[arg(long, env = "SYNOD_ELECTION_TIMEOUT")]
+    pub election_timeout: Option<u64>,
+    /// Applied entries between two compactions of the Raft log.
+    #[arg(long, env = "SYNOD_SNAPSHOT_COUNT")]
+    pub snapshot_count: Option<u64>,
+    /// Size of the state-machine file that raises the NOSPACE alarm, in bytes (0: 2 GiB).
+    #[arg(long, env = "SYNOD_QUOTA_BACKEND_BYTES")]
+    pub quota_backend_bytes: Option<u64>,
+    /// Largest request accepted, in bytes.
+    #[arg(long, env = "SYNOD_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<u64>,
+    /// Most operations in one txn.
+    #[arg(long, env = "SYNOD_MAX_TXN_OPS")]
+    pub max_txn_ops: Option<u64>,
+    /// `periodic` (retention is a duration such as `1h` or `30m`) or `revision` (retention is a
+    /// number of revisions to keep).
+    #[arg(long, env = "SYNOD_AUTO_COMPACTION_MODE")]
+    pub auto_compaction_mode: Option<String>,
+    /// How much history auto-compaction keeps; `0` turns it off.
+    #[arg(long, env = "SYNOD_AUTO_COMPACTION_RETENTION")]
+    pub auto_compaction_retention: Option<String>,
+    /// Interval of progress notifications to watchers that asked for them (e.g. `10m`, `5s`).
+    #[arg(long, env = "SYNOD_WATCH_PROGRESS_NOTIFY_INTERVAL")]
+    pub watch_progress_notify_interval: Option<String>,
+}
+
+impl ServerArgs {
+    /// Fills every unset field from `other`.
+    fn or(self, other: ServerArgs) -> ServerArgs {
+        ServerArgs {
+            config_file: self.config_file.or(other.config_file),
+            name: self.name.or(other.name),
+            data_dir: self.data_dir.or(other.data_dir),
+            listen_client_urls: self.listen_client_urls.or(other.listen_client_urls),
+            advertise_client_urls: self.advertise_client_urls.or(other.advertise_client_urls),
+            listen_peer_urls: self.listen_peer_urls.or(other.listen_peer_urls),
+            initial_advertise_peer_urls: self
+                .initial_advertise_peer_urls
+                .or(other.initial_advertise_peer_urls),
+            initial_cluster: self.initial_cluster.or(other.initial_cluster),
+            initial_cluster_state: self.initial_cluster_state.or(other.initial_cluster_state),
+            initial_cluster_token: self.initial_cluster_token.or(other.initial_cluster_token),
+            heartbeat_interval: self.heartbeat_interval.or(other.heartbeat_interval),
+            election_timeout: self.election_timeout.or(other.election_timeout),
+            snapshot_count: self.snapshot_count.or(other.snapshot_count),
+            quota_backend_bytes: self.quota_backend_bytes.or(other.quota_backend_bytes),
+            max_request_bytes: self.max_request_bytes.or(other.max_request_bytes),
+            max_txn_ops: self.max_txn_ops.or(other.max_txn_ops),
+            auto_compaction_mode: self.auto_compaction_mode.or(other.auto_compaction_mode),
+            auto_compaction_retention: self
+                .auto_compaction_retention
+                .or(other.auto_compaction_retention),
+            watch_progress_notify_interval: self
+                .watch_progress_notify_interval
+                .or(other.watch_progress_notify_interval),
+        }
+    }
+}
+
+/// Auto-compaction policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    Off,
+    /// Keep history of at least this long.
+    Periodic(Duration),
+    /// Keep this many revisions.
+    Revision(i64),
+}
+
+/// The resolved configuration of a member.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client_urls: Vec<String>,
+    pub advertise_client_urls: Vec<String>,
+    pub listen_peer_urls: Vec<String>,
+    pub advertise_peer_urls: Vec<String>,
+    /// (name, peer URLs) of every initial member.
+    pub initial_cluster: Vec<(String, Vec<String>)>,
+    pub initial_cluster_new: bool,
+    pub initial_cluster_token: String,
+    pub heartbeat_ms: u64,
+    pub election_ms: u64,
+    pub snapshot_count: u64,
+    pub quota_backend_bytes: u64,
+    pub request_bytes_max: usize,
+    pub txn_ops_max: usize,
+    pub auto_compaction: AutoCompaction,
+    pub watch_progress_notify_interval: Duration,
+}
+
+/// A setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Parses `1h`, `30m`, `10s`, `500ms` or a bare number of seconds (etcd accepts hours for a bare
+/// number in periodic compaction; see [`parse_retention`]).
+pub fn parse_duration(value: &str) -> Result<Duration, ConfigError> {
+    let value = value.trim();
+    let bad = || {
+        ConfigError(format!(
+            "invalid duration {value:?} (use e.g. 500ms, 10s, 5m, 1h)"
+        ))
+    };
+    let (number, unit) = match value.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(split) => value.split_at(split),
+        None => (value, "s"),
+    };
+    let number: f64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Parses `--auto-compaction-retention` for a mode, as etcd does: in periodic mode a bare number
+/// is hours.
+pub fn parse_retention(mode: &str, retention: &str) -> Result<AutoCompaction, ConfigError> {
+    let retention = retention.trim();
+    if retention.is_empty() || retention == "0" {
+        return Ok(AutoCompaction::Off);
+    }
+    match mode {
+        "periodic" => {
+            let duration = if retention.chars().all(|c| c.is_ascii_digit()) {
+                let hours: u64 = retention
+                    .parse()
+                    .map_err(|_| ConfigError(format!("invalid retention {retention:?}")))?;
+                Duration::from_secs(hours * 3600)
+            } else {
+                parse_duration(retention)?
+            };
+            Ok(if duration.is_zero() {
+                AutoCompaction::Off
+            } else {
+                AutoCompaction::Periodic(duration)
+            })
+        }
+        "revision" => {
+            let revisions: i64 = retention.parse().map_err(|_| {
+                ConfigError(format!(
+                    "invalid revision retention {retention:?} (a number of revisions)"
+                ))
+            })?;
+            Ok(if revisions <= 0 {
+                AutoCompaction::Off
+            } else {
+                AutoCompaction::Revision(revisions)
+            })
+        }
+        other => Err(ConfigError(format!(
+            "invalid --auto-compaction-mode {other:?} (periodic or revision)"
+        ))),
+    }
+}
+
+impl Config {
+    /// Resolves flags (already merged with the environment by clap), the config file and defaults.
+    pub fn resolve(args: ServerArgs) -> Result<Config, ConfigError> {
+        let args = match &args.config_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("reading config file {}: {e}", path.display()))
+                })?;
+                let file: ServerArgs = toml::from_str(&text)
+                    .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
+                args.or(file)
+            }
+            None => args,
+        };
+        let name = args.name.unwrap_or_else(|| "default".to_owned());
+        let data_dir = args
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(format!("{name}.synod")));
+        let listen_client_urls = list(
+            args.listen_client_urls
+                .as_deref()
+                .unwrap_or(DEFAULT_CLIENT_URL),
+        );
+        let advertise_client_urls = args
+            .advertise_client_urls
+            .as_deref()
+            .map(list)
+            .unwrap_or_else(|| listen_client_urls.clone());
+        let listen_peer_urls = list(args.listen_peer_urls.as_deref().unwrap_or(DEFAULT_PEER_URL));
+        let advertise_peer_urls = list(
+            args.initial_advertise_peer_urls
+                .as_deref()
+                .unwrap_or(DEFAULT_PEER_URL),
+        );
+        let initial_cluster = match &args.initial_cluster {
+            Some(spec) => parse_initial_cluster(spec)?,
+            None => vec![(name.clone(), advertise_peer_urls.clone())],
+        };
+        let initial_cluster_new = match args.initial_cluster_state.as_deref().unwrap_or("new") {
+            "new" => true,
+            "existing" => false,
+            other => {
+                return Err(ConfigError(format!(
+                    "invalid --initial-cluster-state {other:?} (new or existing)"
+                )));
+            }
+        };
+        let heartbeat_ms = args.heartbeat_interval.unwrap_or(100);
+        let election_ms = args.election_timeout.unwrap_or(1000);
+        if heartbeat_ms == 0 || election_ms < 5 * heartbeat_ms {
+            return Err(ConfigError(format!(
+                "--election-timeout ({election_ms} ms) must be at least 5 times --heartbeat-interval ({heartbeat_ms} ms)"
+            )));
+        }
+        if election_ms > 50_000 {
+            return Err(ConfigError(format!(
+                "--election-timeout ({election_ms} ms) is longer than 50000 ms"
+            )));
+        }
+        let quota = match args.quota_backend_bytes.unwrap_or(0) {
+            0 => 2 << 30,
+            bytes => bytes,
+        };
+        let mode = args.auto_compaction_mode.as_deref().unwrap_or("periodic");
+        let auto_compaction = parse_retention(
+            mode,
+            args.auto_compaction_retention.as_deref().unwrap_or("0"),
+        )?;
+        let progress = parse_duration(
+            args.watch_progress_notify_interval
+                .as_deref()
+                .unwrap_or("10m"),
+        )?;
+        for url in listen_client_urls.iter().chain(&listen_peer_urls) {
+            socket_address(url)?;
+        }
+        Ok(Config {
+            name,
+            data_dir,
+            listen_client_urls,
+            advertise_client_urls,
+            listen_peer_urls,
+            advertise_peer_urls,
+            initial_cluster,
+            initial_cluster_new,
+            initial_cluster_token: args
+                .initial_cluster_token
+                .unwrap_or_else(|| "etcd-cluster".to_owned()),
+            heartbeat_ms,
+            election_ms,
+            snapshot_count: args.snapshot_count.unwrap_or(10_000).max(1),
+            quota_backend_bytes: quota,
+            request_bytes_max: args.max_request_bytes.unwrap_or(1_572_864) as usize,
+            txn_ops_max: args.max_txn_ops.unwrap_or(128) as usize,
+            auto_compaction,
+            watch_progress_notify_interval: progress.max(Duration::from_millis(100)),
+        })
+    }
+
+    /// Ticks in one election timeout.
+    pub fn election_ticks(&self) -> usize {
+        (self.election_ms / self.heartbeat_ms) as usize
+    }
+
+    /// The smallest lease TTL: 1.5 election timeouts, rounded up to whole seconds (etcd).
+    pub fn lease_ttl_min_seconds(&self) -> i64 {
+        (3 * self.election_ms).div_ceil(2).div_ceil(1000) as i64
+    }
+}
+
+fn parse_initial_cluster(spec: &str) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
+    let mut members: Vec<(String, Vec<String>)> = Vec::new();
+    for part in list(spec) {
+        let (name, url) = part.split_once('=').ok_or_else(|| {
+            ConfigError(format!(
+                "invalid --initial-cluster entry {part:?} (expected name=url)"
+            ))
+        })?;
+        match members.iter_mut().find(|(n, _)| n == name) {
+            Some((_, urls)) => urls.push(url.to_owned()),
+            None => members.push((name.to_owned(), vec![url.to_owned()])),
+        }
+    }
+    if members.is_empty() {
+        return Err(ConfigError("--initial-cluster is empty".to_owned()));
+    }
+    Ok(members)
+}
+
+/// Returns the `host:port` of an `http://host:port` URL.
+pub fn socket_address(url: &str) -> Result<String, ConfigError> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        ConfigError(format!(
+            "unsupported URL {url:?}: only http:// is served (TLS is not built yet)"
+        ))
+    })?;
+    let host_port = rest.trim_end_matches('/');
+    if !host_port.contains(':') || host_port.contains('/') {
+        return Err(ConfigError(format!("URL {url:?} must be http://host:port")));
+    }
+    Ok(host_port.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_etcd() {
+        let config = Config::resolve(ServerArgs::default()).expect("defaults are valid");
+        assert_eq!(config.name, "default");
+        assert_eq!(config.data_dir, PathBuf::from("default.synod"));
+        assert_eq!(config.listen_client_urls, vec![DEFAULT_CLIENT_URL]);
+        assert_eq!(
+            config.initial_cluster,
+            vec![("default".to_owned(), vec![DEFAULT_PEER_URL.to_owned()])]
+        );
+        assert_eq!(config.election_ticks(), 10);
+        assert_eq!(config.lease_ttl_min_seconds(), 2);
+        assert_eq!(config.request_bytes_max, 1_572_864);
+        assert_eq!(config.auto_compaction, AutoCompaction::Off);
+    }
+
+    #[test]
+    fn the_file_fills_what_flags_leave_unset() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("synod.toml");
+        std::fs::write(
+            &path,
+            "name = \"from-file\"\nsnapshot-count = 7\nmax-txn-ops = 3\n",
+        )
+        .expect("write");
+        let args = ServerArgs {
+            config_file: Some(path),
+            name: Some("from-flag".into()),
+            ..ServerArgs::default()
+        };
+        let config = Config::resolve(args).expect("valid");
+        assert_eq!(config.name, "from-flag");
+        assert_eq!(config.snapshot_count, 7);
+        assert_eq!(config.txn_ops_max, 3);
+    }
+
+    #[test]
+    fn retention_follows_etcd() {
+        assert_eq!(
+            parse_retention("periodic", "1").ok(),
+            Some(AutoCompaction::Periodic(Duration::from_secs(3600)))
+        );
+        assert_eq!(
+            parse_retention("periodic", "30m").ok(),
+            Some(AutoCompaction::Periodic(Duration::from_secs(1800)))
+        );
+        assert_eq!(
+            parse_retention("revision", "1000").ok(),
+            Some(AutoCompaction::Revision(1000))
+        );
+        assert!(parse_retention("sometimes", "1").is_err());
+        assert!(
+            Config::resolve(ServerArgs {
+                election_timeout: Some(200),
+                ..ServerArgs::default()
+            })
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,83 @@
+//! The one place where failures become etcd's wire errors (code and exact message).
+
+use synod_api::errors::{self, WireError};
+use synod_core::{RequestError, StorageError};
+
+/// Why the server could not serve a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("no leader")]
+    NoLeader,
+    #[error("leader changed")]
+    LeaderChanged,
+    #[error("server stopped")]
+    Stopped,
+    #[error("request timed out")]
+    Timeout,
+    #[error("too many requests")]
+    TooManyRequests,
+    #[error("request is too large")]
+    RequestTooLarge,
+    #[error("storage failure")]
+    Storage,
+}
+
+impl From<synod_core::Error> for ServerError {
+    fn from(error: synod_core::Error) -> ServerError {
+        match error {
+            synod_core::Error::Request(refused) => ServerError::Request(refused),
+            synod_core::Error::Storage(failure) => failure.into(),
+        }
+    }
+}
+
+impl From<StorageError> for ServerError {
+    fn from(failure: StorageError) -> ServerError {
+        tracing::error!(error = %failure, "storage failure while serving a request");
+        ServerError::Storage
+    }
+}
+
+/// Maps a refusal of the state machine to etcd's error.
+pub fn request_wire_error(error: RequestError) -> WireError {
+    match error {
+        RequestError::Compacted => errors::COMPACTED,
+        RequestError::FutureRevision => errors::FUTURE_REV,
+        RequestError::KeyNotFound => errors::KEY_NOT_FOUND,
+        RequestError::ValueProvided => errors::VALUE_PROVIDED,
+        RequestError::LeaseProvided => errors::LEASE_PROVIDED,
+        RequestError::LeaseNotFound => errors::LEASE_NOT_FOUND,
+        RequestError::LeaseExists => errors::LEASE_EXIST,
+        RequestError::LeaseTtlTooLarge => errors::LEASE_TTL_TOO_LARGE,
+        RequestError::NoSpace => errors::NO_SPACE,
+        RequestError::DuplicateKey => errors::DUPLICATE_KEY,
+        RequestError::TooManyOps => errors::TOO_MANY_OPS,
+        RequestError::EmptyKey => errors::EMPTY_KEY,
+        RequestError::InvalidSortOption => errors::INVALID_SORT_OPTION,
+        RequestError::MemberNotFound => errors::MEMBER_NOT_FOUND,
+    }
+}
+
+impl ServerError {
+    /// etcd's code and message for this failure.
+    pub fn wire(self) -> WireError {
+        match self {
+            ServerError::Request(refused) => request_wire_error(refused),
+            ServerError::NoLeader => errors::NO_LEADER,
+            ServerError::LeaderChanged => errors::LEADER_CHANGED,
+            ServerError::Stopped => errors::STOPPED,
+            ServerError::Timeout => errors::TIMEOUT,
+            ServerError::TooManyRequests => errors::TOO_MANY_REQUESTS,
+            ServerError::RequestTooLarge => errors::REQUEST_TOO_LARGE,
+            ServerError::Storage => errors::CORRUPT,
+        }
+    }
+}
+
+impl From<ServerError> for tonic::Status {
+    fn from(error: ServerError) -> tonic::Status {
+        error.wire().status()
+    }
+}

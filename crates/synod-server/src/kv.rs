@@ -1,0 +1,109 @@
+//! etcd's KV service. Each handler checks the request, proposes it or reads, maps the error and
+//! fills the header (etcd `v3rpc/key.go`).
+
+use std::sync::Arc;
+
+use prost::Message;
+use synod_api::etcdserverpb::kv_server::Kv;
+use synod_api::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use synod_api::synodpb::internal_request::Request;
+use synod_core::apply::{Response, execute_range, txn_puts};
+use tonic::Status;
+
+use crate::error::ServerError;
+use crate::member::{Member, unexpected};
+use crate::validate;
+
+pub struct KvService {
+    member: Arc<Member>,
+}
+
+impl KvService {
+    pub fn new(member: Arc<Member>) -> KvService {
+        KvService { member }
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(
+        &self,
+        request: tonic::Request<RangeRequest>,
+    ) -> Result<tonic::Response<RangeResponse>, Status> {
+        let request = request.into_inner();
+        validate::check_range(&request).map_err(ServerError::from)?;
+        if !request.serializable {
+            self.member.read_barrier().await?;
+        }
+        let mut response =
+            execute_range(&*self.member.store, &request).map_err(ServerError::from)?;
+        self.member.fill(&mut response.header);
+        Ok(tonic::Response::new(response))
+    }
+
+    async fn put(
+        &self,
+        request: tonic::Request<PutRequest>,
+    ) -> Result<tonic::Response<PutResponse>, Status> {
+        let request = request.into_inner();
+        validate::check_put(&request).map_err(ServerError::from)?;
+        self.member.check_quota(request.encoded_len()).await?;
+        match self.member.propose(Request::Put(request)).await? {
+            Response::Put(mut response) => {
+                self.member.fill(&mut response.header);
+                Ok(tonic::Response::new(response))
+            }
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: tonic::Request<DeleteRangeRequest>,
+    ) -> Result<tonic::Response<DeleteRangeResponse>, Status> {
+        let request = request.into_inner();
+        validate::check_delete(&request).map_err(ServerError::from)?;
+        match self.member.propose(Request::DeleteRange(request)).await? {
+            Response::DeleteRange(mut response) => {
+                self.member.fill(&mut response.header);
+                Ok(tonic::Response::new(response))
+            }
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn txn(
+        &self,
+        request: tonic::Request<TxnRequest>,
+    ) -> Result<tonic::Response<TxnResponse>, Status> {
+        let request = request.into_inner();
+        validate::check_txn(&request, self.member.config.txn_ops_max).map_err(ServerError::from)?;
+        if txn_puts(&request) {
+            self.member.check_quota(request.encoded_len()).await?;
+        }
+        match self.member.propose(Request::Txn(request)).await? {
+            Response::Txn(mut response) => {
+                self.member.fill(&mut response.header);
+                Ok(tonic::Response::new(response))
+            }
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn compact(
+        &self,
+        request: tonic::Request<CompactionRequest>,
+    ) -> Result<tonic::Response<CompactionResponse>, Status> {
+        let request = request.into_inner();
+        match self.member.propose(Request::Compaction(request)).await? {
+            Response::Compaction(mut response) => {
+                self.member.fill(&mut response.header);
+                Ok(tonic::Response::new(response))
+            }
+            other => Err(unexpected(&other).into()),
+        }
+    }
+}

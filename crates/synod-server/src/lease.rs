@@ -1,0 +1,152 @@
+//! etcd's Lease service (etcd `v3rpc/lease.go`). Grants and revokes go through Raft; keep-alives
+//! renew on the leader's lessor, which alone tracks deadlines.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use synod_api::errors;
+use synod_api::etcdserverpb::lease_server::Lease;
+use synod_api::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use synod_api::synodpb::internal_request::Request;
+use synod_core::apply::Response;
+use synod_core::lease::RenewError;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::member::{Member, unexpected};
+
+/// Keep-alive responses buffered per stream.
+const KEEPALIVE_QUEUE_MAX: usize = 64;
+
+pub struct LeaseService {
+    member: Arc<Member>,
+}
+
+impl LeaseService {
+    pub fn new(member: Arc<Member>) -> LeaseService {
+        LeaseService { member }
+    }
+}
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        request: tonic::Request<LeaseGrantRequest>,
+    ) -> Result<tonic::Response<LeaseGrantResponse>, Status> {
+        let mut request = request.into_inner();
+        if request.id == 0 {
+            // Chosen before proposing, so every member applies the same id.
+            request.id = (self.member.next_id() & (i64::MAX as u64)) as i64;
+        }
+        self.member.check_quota(64).await?;
+        match self.member.propose(Request::LeaseGrant(request)).await? {
+            Response::LeaseGrant(mut response) => {
+                self.member.fill(&mut response.header);
+                Ok(tonic::Response::new(response))
+            }
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: tonic::Request<LeaseRevokeRequest>,
+    ) -> Result<tonic::Response<LeaseRevokeResponse>, Status> {
+        match self
+            .member
+            .propose(Request::LeaseRevoke(request.into_inner()))
+            .await?
+        {
+            Response::LeaseRevoke(mut response) => {
+                self.member.fill(&mut response.header);
+                Ok(tonic::Response::new(response))
+            }
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    type LeaseKeepAliveStream =
+        Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send + 'static>>;
+
+    async fn lease_keep_alive(
+        &self,
+        request: tonic::Request<tonic::Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<tonic::Response<Self::LeaseKeepAliveStream>, Status> {
+        let mut incoming = request.into_inner();
+        let (output, receiver) = mpsc::channel(KEEPALIVE_QUEUE_MAX);
+        let member = self.member.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(request)) = incoming.message().await {
+                let ttl = match member.lessor.renew(request.id) {
+                    Ok(ttl) => ttl,
+                    // etcd answers an unknown lease with TTL 0 rather than an error.
+                    Err(RenewError::NotFound) => 0,
+                    Err(RenewError::NotPrimary) => {
+                        let _ = output.send(Err(errors::NOT_LEADER.status())).await;
+                        break;
+                    }
+                };
+                let response = LeaseKeepAliveResponse {
+                    header: Some(member.header(member.store.current_revision())),
+                    id: request.id,
+                    ttl,
+                };
+                if output.send(Ok(response)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(
+            receiver,
+        ))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: tonic::Request<LeaseTimeToLiveRequest>,
+    ) -> Result<tonic::Response<LeaseTimeToLiveResponse>, Status> {
+        let request = request.into_inner();
+        self.member.read_barrier().await?;
+        let header = Some(self.member.header(self.member.store.current_revision()));
+        let response = match self.member.lessor.info(request.id) {
+            Some(info) => LeaseTimeToLiveResponse {
+                header,
+                id: request.id,
+                ttl: info.remaining_seconds,
+                granted_ttl: info.granted_ttl_seconds,
+                keys: if request.keys { info.keys } else { Vec::new() },
+            },
+            // etcd reports a missing lease as TTL -1, not as an error.
+            None => LeaseTimeToLiveResponse {
+                header,
+                id: request.id,
+                ttl: -1,
+                ..LeaseTimeToLiveResponse::default()
+            },
+        };
+        Ok(tonic::Response::new(response))
+    }
+
+    async fn lease_leases(
+        &self,
+        _request: tonic::Request<LeaseLeasesRequest>,
+    ) -> Result<tonic::Response<LeaseLeasesResponse>, Status> {
+        self.member.read_barrier().await?;
+        let leases = self
+            .member
+            .lessor
+            .ids()
+            .into_iter()
+            .map(|id| LeaseStatus { id })
+            .collect();
+        let header = Some(self.member.header(self.member.store.current_revision()));
+        Ok(tonic::Response::new(LeaseLeasesResponse { header, leases }))
+    }
+}

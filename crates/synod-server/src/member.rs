@@ -1,0 +1,645 @@
+//! A running member: bootstrap from the data directory, the node-loop thread that owns the
+//! [`Node`], and the handler-facing API (`propose`, `read_barrier`, headers).
+//!
+//! Handlers never touch the node. They send a [`Command`] over a bounded channel (full means
+//! "too many requests") and wait on a oneshot registered under the request id; the node loop
+//! drains every pending command per turn, so concurrent writes share one fsync and concurrent
+//! linearizable reads share one ReadIndex round.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+use raft::eraftpb::ConfState;
+use sha1::Digest;
+use synod_api::etcdserverpb::{AlarmType, ResponseHeader};
+use synod_api::synodpb::{InternalRequest, MemberRecord, internal_request::Request};
+use synod_core::apply::{Alarms, Response, StateMachine};
+use synod_core::backend::Backend;
+use synod_core::lease::Lessor;
+use synod_core::mvcc::kv_store::KvStore;
+use synod_core::node::{Node, NodeConfig, NodeStatus, Output};
+use synod_core::raft_log::RaftLog;
+use synod_core::watch::WatchHub;
+use synod_core::{RequestError, StorageError};
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+use crate::error::ServerError;
+
+/// Commands queued for the node loop before it refuses more ("too many requests").
+const COMMAND_QUEUE_MAX: usize = 16 * 1024;
+/// Commands handled per turn, so ticks are not starved under load.
+const COMMANDS_PER_TURN_MAX: usize = 4 * 1024;
+/// Proposal bytes drained per turn. This bounds one Raft log write, and with it how much a torn
+/// last write can cut (see `synod_core::raft_log::TORN_TAIL_BYTES_MAX`).
+const PROPOSAL_BYTES_PER_TURN_MAX: usize = 8 << 20;
+/// Applied-behind-committed gap at which proposals are refused (etcd: 5000).
+const APPLY_LAG_MAX: u64 = 5_000;
+/// Version of the etcd API this member implements, reported by `Status` and `/version`.
+pub const ETCD_API_VERSION: &str = "3.6.0";
+
+/// Work for the node loop.
+pub enum Command {
+    Propose {
+        id: u64,
+        request: InternalRequest,
+    },
+    Read {
+        token: u64,
+    },
+    /// Make the state machine durable and copy it to a file; reply with the path.
+    Snapshot {
+        reply: oneshot::Sender<Result<PathBuf, String>>,
+    },
+    Defragment {
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Shutdown,
+}
+
+/// Waiters for proposals and reads, shared by handlers and the node loop.
+#[derive(Default)]
+struct Waiters {
+    proposals: Mutex<HashMap<u64, oneshot::Sender<Result<Response, ServerError>>>>,
+    reads: Mutex<HashMap<u64, oneshot::Sender<Result<(), ServerError>>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Waiters {
+    fn finish_proposal(&self, id: u64, outcome: Result<Response, ServerError>) {
+        if let Some(waiter) = lock(&self.proposals).remove(&id) {
+            // The handler may have timed out and gone; nothing to do then.
+            let _ = waiter.send(outcome);
+        }
+    }
+
+    fn finish_read(&self, token: u64, outcome: Result<(), ServerError>) {
+        if let Some(waiter) = lock(&self.reads).remove(&token) {
+            let _ = waiter.send(outcome);
+        }
+    }
+}
+
+/// The handler-facing side of a running member.
+pub struct Member {
+    pub config: Config,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub status: Arc<NodeStatus>,
+    pub store: Arc<KvStore>,
+    pub lessor: Arc<Lessor>,
+    pub hub: Arc<WatchHub>,
+    pub alarms: Arc<Alarms>,
+    pub backend: Arc<Backend>,
+    commands: SyncSender<Command>,
+    waiters: Arc<Waiters>,
+    next_id: AtomicU64,
+    stopped: AtomicBool,
+    request_timeout: Duration,
+}
+
+/// The node loop, ready to run on its own thread.
+pub struct NodeLoop {
+    node: Node,
+    commands: Receiver<Command>,
+    waiters: Arc<Waiters>,
+    tick: Duration,
+    data_dir: PathBuf,
+}
+
+/// etcd's member id: SHA-1 of the sorted peer URLs and the cluster token, first 8 bytes.
+pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    let mut hasher = sha1::Sha1::new();
+    hasher.update(urls.concat().as_bytes());
+    hasher.update(token.as_bytes());
+    first_u64(&hasher.finalize())
+}
+
+/// etcd's cluster id: SHA-1 of the sorted member ids, big-endian, first 8 bytes.
+pub fn cluster_id(member_ids: &[u64]) -> u64 {
+    let mut ids = member_ids.to_vec();
+    ids.sort_unstable();
+    let mut hasher = sha1::Sha1::new();
+    for id in ids {
+        hasher.update(id.to_be_bytes());
+    }
+    first_u64(&hasher.finalize())
+}
+
+fn first_u64(digest: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(bytes)
+}
+
+/// A member that cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    Config(String),
+}
+
+fn slog_logger() -> slog::Logger {
+    slog::Logger::root(TracingDrain, slog::o!())
+}
+
+/// Forwards raft-rs's slog records to `tracing`.
+struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(
+        &self,
+        record: &slog::Record<'_>,
+        _values: &slog::OwnedKVList,
+    ) -> Result<(), slog::Never> {
+        let message = record.msg().to_string();
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "raft", "{message}")
+            }
+            slog::Level::Warning => tracing::warn!(target: "raft", "{message}"),
+            slog::Level::Info => tracing::info!(target: "raft", "{message}"),
+            slog::Level::Debug => tracing::debug!(target: "raft", "{message}"),
+            slog::Level::Trace => tracing::trace!(target: "raft", "{message}"),
+        }
+        Ok(())
+    }
+}
+
+impl Member {
+    /// Opens (or bootstraps) the member in `config.data_dir`. Returns the member and its node
+    /// loop, which the caller runs on a thread of its own with [`NodeLoop::run`].
+    pub fn open(config: Config) -> Result<(Arc<Member>, NodeLoop), StartError> {
+        let member_dir = config.data_dir.join("member");
+        std::fs::create_dir_all(member_dir.join("snap"))
+            .map_err(|e| StartError::Config(format!("creating {}: {e}", member_dir.display())))?;
+        let backend = Arc::new(Backend::open(&member_dir.join("db"))?);
+        let mut log = RaftLog::open(&member_dir.join("raft"))?;
+        let (member_id, cluster_id) = if log.is_new() {
+            bootstrap(&config, &backend, &mut log)?
+        } else {
+            read_identity(&backend)?
+        };
+        let tick_ms = config.heartbeat_ms;
+        let machine = StateMachine::open(
+            backend.clone(),
+            tick_ms,
+            config.lease_ttl_min_seconds(),
+            1_000,
+        )?;
+        let node_config = NodeConfig {
+            id: member_id,
+            election_ticks: config.election_ticks(),
+            heartbeat_ticks: 1,
+            snapshot_count: config.snapshot_count,
+            catch_up_entries: config.snapshot_count.min(5_000),
+            uncommitted_size_max: 64 << 20,
+        };
+        let store = machine.store().clone();
+        let lessor = machine.lessor().clone();
+        let hub = machine.hub().clone();
+        let alarms = machine.alarms().clone();
+        let node = Node::new(node_config, log, machine, &slog_logger())?;
+        tracing::info!(
+            name = %config.name,
+            member_id = %format!("{member_id:x}"),
+            cluster_id = %format!("{cluster_id:x}"),
+            applied_index = node.machine().applied_index(),
+            revision = store.current_revision(),
+            "member opened"
+        );
+        let (sender, receiver) = std::sync::mpsc::sync_channel(COMMAND_QUEUE_MAX);
+        let waiters = Arc::new(Waiters::default());
+        let request_timeout =
+            Duration::from_secs(5) + Duration::from_millis(2 * config.election_ms);
+        let member = Arc::new(Member {
+            status: node.status().clone(),
+            member_id,
+            cluster_id,
+            store,
+            lessor,
+            hub,
+            alarms,
+            backend,
+            commands: sender,
+            waiters: waiters.clone(),
+            next_id: AtomicU64::new(first_request_id(member_id)),
+            stopped: AtomicBool::new(false),
+            request_timeout,
+            config: config.clone(),
+        });
+        let node_loop = NodeLoop {
+            node,
+            commands: receiver,
+            waiters,
+            tick: Duration::from_millis(config.heartbeat_ms),
+            data_dir: config.data_dir.clone(),
+        };
+        Ok((member, node_loop))
+    }
+
+    /// A new id, unique across members and restarts (etcd's `idutil`: member bits, time, counter).
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The response header for a reply at `revision`.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: self.status.term.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Fills the cluster fields of a header produced by the state machine.
+    pub fn fill(&self, header: &mut Option<ResponseHeader>) {
+        let revision = header.as_ref().map(|h| h.revision).unwrap_or(0);
+        *header = Some(self.header(revision));
+    }
+
+    fn send(&self, command: Command) -> Result<(), ServerError> {
+        if self.stopped.load(Ordering::Relaxed) {
+            return Err(ServerError::Stopped);
+        }
+        match self.commands.try_send(command) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(ServerError::TooManyRequests),
+            Err(TrySendError::Disconnected(_)) => Err(ServerError::Stopped),
+        }
+    }
+
+    /// Proposes a request through Raft and waits until it is applied here.
+    pub async fn propose(&self, request: Request) -> Result<Response, ServerError> {
+        let commit = self.status.commit_index.load(Ordering::Relaxed);
+        let applied = self.status.applied_index.load(Ordering::Relaxed);
+        if commit.saturating_sub(applied) > APPLY_LAG_MAX {
+            return Err(ServerError::TooManyRequests);
+        }
+        let id = self.next_id();
+        let request = InternalRequest {
+            id,
+            request: Some(request),
+        };
+        if request.encoded_len() > self.config.request_bytes_max {
+            return Err(ServerError::RequestTooLarge);
+        }
+        let (sender, receiver) = oneshot::channel();
+        lock(&self.waiters.proposals).insert(id, sender);
+        if let Err(error) = self.send(Command::Propose { id, request }) {
+            lock(&self.waiters.proposals).remove(&id);
+            return Err(error);
+        }
+        match tokio::time::timeout(self.request_timeout, receiver).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(ServerError::Stopped),
+            Err(_) => {
+                lock(&self.waiters.proposals).remove(&id);
+                Err(ServerError::Timeout)
+            }
+        }
+    }
+
+    /// Waits until this member has applied everything committed when the call began, as
+    /// confirmed by a Raft ReadIndex round (shared with every read of the same turn).
+    pub async fn read_barrier(&self) -> Result<(), ServerError> {
+        let token = self.next_id();
+        let (sender, receiver) = oneshot::channel();
+        lock(&self.waiters.reads).insert(token, sender);
+        if let Err(error) = self.send(Command::Read { token }) {
+            lock(&self.waiters.reads).remove(&token);
+            return Err(error);
+        }
+        match tokio::time::timeout(self.request_timeout, receiver).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(ServerError::Stopped),
+            Err(_) => {
+                lock(&self.waiters.reads).remove(&token);
+                Err(ServerError::Timeout)
+            }
+        }
+    }
+
+    /// Refuses a write that would take the state machine over its quota, raising the NOSPACE
+    /// alarm the first time (etcd's quota check happens before the proposal, too).
+    pub async fn check_quota(&self, cost_bytes: usize) -> Result<(), ServerError> {
+        if self.alarms.is_raised(AlarmType::Nospace) {
+            return Err(RequestError::NoSpace.into());
+        }
+        if self.backend.size_bytes() + cost_bytes as u64 <= self.config.quota_backend_bytes {
+            return Ok(());
+        }
+        tracing::warn!(
+            size_bytes = self.backend.size_bytes(),
+            quota_bytes = self.config.quota_backend_bytes,
+            "state machine is over its quota; raising the NOSPACE alarm"
+        );
+        let alarm = synod_api::etcdserverpb::AlarmRequest {
+            action: synod_api::etcdserverpb::alarm_request::AlarmAction::Activate as i32,
+            member_id: self.member_id,
+            alarm: AlarmType::Nospace as i32,
+        };
+        self.propose(Request::Alarm(alarm)).await?;
+        Err(RequestError::NoSpace.into())
+    }
+
+    /// Asks the node loop for a consistent copy of the state-machine file.
+    pub async fn snapshot_file(&self) -> Result<PathBuf, String> {
+        let (reply, receiver) = oneshot::channel();
+        self.send(Command::Snapshot { reply })
+            .map_err(|e| e.to_string())?;
+        receiver.await.map_err(|_| "server stopped".to_owned())?
+    }
+
+    /// Asks the node loop to rewrite the state-machine file compactly.
+    pub async fn defragment(&self) -> Result<(), String> {
+        let (reply, receiver) = oneshot::channel();
+        self.send(Command::Defragment { reply })
+            .map_err(|e| e.to_string())?;
+        receiver.await.map_err(|_| "server stopped".to_owned())?
+    }
+
+    /// Every member record, ordered by id.
+    pub fn members(&self) -> Result<Vec<MemberRecord>, StorageError> {
+        self.backend.members()
+    }
+
+    /// Stops the node loop; it makes the state machine durable before it exits.
+    pub fn shutdown(&self) {
+        if !self.stopped.swap(true, Ordering::Relaxed) {
+            // A blocking send: shutdown must not be lost behind a full queue.
+            let _ = self.commands.send(Command::Shutdown);
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+}
+
+fn first_request_id(member_id: u64) -> u64 {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    ((member_id & 0xFFFF) << 48) | ((millis & 0xFF_FFFF_FFFF) << 8)
+}
+
+fn bootstrap(
+    config: &Config,
+    backend: &Backend,
+    log: &mut RaftLog,
+) -> Result<(u64, u64), StartError> {
+    if !config.initial_cluster_new {
+        return Err(StartError::Config(
+            "--initial-cluster-state existing needs the peer transport, which this build does not have yet".to_owned(),
+        ));
+    }
+    let members: Vec<MemberRecord> = config
+        .initial_cluster
+        .iter()
+        .map(|(name, urls)| MemberRecord {
+            id: member_id(urls, &config.initial_cluster_token),
+            name: name.clone(),
+            peer_urls: urls.clone(),
+            client_urls: Vec::new(),
+            is_learner: false,
+        })
+        .collect();
+    let Some(this) = members.iter().find(|m| m.name == config.name) else {
+        return Err(StartError::Config(format!(
+            "--initial-cluster has no member named {:?}",
+            config.name
+        )));
+    };
+    let mut this = this.clone();
+    let mut own_urls = config.advertise_peer_urls.clone();
+    let mut listed = this.peer_urls.clone();
+    own_urls.sort();
+    listed.sort();
+    if own_urls != listed {
+        return Err(StartError::Config(format!(
+            "--initial-cluster lists {:?} for {:?} but --initial-advertise-peer-urls is {:?}",
+            this.peer_urls, config.name, config.advertise_peer_urls
+        )));
+    }
+    if members.len() > 1 {
+        return Err(StartError::Config(
+            "a cluster of more than one member needs the peer transport, which this build does not have yet".to_owned(),
+        ));
+    }
+    this.client_urls = config.advertise_client_urls.clone();
+    let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+    let cluster = cluster_id(&ids);
+    // The state machine learns the identity first: if we crash before the log records the
+    // configuration, the next start bootstraps again and writes the same values.
+    let records: Vec<MemberRecord> = members
+        .iter()
+        .map(|member| {
+            if member.id == this.id {
+                this.clone()
+            } else {
+                member.clone()
+            }
+        })
+        .collect();
+    backend.write_bootstrap(cluster, this.id, &records)?;
+    log.bootstrap(ConfState {
+        voters: ids,
+        ..ConfState::default()
+    })?;
+    tracing::info!(member_id = %format!("{:x}", this.id), cluster_id = %format!("{cluster:x}"), "bootstrapped a new cluster");
+    Ok((this.id, cluster))
+}
+
+fn read_identity(backend: &Backend) -> Result<(u64, u64), StartError> {
+    let (member, cluster) = backend.identity()?;
+    if member == 0 || cluster == 0 {
+        return Err(StorageError::corrupt(
+            "the raft log exists but the state-machine file has no member or cluster id (was member/db replaced?)",
+        )
+        .into());
+    }
+    Ok((member, cluster))
+}
+
+impl NodeLoop {
+    /// Runs until shutdown. A storage failure ends the process: after a failed fsync nothing on
+    /// disk can be trusted to be what was acknowledged, so the member must not go on.
+    pub fn run(mut self) {
+        if self.node.is_single_voter() {
+            // A cluster of one need not wait an election timeout to elect itself.
+            let _ = self.node.campaign();
+        }
+        let mut next_tick = Instant::now() + self.tick;
+        let mut reads = Vec::new();
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let first = match self.commands.recv_timeout(wait) {
+                Ok(command) => Some(command),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut shutdown = false;
+            let mut handled = 0;
+            let mut proposed_bytes = 0;
+            let mut next = first;
+            while let Some(command) = next {
+                match command {
+                    Command::Propose { id, request } => {
+                        proposed_bytes += request.encoded_len();
+                        if let Err(error) = self.node.propose(&request) {
+                            let outcome = match error {
+                                synod_core::node::ProposeError::NoLeader => ServerError::NoLeader,
+                                synod_core::node::ProposeError::Dropped => {
+                                    ServerError::LeaderChanged
+                                }
+                            };
+                            self.waiters.finish_proposal(id, Err(outcome));
+                        }
+                    }
+                    Command::Read { token } => reads.push(token),
+                    Command::Snapshot { reply } => {
+                        let _ = reply.send(self.copy_state_machine());
+                    }
+                    Command::Defragment { reply } => {
+                        let _ = reply.send(self.defragment());
+                    }
+                    Command::Shutdown => shutdown = true,
+                }
+                handled += 1;
+                let room =
+                    handled < COMMANDS_PER_TURN_MAX && proposed_bytes < PROPOSAL_BYTES_PER_TURN_MAX;
+                next = if room {
+                    self.commands.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            if !reads.is_empty() {
+                self.node.read_index(std::mem::take(&mut reads));
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.node.tick();
+                next_tick += self.tick;
+                if next_tick < now {
+                    // The loop fell behind (a long fsync or a paused process): do not replay
+                    // the missed ticks in a burst.
+                    next_tick = now + self.tick;
+                }
+            }
+            let mut out = Output::default();
+            if let Err(error) = self.node.advance(&mut out) {
+                fail_stop(&error);
+            }
+            self.dispatch(out);
+            if shutdown {
+                break;
+            }
+        }
+        if let Err(error) = self.node.sync() {
+            fail_stop(&error);
+        }
+        tracing::info!("node loop stopped; state machine is durable");
+    }
+
+    fn dispatch(&self, out: Output) {
+        for (id, result) in out.applied {
+            if id == 0 {
+                continue;
+            }
+            let outcome: Result<Response, ServerError> = match result {
+                Ok(response) => Ok(response),
+                Err(refused) => Err(refused.into()),
+            };
+            self.waiters.finish_proposal(id, outcome);
+        }
+        for token in out.reads_ready {
+            self.waiters.finish_read(token, Ok(()));
+        }
+        for token in out.reads_failed {
+            self.waiters
+                .finish_read(token, Err(ServerError::LeaderChanged));
+        }
+        if !out.messages.is_empty() {
+            // A single member has no peers; messages appear only if the configuration lists
+            // others, which bootstrap refuses until the peer transport exists.
+            tracing::debug!(
+                count = out.messages.len(),
+                "dropping raft messages: no peer transport"
+            );
+        }
+    }
+
+    fn copy_state_machine(&mut self) -> Result<PathBuf, String> {
+        self.node.sync().map_err(|e| e.to_string())?;
+        let source = self.node.machine().backend().path().to_path_buf();
+        let target = self
+            .data_dir
+            .join("member/snap")
+            .join(format!("db-{}.snapshot", std::process::id()));
+        copy_file(&source, &target).map_err(|e| format!("copying {}: {e}", source.display()))?;
+        Ok(target)
+    }
+
+    fn defragment(&mut self) -> Result<(), String> {
+        self.node.sync().map_err(|e| e.to_string())?;
+        let backend = self.node.machine().backend().clone();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match backend.defragment() {
+                Ok(()) => return Ok(()),
+                // Readers hold read transactions only briefly; try again until they are gone.
+                Err(error) if Instant::now() < deadline => {
+                    tracing::debug!(%error, "defragment waiting for readers");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+fn copy_file(source: &Path, target: &Path) -> std::io::Result<()> {
+    std::fs::copy(source, target)?;
+    std::fs::File::open(target)?.sync_all()
+}
+
+fn fail_stop(error: &StorageError) -> ! {
+    tracing::error!(%error, "storage failure: stopping the member so that nothing unsafe is served");
+    eprintln!("synod: fatal storage failure: {error}");
+    std::process::exit(70);
+}
+
+/// Returns whether a response came from the state machine for this request kind (helper for
+/// handlers that unwrap a specific response).
+pub fn unexpected(response: &Response) -> ServerError {
+    tracing::error!(
+        ?response,
+        "state machine answered with an unexpected response kind"
+    );
+    ServerError::Storage
+}

@@ -1,0 +1,372 @@
+//! etcd's Watch service: one bidirectional stream multiplexes many watchers (etcd
+//! `v3rpc/watch.go`).
+//!
+//! Each stream has one task. It reads client requests and the stream's notice queue, which the
+//! [`WatchHub`](synod_core::watch::WatchHub) fills without ever blocking; the task turns notices
+//! into responses (adding `prev_kv` and fragmenting as asked) and sends them to a bounded output
+//! queue. A client that stops reading fills the output queue, then the notice queue, and its
+//! watchers fall back to the hub's unsynced group: memory stays bounded and apply never waits.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::Stream;
+use prost::Message;
+use synod_api::etcdserverpb::watch_server::Watch;
+use synod_api::etcdserverpb::{
+    WatchCreateRequest, WatchRequest, WatchResponse, watch_create_request::FilterType,
+    watch_request::RequestUnion,
+};
+use synod_api::mvccpb::Event;
+use synod_core::mvcc::kv_store::RangeOptions;
+use synod_core::watch::{WatchNotice, WatchRequest as HubRequest, WatchSink};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::member::Member;
+
+/// Responses buffered for a client before the stream's task waits for it to read.
+const OUTPUT_QUEUE_MAX: usize = 128;
+/// Notices buffered between the hub and the stream's task; when full, watchers go unsynced.
+const NOTICE_QUEUE_MAX: usize = 1024;
+/// Watchers one stream may hold.
+const WATCHERS_PER_STREAM_MAX: usize = 100_000;
+/// How often a deferred progress request is retried.
+const PROGRESS_RETRY: Duration = Duration::from_millis(100);
+
+const DUPLICATE_WATCH_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+const EMPTY_WATCHER_RANGE: &str = "mvcc: watcher range is empty";
+const TOO_MANY_WATCHERS: &str = "synod: too many watchers on this stream";
+
+/// The sending half of a stream's notice queue.
+struct ChannelSink(mpsc::Sender<WatchNotice>);
+
+impl WatchSink for ChannelSink {
+    fn try_send(&self, notice: WatchNotice) -> bool {
+        self.0.try_send(notice).is_ok()
+    }
+
+    fn has_room(&self) -> bool {
+        self.0.capacity() > 0
+    }
+}
+
+pub struct WatchService {
+    member: Arc<Member>,
+    next_stream: AtomicU64,
+}
+
+impl WatchService {
+    pub fn new(member: Arc<Member>) -> WatchService {
+        WatchService {
+            member,
+            next_stream: AtomicU64::new(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct WatcherOptions {
+    prev_kv: bool,
+    fragment: bool,
+}
+
+struct StreamTask {
+    member: Arc<Member>,
+    stream: u64,
+    sink: Arc<ChannelSink>,
+    output: mpsc::Sender<Result<WatchResponse, Status>>,
+    options: HashMap<i64, WatcherOptions>,
+    next_auto_id: i64,
+    progress_pending: bool,
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send + 'static>>;
+
+    async fn watch(
+        &self,
+        request: tonic::Request<tonic::Streaming<WatchRequest>>,
+    ) -> Result<tonic::Response<Self::WatchStream>, Status> {
+        let mut incoming = request.into_inner();
+        let (output, output_receiver) = mpsc::channel(OUTPUT_QUEUE_MAX);
+        let (notices, mut notice_receiver) = mpsc::channel(NOTICE_QUEUE_MAX);
+        let mut task = StreamTask {
+            member: self.member.clone(),
+            stream: self.next_stream.fetch_add(1, Ordering::Relaxed),
+            sink: Arc::new(ChannelSink(notices)),
+            output,
+            options: HashMap::new(),
+            next_auto_id: 0,
+            progress_pending: false,
+        };
+        tokio::spawn(async move {
+            let mut retry = tokio::time::interval(PROGRESS_RETRY);
+            loop {
+                let keep_going = tokio::select! {
+                    request = incoming.message() => match request {
+                        Ok(Some(request)) => task.on_request(request).await,
+                        Ok(None) | Err(_) => false,
+                    },
+                    Some(notice) = notice_receiver.recv() => task.on_notice(notice).await,
+                    _ = retry.tick(), if task.progress_pending => task.retry_progress().await,
+                };
+                if !keep_going {
+                    break;
+                }
+            }
+            task.member.hub.remove_stream(task.stream);
+        });
+        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(
+            output_receiver,
+        ))))
+    }
+}
+
+impl StreamTask {
+    async fn send(&self, response: WatchResponse) -> bool {
+        self.output.send(Ok(response)).await.is_ok()
+    }
+
+    fn header(&self, revision: i64) -> Option<synod_api::etcdserverpb::ResponseHeader> {
+        Some(self.member.header(revision))
+    }
+
+    /// Returns false when the stream should end.
+    async fn on_request(&mut self, request: WatchRequest) -> bool {
+        match request.request_union {
+            Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
+            Some(RequestUnion::CancelRequest(cancel)) => {
+                if self.member.hub.cancel(self.stream, cancel.watch_id) {
+                    self.options.remove(&cancel.watch_id);
+                    let response = WatchResponse {
+                        header: self.header(self.member.store.current_revision()),
+                        watch_id: cancel.watch_id,
+                        canceled: true,
+                        ..WatchResponse::default()
+                    };
+                    return self.send(response).await;
+                }
+                true
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                self.progress_pending = true;
+                self.retry_progress().await
+            }
+            None => true,
+        }
+    }
+
+    async fn retry_progress(&mut self) -> bool {
+        if self.member.hub.request_progress(self.stream, &*self.sink) {
+            self.progress_pending = false;
+        }
+        true
+    }
+
+    async fn create(&mut self, mut create: WatchCreateRequest) -> bool {
+        if create.key.is_empty() {
+            // The smallest key: an empty key watches from the start of the key space.
+            create.key = vec![0];
+        }
+        let revision = self.member.store.current_revision();
+        let refuse = |reason: &str| WatchResponse {
+            header: Some(self.member.header(revision)),
+            watch_id: -1,
+            created: true,
+            canceled: true,
+            cancel_reason: reason.to_owned(),
+            ..WatchResponse::default()
+        };
+        let is_range_to_end = create.range_end == [0];
+        if !create.range_end.is_empty() && !is_range_to_end && create.key >= create.range_end {
+            return self.send(refuse(EMPTY_WATCHER_RANGE)).await;
+        }
+        if self.options.len() >= WATCHERS_PER_STREAM_MAX {
+            return self.send(refuse(TOO_MANY_WATCHERS)).await;
+        }
+        let watch_id = if create.watch_id == 0 {
+            while self.options.contains_key(&self.next_auto_id) {
+                self.next_auto_id += 1;
+            }
+            let id = self.next_auto_id;
+            self.next_auto_id += 1;
+            id
+        } else {
+            create.watch_id
+        };
+        if self.options.contains_key(&watch_id) {
+            return self.send(refuse(DUPLICATE_WATCH_ID)).await;
+        }
+        let request = HubRequest {
+            key: create.key,
+            range_end: create.range_end,
+            start_revision: create.start_revision,
+            no_put: create.filters.contains(&(FilterType::Noput as i32)),
+            no_delete: create.filters.contains(&(FilterType::Nodelete as i32)),
+            progress_notify: create.progress_notify,
+        };
+        self.options.insert(
+            watch_id,
+            WatcherOptions {
+                prev_kv: create.prev_kv,
+                fragment: create.fragment,
+            },
+        );
+        // The created response goes out before the hub can hand this watcher anything: notices
+        // are read by this same task, after this send.
+        let created = WatchResponse {
+            header: self.header(revision),
+            watch_id,
+            created: true,
+            ..WatchResponse::default()
+        };
+        if !self.send(created).await {
+            return false;
+        }
+        if !self
+            .member
+            .hub
+            .watch(self.stream, watch_id, request, self.sink.clone())
+        {
+            self.options.remove(&watch_id);
+            return self.send(refuse(DUPLICATE_WATCH_ID)).await;
+        }
+        true
+    }
+
+    async fn on_notice(&mut self, notice: WatchNotice) -> bool {
+        match notice {
+            WatchNotice::Events {
+                watch_id,
+                revision,
+                mut events,
+            } => {
+                let options = self.options.get(&watch_id).copied().unwrap_or_default();
+                if options.prev_kv {
+                    self.attach_prev_kvs(&mut events);
+                }
+                let response = WatchResponse {
+                    header: self.header(revision),
+                    watch_id,
+                    events,
+                    ..WatchResponse::default()
+                };
+                if options.fragment {
+                    for part in fragments(response, self.member.config.request_bytes_max) {
+                        if !self.send(part).await {
+                            return false;
+                        }
+                    }
+                    true
+                } else {
+                    self.send(response).await
+                }
+            }
+            WatchNotice::Compacted {
+                watch_id,
+                compact_revision,
+                revision,
+            } => {
+                self.options.remove(&watch_id);
+                let response = WatchResponse {
+                    header: self.header(revision),
+                    watch_id,
+                    compact_revision,
+                    canceled: true,
+                    ..WatchResponse::default()
+                };
+                self.send(response).await
+            }
+            WatchNotice::Progress { watch_id, revision } => {
+                let response = WatchResponse {
+                    header: self.header(revision),
+                    watch_id,
+                    ..WatchResponse::default()
+                };
+                self.send(response).await
+            }
+        }
+    }
+
+    /// Adds the value each key had before the event (not for creations), as etcd does: read at
+    /// the revision before, empty when that history is compacted.
+    fn attach_prev_kvs(&self, events: &mut [Event]) {
+        for event in events {
+            let Some(kv) = &event.kv else { continue };
+            let is_create =
+                event.r#type == synod_api::mvccpb::event::EventType::Put as i32 && kv.version == 1;
+            if is_create {
+                continue;
+            }
+            let options = RangeOptions {
+                revision: kv.mod_revision - 1,
+                ..RangeOptions::default()
+            };
+            if let Ok(mut found) = self.member.store.range(&kv.key, &[], options) {
+                event.prev_kv = found.kvs.pop();
+            }
+        }
+    }
+}
+
+/// Splits a response whose size reaches `size_max` into fragments (all but the last marked
+/// `fragment`), never splitting below one event (etcd `sendFragments`).
+fn fragments(response: WatchResponse, size_max: usize) -> Vec<WatchResponse> {
+    if response.encoded_len() < size_max || response.events.len() < 2 {
+        return vec![response];
+    }
+    let mut parts = Vec::new();
+    let template = WatchResponse {
+        events: Vec::new(),
+        fragment: true,
+        ..response.clone()
+    };
+    let mut current = template.clone();
+    for event in response.events {
+        current.events.push(event);
+        if current.events.len() > 1 && current.encoded_len() >= size_max {
+            let overflow = current.events.pop().expect("pushed above");
+            parts.push(std::mem::replace(&mut current, template.clone()));
+            current.events.push(overflow);
+        }
+    }
+    current.fragment = false;
+    parts.push(current);
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use synod_api::mvccpb::KeyValue;
+
+    #[test]
+    fn fragments_split_large_responses_and_mark_all_but_the_last() {
+        let event = |i: u8| Event {
+            kv: Some(KeyValue {
+                key: vec![i],
+                value: vec![0; 100],
+                ..KeyValue::default()
+            }),
+            ..Event::default()
+        };
+        let response = WatchResponse {
+            watch_id: 3,
+            events: (0..10).map(event).collect(),
+            ..WatchResponse::default()
+        };
+        let parts = fragments(response.clone(), 350);
+        assert!(parts.len() > 1);
+        assert!(parts[..parts.len() - 1].iter().all(|p| p.fragment));
+        assert!(!parts.last().expect("parts").fragment);
+        let events: Vec<Event> = parts.into_iter().flat_map(|p| p.events).collect();
+        assert_eq!(events, response.events);
+        assert_eq!(fragments(response.clone(), 1 << 20), vec![response]);
+    }
+}
