@@ -1,1 +1,160 @@
-fn main() {}
+//! `synod`: the one binary. `synod server` runs a member; every other subcommand is a client
+//! that talks to `--endpoints` over etcd's wire protocol, with etcdctl's command names and
+//! output. This file only parses arguments and calls the libraries.
+
+mod commands;
+mod output;
+mod txn;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "synod",
+    version,
+    about = "Synod: a Raft-replicated, etcd-compatible coordination service"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options of every client command (etcdctl's names).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Global {
+    /// Members to talk to, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        env = "SYNOD_ENDPOINTS",
+        default_value = "127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    pub endpoints: Vec<String>,
+    /// Output format: simple, json or table.
+    #[arg(
+        short = 'w',
+        long = "write-out",
+        global = true,
+        default_value = "simple"
+    )]
+    pub write_out: output::Format,
+    /// Time to establish a connection.
+    #[arg(long, global = true, default_value = "2s", value_parser = parse_duration)]
+    pub dial_timeout: Duration,
+    /// Time a command may take (not for watch or keep-alive).
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
+    pub command_timeout: Duration,
+    /// Print only the value of keys (get).
+    #[arg(long, global = true)]
+    pub print_value_only: bool,
+    /// Write keys and values as hex (simple output).
+    #[arg(long, global = true)]
+    pub hex: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    synod_server::config::parse_duration(text).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a member (a single-member cluster by default, data in ./default.synod).
+    Server(Box<synod_server::config::ServerArgs>),
+    #[command(flatten)]
+    Client(commands::ClientCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Server(args) => run_server(*args),
+        Command::Client(command) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("Error: cannot start the runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(commands::run(&cli.global, command)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("Error: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run_server(args: synod_server::config::ServerArgs) -> ExitCode {
+    init_logging();
+    let config = match synod_server::config::Config::resolve(args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("synod server: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("synod server: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(synod_server::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "member stopped with an error");
+            eprintln!("synod server: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SYNOD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,raft=warn"));
+    let json = std::env::var("SYNOD_LOG_FORMAT").is_ok_and(|format| format == "json");
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate.recv() => {}
+    }
+}

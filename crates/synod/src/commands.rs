@@ -1,0 +1,878 @@
+//! The client commands, with etcdctl's names, flags and output.
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use sha2::Digest;
+use synod_client::etcdserverpb::{
+    AlarmRequest, AlarmType, CompactionRequest, DeleteRangeRequest, LeaseGrantRequest,
+    LeaseKeepAliveRequest, LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest,
+    MemberListRequest, PutRequest, RangeRequest, SnapshotRequest, StatusRequest,
+    WatchCreateRequest, WatchRequest,
+    alarm_request::AlarmAction,
+    range_request::{SortOrder, SortTarget},
+    response_op::Response as OpResponse,
+    watch_request::RequestUnion,
+};
+use synod_client::mvccpb::event::EventType;
+use synod_client::{Client, ClientError, prefix_range_end};
+
+use crate::Global;
+use crate::output::{self, Format};
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Put a key.
+    Put(PutArgs),
+    /// Get a key or a range of keys.
+    Get(GetArgs),
+    /// Delete a key or a range of keys.
+    Del(DelArgs),
+    /// Watch a key or a range for changes.
+    Watch(WatchArgs),
+    /// Run a transaction read from standard input (etcdctl's txn syntax).
+    Txn,
+    /// Compact the history below a revision.
+    Compact(CompactArgs),
+    /// Lease commands.
+    #[command(subcommand)]
+    Lease(LeaseCommand),
+    /// Endpoint commands.
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
+    /// Member commands.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Snapshot commands.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Alarm commands.
+    #[command(subcommand)]
+    Alarm(AlarmCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    key: String,
+    /// The value; read from standard input when absent.
+    value: Option<String>,
+    /// Attach the key to a lease (hex id).
+    #[arg(long, value_parser = parse_lease_id)]
+    lease: Option<i64>,
+    /// Print the previous value.
+    #[arg(long)]
+    prev_kv: bool,
+    /// Keep the current value.
+    #[arg(long)]
+    ignore_value: bool,
+    /// Keep the current lease.
+    #[arg(long)]
+    ignore_lease: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RangeArgs {
+    key: String,
+    range_end: Option<String>,
+    /// Every key with KEY as a prefix.
+    #[arg(long)]
+    prefix: bool,
+    /// Every key greater than or equal to KEY.
+    #[arg(long)]
+    from_key: bool,
+}
+
+impl RangeArgs {
+    fn resolve(&self) -> (Vec<u8>, Vec<u8>) {
+        let key = if self.key.is_empty() && (self.prefix || self.from_key) {
+            vec![0]
+        } else {
+            self.key.as_bytes().to_vec()
+        };
+        let end = if let Some(end) = &self.range_end {
+            end.as_bytes().to_vec()
+        } else if self.prefix {
+            prefix_range_end(self.key.as_bytes())
+        } else if self.from_key {
+            vec![0]
+        } else {
+            Vec::new()
+        };
+        (key, end)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    range: RangeArgs,
+    /// Most keys to return.
+    #[arg(long, default_value_t = 0)]
+    limit: i64,
+    /// Read at this revision.
+    #[arg(long, default_value_t = 0)]
+    rev: i64,
+    /// Sort target: CREATE, KEY, MODIFY, VALUE or VERSION.
+    #[arg(long)]
+    sort_by: Option<String>,
+    /// Sort order: ASCEND or DESCEND.
+    #[arg(long)]
+    order: Option<String>,
+    /// Return keys without values.
+    #[arg(long)]
+    keys_only: bool,
+    /// Return only the count.
+    #[arg(long)]
+    count_only: bool,
+    /// l (linearizable) or s (serializable).
+    #[arg(long, default_value = "l")]
+    consistency: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DelArgs {
+    #[command(flatten)]
+    range: RangeArgs,
+    /// Print the deleted values.
+    #[arg(long)]
+    prev_kv: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    range: RangeArgs,
+    /// Start from this revision (history replay).
+    #[arg(long, default_value_t = 0)]
+    rev: i64,
+    /// Include the previous value in each event.
+    #[arg(long)]
+    prev_kv: bool,
+    /// Exit after this many events (0: never).
+    #[arg(long, default_value_t = 0)]
+    max_events: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    revision: i64,
+    /// Wait until the history is removed from disk.
+    #[arg(long)]
+    physical: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LeaseCommand {
+    /// Create a lease with a TTL in seconds.
+    Grant { ttl: i64 },
+    /// Revoke a lease and delete its keys.
+    Revoke {
+        #[arg(value_parser = parse_lease_id)]
+        id: i64,
+    },
+    /// Keep a lease alive.
+    KeepAlive {
+        #[arg(value_parser = parse_lease_id)]
+        id: i64,
+        /// Renew once and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Show a lease's TTL.
+    Timetolive {
+        #[arg(value_parser = parse_lease_id)]
+        id: i64,
+        /// Also list the attached keys.
+        #[arg(long)]
+        keys: bool,
+    },
+    /// List every lease.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EndpointCommand {
+    /// Status of each endpoint.
+    Status,
+    /// Health of each endpoint.
+    Health,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// List the members.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Stream a copy of the state-machine file to FILE.
+    Save { file: std::path::PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlarmCommand {
+    /// List raised alarms.
+    List,
+    /// Disarm every raised alarm.
+    Disarm,
+}
+
+fn parse_lease_id(text: &str) -> Result<i64, String> {
+    u64::from_str_radix(text, 16)
+        .map(|id| id as i64)
+        .map_err(|_| format!("{text:?} is not a hex lease id"))
+}
+
+fn bad(message: impl Into<String>) -> ClientError {
+    ClientError::Other(message.into())
+}
+
+async fn with_timeout<T>(
+    global: &Global,
+    future: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    tokio::time::timeout(global.command_timeout, future)
+        .await
+        .map_err(|_| bad("context deadline exceeded"))?
+}
+
+pub async fn run(global: &Global, command: ClientCommand) -> Result<(), ClientError> {
+    match command {
+        ClientCommand::Endpoint(command) => return endpoint(global, command).await,
+        ClientCommand::Watch(args) => {
+            let client = Client::connect_any(&global.endpoints, global.dial_timeout).await?;
+            return watch(global, &client, args).await;
+        }
+        ClientCommand::Lease(LeaseCommand::KeepAlive { id, once }) => {
+            let client = Client::connect_any(&global.endpoints, global.dial_timeout).await?;
+            return keep_alive(global, &client, id, once).await;
+        }
+        ClientCommand::Snapshot(SnapshotCommand::Save { file }) => {
+            let client = Client::connect_any(&global.endpoints, global.dial_timeout).await?;
+            return snapshot_save(&client, &file).await;
+        }
+        _ => {}
+    }
+    let client = Client::connect_any(&global.endpoints, global.dial_timeout).await?;
+    with_timeout(global, unary(global, &client, command)).await
+}
+
+async fn unary(
+    global: &Global,
+    client: &Client,
+    command: ClientCommand,
+) -> Result<(), ClientError> {
+    match command {
+        ClientCommand::Put(args) => put(global, client, args).await,
+        ClientCommand::Get(args) => get(global, client, args).await,
+        ClientCommand::Del(args) => del(global, client, args).await,
+        ClientCommand::Txn => txn(global, client).await,
+        ClientCommand::Compact(args) => {
+            let request = CompactionRequest {
+                revision: args.revision,
+                physical: args.physical,
+            };
+            let response = client.kv().compact(request).await?.into_inner();
+            match global.write_out {
+                Format::Json => output::json(&response).map_err(bad),
+                _ => {
+                    println!("compacted revision {}", args.revision);
+                    Ok(())
+                }
+            }
+        }
+        ClientCommand::Lease(command) => lease(global, client, command).await,
+        ClientCommand::Member(MemberCommand::List) => member_list(global, client).await,
+        ClientCommand::Alarm(command) => alarm(global, client, command).await,
+        ClientCommand::Endpoint(_) | ClientCommand::Watch(_) | ClientCommand::Snapshot(_) => {
+            unreachable!("streaming commands are dispatched in run")
+        }
+    }
+}
+
+async fn put(global: &Global, client: &Client, args: PutArgs) -> Result<(), ClientError> {
+    let value = match args.value {
+        Some(value) => value,
+        None if args.ignore_value => String::new(),
+        None => {
+            let mut value = String::new();
+            std::io::stdin()
+                .read_to_string(&mut value)
+                .map_err(|e| bad(format!("reading the value: {e}")))?;
+            value
+        }
+    };
+    let request = PutRequest {
+        key: args.key.into_bytes(),
+        value: value.into_bytes(),
+        lease: args.lease.unwrap_or(0),
+        prev_kv: args.prev_kv,
+        ignore_value: args.ignore_value,
+        ignore_lease: args.ignore_lease,
+    };
+    let response = client.kv().put(request).await?.into_inner();
+    match global.write_out {
+        Format::Json => output::json(&response).map_err(bad),
+        _ => {
+            println!("OK");
+            if let Some(prev) = &response.prev_kv {
+                output::key_value(prev, false, false, global.hex);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn sort_target(name: Option<&str>) -> Result<SortTarget, ClientError> {
+    Ok(match name.map(str::to_ascii_uppercase).as_deref() {
+        None | Some("KEY") => SortTarget::Key,
+        Some("CREATE") => SortTarget::Create,
+        Some("MODIFY") => SortTarget::Mod,
+        Some("VALUE") => SortTarget::Value,
+        Some("VERSION") => SortTarget::Version,
+        Some(other) => {
+            return Err(bad(format!(
+                "bad sort target {other:?} (CREATE, KEY, MODIFY, VALUE, VERSION)"
+            )));
+        }
+    })
+}
+
+async fn get(global: &Global, client: &Client, args: GetArgs) -> Result<(), ClientError> {
+    let (key, range_end) = args.range.resolve();
+    let sort_order = match args
+        .order
+        .as_deref()
+        .map(str::to_ascii_uppercase)
+        .as_deref()
+    {
+        None => {
+            if args.sort_by.is_some() {
+                SortOrder::Ascend
+            } else {
+                SortOrder::None
+            }
+        }
+        Some("ASCEND") => SortOrder::Ascend,
+        Some("DESCEND") => SortOrder::Descend,
+        Some(other) => return Err(bad(format!("bad sort order {other:?} (ASCEND or DESCEND)"))),
+    };
+    let serializable = match args.consistency.as_str() {
+        "l" => false,
+        "s" => true,
+        other => return Err(bad(format!("unknown consistency {other:?} (l or s)"))),
+    };
+    let request = RangeRequest {
+        key,
+        range_end,
+        limit: args.limit,
+        revision: args.rev,
+        sort_order: sort_order as i32,
+        sort_target: sort_target(args.sort_by.as_deref())? as i32,
+        serializable,
+        keys_only: args.keys_only,
+        count_only: args.count_only,
+        ..RangeRequest::default()
+    };
+    let response = client.kv().range(request).await?.into_inner();
+    match global.write_out {
+        Format::Json => output::json(&response).map_err(bad),
+        _ => {
+            if args.count_only {
+                println!("{}", response.count);
+            }
+            for kv in &response.kvs {
+                output::key_value(kv, global.print_value_only, args.keys_only, global.hex);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn del(global: &Global, client: &Client, args: DelArgs) -> Result<(), ClientError> {
+    let (key, range_end) = args.range.resolve();
+    let request = DeleteRangeRequest {
+        key,
+        range_end,
+        prev_kv: args.prev_kv,
+    };
+    let response = client.kv().delete_range(request).await?.into_inner();
+    match global.write_out {
+        Format::Json => output::json(&response).map_err(bad),
+        _ => {
+            println!("{}", response.deleted);
+            for kv in &response.prev_kvs {
+                output::key_value(kv, false, false, global.hex);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn txn(global: &Global, client: &Client) -> Result<(), ClientError> {
+    let mut input = String::new();
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .map_err(|e| bad(format!("reading the txn: {e}")))?;
+    let request = crate::txn::parse(&input).map_err(bad)?;
+    let response = client.kv().txn(request).await?.into_inner();
+    if global.write_out == Format::Json {
+        return output::json(&response).map_err(bad);
+    }
+    println!(
+        "{}",
+        if response.succeeded {
+            "SUCCESS"
+        } else {
+            "FAILURE"
+        }
+    );
+    for op in &response.responses {
+        println!();
+        match &op.response {
+            Some(OpResponse::ResponsePut(_)) => println!("OK"),
+            Some(OpResponse::ResponseRange(range)) => {
+                for kv in &range.kvs {
+                    output::key_value(kv, global.print_value_only, false, global.hex);
+                }
+            }
+            Some(OpResponse::ResponseDeleteRange(delete)) => println!("{}", delete.deleted),
+            Some(OpResponse::ResponseTxn(_)) => println!("(nested txn)"),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+async fn watch(global: &Global, client: &Client, args: WatchArgs) -> Result<(), ClientError> {
+    let (key, range_end) = args.range.resolve();
+    let create = WatchCreateRequest {
+        key,
+        range_end,
+        start_revision: args.rev,
+        prev_kv: args.prev_kv,
+        ..WatchCreateRequest::default()
+    };
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    sender
+        .send(WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(create)),
+        })
+        .await
+        .map_err(|_| bad("watch stream closed"))?;
+    let mut responses = client
+        .watch()
+        .watch(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await?
+        .into_inner();
+    let mut seen = 0u64;
+    while let Some(response) = responses.next().await {
+        let response = response?;
+        if response.canceled {
+            let reason = if response.compact_revision != 0 {
+                format!(
+                    "watch canceled: required revision {} has been compacted",
+                    response.compact_revision
+                )
+            } else {
+                format!("watch canceled: {}", response.cancel_reason)
+            };
+            return Err(bad(reason));
+        }
+        if global.write_out == Format::Json && !response.events.is_empty() {
+            output::json(&response).map_err(bad)?;
+        } else {
+            for event in &response.events {
+                let kind = if event.r#type == EventType::Delete as i32 {
+                    "DELETE"
+                } else {
+                    "PUT"
+                };
+                println!("{kind}");
+                if let Some(prev) = &event.prev_kv {
+                    output::key_value(prev, false, false, global.hex);
+                }
+                if let Some(kv) = &event.kv {
+                    output::key_value(kv, false, false, global.hex);
+                }
+            }
+        }
+        seen += response.events.len() as u64;
+        if args.max_events > 0 && seen >= args.max_events {
+            break;
+        }
+    }
+    drop(sender);
+    Ok(())
+}
+
+async fn lease(global: &Global, client: &Client, command: LeaseCommand) -> Result<(), ClientError> {
+    let json = global.write_out == Format::Json;
+    match command {
+        LeaseCommand::Grant { ttl } => {
+            let response = client
+                .lease()
+                .lease_grant(LeaseGrantRequest { ttl, id: 0 })
+                .await?
+                .into_inner();
+            if json {
+                return output::json(&response).map_err(bad);
+            }
+            println!(
+                "lease {:x} granted with TTL({}s)",
+                response.id, response.ttl
+            );
+        }
+        LeaseCommand::Revoke { id } => {
+            let response = client
+                .lease()
+                .lease_revoke(LeaseRevokeRequest { id })
+                .await?
+                .into_inner();
+            if json {
+                return output::json(&response).map_err(bad);
+            }
+            println!("lease {id:x} revoked");
+        }
+        LeaseCommand::Timetolive { id, keys } => {
+            let response = client
+                .lease()
+                .lease_time_to_live(LeaseTimeToLiveRequest { id, keys })
+                .await?
+                .into_inner();
+            if json {
+                return output::json(&response).map_err(bad);
+            }
+            if response.ttl == -1 {
+                println!("lease {id:x} already expired");
+            } else if keys {
+                let names: Vec<String> = response
+                    .keys
+                    .iter()
+                    .map(|k| output::bytes(k, global.hex))
+                    .collect();
+                println!(
+                    "lease {id:x} granted with TTL({}s), remaining({}s), attached keys([{}])",
+                    response.granted_ttl,
+                    response.ttl,
+                    names.join(" ")
+                );
+            } else {
+                println!(
+                    "lease {id:x} granted with TTL({}s), remaining({}s)",
+                    response.granted_ttl, response.ttl
+                );
+            }
+        }
+        LeaseCommand::List => {
+            let response = client
+                .lease()
+                .lease_leases(LeaseLeasesRequest {})
+                .await?
+                .into_inner();
+            if json {
+                return output::json(&response).map_err(bad);
+            }
+            println!("found {} leases", response.leases.len());
+            for lease in &response.leases {
+                println!("{:x}", lease.id);
+            }
+        }
+        LeaseCommand::KeepAlive { .. } => unreachable!("keep-alive is dispatched in run"),
+    }
+    Ok(())
+}
+
+async fn keep_alive(
+    global: &Global,
+    client: &Client,
+    id: i64,
+    once: bool,
+) -> Result<(), ClientError> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    let mut responses = client
+        .lease()
+        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await?
+        .into_inner();
+    loop {
+        sender
+            .send(LeaseKeepAliveRequest { id })
+            .await
+            .map_err(|_| bad("keep-alive stream closed"))?;
+        let Some(response) = responses.next().await else {
+            return Err(bad("keep-alive stream closed by the server"));
+        };
+        let response = response?;
+        if response.ttl <= 0 {
+            return Err(bad(format!("lease {id:x} expired or revoked")));
+        }
+        if global.write_out == Format::Json {
+            output::json(&response).map_err(bad)?;
+        } else {
+            println!("lease {id:x} keepalived with TTL({})", response.ttl);
+        }
+        if once {
+            return Ok(());
+        }
+        // Renew at a third of the TTL, as the Go client does.
+        tokio::time::sleep(Duration::from_millis(
+            (response.ttl as u64 * 1000 / 3).max(500),
+        ))
+        .await;
+    }
+}
+
+async fn endpoint(global: &Global, command: EndpointCommand) -> Result<(), ClientError> {
+    let mut failed = false;
+    let mut rows = Vec::new();
+    for endpoint in &global.endpoints {
+        let client = match Client::connect(endpoint, global.dial_timeout).await {
+            Ok(client) => client,
+            Err(error) => {
+                eprintln!("{endpoint} is unhealthy: {error}");
+                failed = true;
+                continue;
+            }
+        };
+        match command {
+            EndpointCommand::Status => {
+                let status = with_timeout(global, async {
+                    Ok(client
+                        .maintenance()
+                        .status(StatusRequest {})
+                        .await?
+                        .into_inner())
+                })
+                .await;
+                match status {
+                    Ok(status) => {
+                        if global.write_out == Format::Json {
+                            let value =
+                                serde_json::json!({ "Endpoint": endpoint, "Status": status });
+                            output::json(&value).map_err(bad)?;
+                            continue;
+                        }
+                        let header = status.header.unwrap_or_default();
+                        rows.push(vec![
+                            endpoint.clone(),
+                            format!("{:x}", header.member_id),
+                            status.version.clone(),
+                            output::size(status.db_size),
+                            (status.leader == header.member_id).to_string(),
+                            status.is_learner.to_string(),
+                            status.raft_term.to_string(),
+                            status.raft_index.to_string(),
+                            status.raft_applied_index.to_string(),
+                            status.errors.join(", "),
+                        ]);
+                    }
+                    Err(error) => {
+                        eprintln!("Failed to get the status of endpoint {endpoint} ({error})");
+                        failed = true;
+                    }
+                }
+            }
+            EndpointCommand::Health => {
+                // etcdctl's check: a linearizable read of "health", then the alarm list.
+                let started = Instant::now();
+                let check = with_timeout(global, async {
+                    let read = client
+                        .kv()
+                        .range(RangeRequest {
+                            key: b"health".to_vec(),
+                            ..RangeRequest::default()
+                        })
+                        .await;
+                    if let Err(status) = read
+                        && status.code() != tonic::Code::PermissionDenied
+                    {
+                        return Err(ClientError::from(status));
+                    }
+                    let alarms = client
+                        .maintenance()
+                        .alarm(AlarmRequest {
+                            action: AlarmAction::Get as i32,
+                            ..AlarmRequest::default()
+                        })
+                        .await?;
+                    if let Some(alarm) = alarms.into_inner().alarms.first() {
+                        let name = AlarmType::try_from(alarm.alarm)
+                            .map(|a| a.as_str_name())
+                            .unwrap_or("UNKNOWN");
+                        return Err(bad(format!("Active Alarm(s): {name}")));
+                    }
+                    Ok(())
+                })
+                .await;
+                let took = started.elapsed();
+                match check {
+                    Ok(()) => println!(
+                        "{endpoint} is healthy: successfully committed proposal: took = {took:?}"
+                    ),
+                    Err(error) => {
+                        println!("{endpoint} is unhealthy: failed to commit proposal: {error}");
+                        failed = true;
+                    }
+                }
+            }
+        }
+    }
+    if !rows.is_empty() {
+        match global.write_out {
+            Format::Table => output::table(
+                &[
+                    "ENDPOINT",
+                    "ID",
+                    "VERSION",
+                    "DB SIZE",
+                    "IS LEADER",
+                    "IS LEARNER",
+                    "RAFT TERM",
+                    "RAFT INDEX",
+                    "RAFT APPLIED INDEX",
+                    "ERRORS",
+                ],
+                &rows,
+            ),
+            _ => {
+                for row in rows {
+                    println!("{}", row.join(", "));
+                }
+            }
+        }
+    }
+    if failed {
+        Err(bad("unhealthy cluster"))
+    } else {
+        Ok(())
+    }
+}
+
+async fn member_list(global: &Global, client: &Client) -> Result<(), ClientError> {
+    let response = client
+        .cluster()
+        .member_list(MemberListRequest {
+            linearizable: false,
+        })
+        .await?
+        .into_inner();
+    let rows: Vec<Vec<String>> = response
+        .members
+        .iter()
+        .map(|member| {
+            vec![
+                format!("{:x}", member.id),
+                if member.name.is_empty() {
+                    "unstarted"
+                } else {
+                    "started"
+                }
+                .to_owned(),
+                member.name.clone(),
+                member.peer_ur_ls.join(","),
+                member.client_ur_ls.join(","),
+                member.is_learner.to_string(),
+            ]
+        })
+        .collect();
+    match global.write_out {
+        Format::Json => output::json(&response).map_err(bad),
+        Format::Table => {
+            output::table(
+                &[
+                    "ID",
+                    "STATUS",
+                    "NAME",
+                    "PEER ADDRS",
+                    "CLIENT ADDRS",
+                    "IS LEARNER",
+                ],
+                &rows,
+            );
+            Ok(())
+        }
+        Format::Simple => {
+            for row in rows {
+                println!("{}", row.join(", "));
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn alarm(global: &Global, client: &Client, command: AlarmCommand) -> Result<(), ClientError> {
+    let list = client
+        .maintenance()
+        .alarm(AlarmRequest {
+            action: AlarmAction::Get as i32,
+            ..AlarmRequest::default()
+        })
+        .await?
+        .into_inner();
+    let targets = match command {
+        AlarmCommand::List => list.alarms,
+        AlarmCommand::Disarm => {
+            let mut disarmed = Vec::new();
+            for alarm in list.alarms {
+                let request = AlarmRequest {
+                    action: AlarmAction::Deactivate as i32,
+                    member_id: alarm.member_id,
+                    alarm: alarm.alarm,
+                };
+                disarmed.extend(
+                    client
+                        .maintenance()
+                        .alarm(request)
+                        .await?
+                        .into_inner()
+                        .alarms,
+                );
+            }
+            disarmed
+        }
+    };
+    if global.write_out == Format::Json {
+        return output::json(&targets).map_err(bad);
+    }
+    for alarm in targets {
+        let name = AlarmType::try_from(alarm.alarm)
+            .map(|a| a.as_str_name())
+            .unwrap_or("UNKNOWN");
+        println!("memberID:{:x} alarm:{name} ", alarm.member_id);
+    }
+    Ok(())
+}
+
+/// Streams the snapshot into FILE.part, checks the trailing SHA-256 that the server appends, and
+/// renames the verified state-machine file (without the checksum) to FILE.
+async fn snapshot_save(client: &Client, file: &std::path::Path) -> Result<(), ClientError> {
+    let mut stream = client
+        .maintenance()
+        .snapshot(SnapshotRequest {})
+        .await?
+        .into_inner();
+    let mut data = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        data.extend_from_slice(&chunk?.blob);
+    }
+    if data.len() < 32 {
+        return Err(bad("snapshot stream too short"));
+    }
+    let (db, checksum) = data.split_at(data.len() - 32);
+    if sha2::Sha256::digest(db).as_slice() != checksum {
+        return Err(bad("snapshot checksum mismatch: the stream was corrupted"));
+    }
+    let partial = file.with_extension("part");
+    std::fs::write(&partial, db).map_err(|e| bad(format!("writing {}: {e}", partial.display())))?;
+    std::fs::File::open(&partial)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| bad(format!("syncing {}: {e}", partial.display())))?;
+    std::fs::rename(&partial, file)
+        .map_err(|e| bad(format!("renaming to {}: {e}", file.display())))?;
+    println!("Snapshot saved at {}", file.display());
+    Ok(())
+}

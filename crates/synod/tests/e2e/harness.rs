@@ -1,0 +1,310 @@
+//! Starting, stopping and killing real member processes for tests. Ports are picked free on
+//! 127.0.0.1; every process is killed by PID when its handle drops, so a failing test leaves no
+//! server behind.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a member may take to start serving.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Returns a port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+pub fn synod_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_synod")
+}
+
+/// A member process and its data directory.
+pub struct Member {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub client_port: u16,
+    pub peer_port: u16,
+    extra_args: Vec<String>,
+    log_path: PathBuf,
+}
+
+impl Member {
+    /// Starts a single-member cluster in a fresh directory under `root`.
+    pub fn start(root: &Path, extra_args: &[&str]) -> Member {
+        let mut member = Member {
+            child: None,
+            data_dir: root.join("data"),
+            client_port: free_port(),
+            peer_port: free_port(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            log_path: root.join("server.log"),
+        };
+        member.spawn();
+        member.wait_ready();
+        member
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open log");
+        let child = Command::new(synod_binary())
+            .arg("server")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen-client-urls")
+            .arg(self.url())
+            .arg("--listen-peer-urls")
+            .arg(format!("http://127.0.0.1:{}", self.peer_port))
+            .arg("--initial-advertise-peer-urls")
+            .arg(format!("http://127.0.0.1:{}", self.peer_port))
+            .args(&self.extra_args)
+            .env("SYNOD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("start synod server");
+        self.child = Some(child);
+    }
+
+    /// Waits until the member answers a linearizable read.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "synod server exited early with {status}; log:\n{}",
+                    self.log()
+                );
+            }
+            if http_get(self.client_port, "/health").is_some_and(|(code, _)| code == 200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member did not become healthy; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the process again on the same ports and data.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "member is still running");
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// Starts the process again and returns its exit status and log if it fails to start.
+    pub fn start_expecting_failure(&mut self) -> (std::process::ExitStatus, String) {
+        self.spawn();
+        let mut child = self.child.take().expect("spawned");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return (status, self.log());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "member started although its data is corrupt; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a graceful exit; returns whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        signal(child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Connects the `etcd-client` crate to this member.
+    pub async fn etcd_client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([self.url()], None)
+            .await
+            .expect("etcd-client connects")
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Sends a signal by name with kill(1), so tests need no libc bindings.
+pub fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// A minimal HTTP/1.1 GET on 127.0.0.1; returns (status code, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_request(port, "GET", path, None)
+}
+
+/// A minimal HTTP/1.1 request with an optional JSON body.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((code, dechunk(&body)))
+}
+
+/// Undoes chunked transfer encoding when present.
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let Some((size_line, after)) = rest.split_once("\r\n") else {
+            return body.to_owned();
+        };
+        let Ok(size) = usize::from_str_radix(size_line.trim(), 16) else {
+            return body.to_owned();
+        };
+        if size == 0 {
+            return out;
+        }
+        if after.len() < size {
+            return body.to_owned();
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually(timeout: Duration, mut condition: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs the synod CLI against a member; returns (exit success, stdout, stderr).
+pub fn synod_cli(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    run_tool(synod_binary(), &["--endpoints", endpoint], args, stdin)
+}
+
+/// Runs a command with a bounded time; returns (exit success, stdout, stderr).
+pub fn run_tool(
+    program: &str,
+    leading: &[&str],
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(program)
+        .args(leading)
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("piped stdin");
+        pipe.write_all(input.as_bytes()).expect("write stdin");
+    }
+    let output = wait_with_deadline(child, Duration::from_secs(60));
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn wait_with_deadline(child: Child, timeout: Duration) -> std::process::Output {
+    let pid = child.id();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(child.wait_with_output());
+    });
+    match receiver.recv_timeout(timeout) {
+        Ok(output) => output.expect("collect output"),
+        Err(_) => {
+            signal(pid, "KILL");
+            panic!("command did not finish within {timeout:?}");
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! End-to-end tests: real `synod server` processes on loopback, driven by clients nobody here
+//! wrote (the `etcd-client` crate, etcdctl) and by `synod`'s own CLI. One test binary for the
+//! crate, to keep link time down.
+
+mod harness;
+
+mod cli;
+mod crash;
+mod etcdctl;
+mod kv;
+mod lease;
+mod maintenance;
+mod watch;

@@ -1,0 +1,290 @@
+//! Watch through the `etcd-client` crate and raw streams: ordering, replay, prev_kv, ids, cancel,
+//! compaction, progress, and clients that stop reading.
+
+use std::time::Duration;
+
+use etcd_client::{EventType, GetOptions, WatchOptions, WatchResponse, WatchStream};
+
+use crate::harness::Member;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn next(stream: &mut WatchStream) -> WatchResponse {
+    tokio::time::timeout(WAIT, stream.message())
+        .await
+        .expect("a watch response in time")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+/// Reads responses until `count` events arrived; returns them as (type, key, value, mod revision).
+async fn collect(stream: &mut WatchStream, count: usize) -> Vec<(EventType, String, String, i64)> {
+    let mut events = Vec::new();
+    while events.len() < count {
+        let response = next(stream).await;
+        for event in response.events() {
+            let kv = event.kv().expect("event kv");
+            events.push((
+                event.event_type(),
+                kv.key_str().expect("utf8").to_owned(),
+                kv.value_str().expect("utf8").to_owned(),
+                kv.mod_revision(),
+            ));
+        }
+    }
+    events
+}
+
+/// Goal: a prefix watch sees every change once, in revision order, with prev_kv when asked, and a
+/// watch from an old revision replays history first.
+#[tokio::test]
+async fn watch_delivers_ordered_events_and_replays_history() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    let mut client = member.etcd_client().await;
+    let mut live = client
+        .watch(
+            "w/",
+            Some(WatchOptions::new().with_prefix().with_prev_key()),
+        )
+        .await
+        .expect("watch");
+    let created = next(&mut live).await;
+    assert!(created.created());
+    assert_eq!(
+        created.watch_id(),
+        0,
+        "automatic watch ids start at 0, as in etcd"
+    );
+
+    let start = client
+        .put("w/a", "1", None)
+        .await
+        .expect("put")
+        .header()
+        .expect("header")
+        .revision();
+    client.put("w/a", "2", None).await.expect("put");
+    client
+        .put("other", "x", None)
+        .await
+        .expect("put outside the prefix");
+    client.delete("w/a", None).await.expect("delete");
+    let events = collect(&mut live, 3).await;
+    assert_eq!(
+        events
+            .iter()
+            .map(|(t, k, v, _)| (*t, k.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            (EventType::Put, "w/a", "1"),
+            (EventType::Put, "w/a", "2"),
+            (EventType::Delete, "w/a", "")
+        ]
+    );
+    assert_eq!(
+        events[2].3,
+        start + 3,
+        "a delete event carries the delete's revision"
+    );
+
+    let mut replay = client
+        .watch(
+            "w/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(start)
+                    .with_prev_key(),
+            ),
+        )
+        .await
+        .expect("watch from history");
+    assert!(next(&mut replay).await.created());
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let response = next(&mut replay).await;
+        for event in response.events() {
+            seen.push((
+                event.event_type(),
+                event.prev_kv().map(|kv| kv.value().to_vec()),
+            ));
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (EventType::Put, None),
+            (EventType::Put, Some(b"1".to_vec())),
+            (EventType::Delete, Some(b"2".to_vec()))
+        ]
+    );
+}
+
+/// Goal: client-chosen ids, duplicates (created+canceled, not a stream error), cancel, filters,
+/// compaction and progress requests behave as in etcd.
+#[tokio::test]
+async fn watch_ids_cancel_compaction_and_progress() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    let mut client = member.etcd_client().await;
+    let mut stream = client
+        .watch("k", Some(WatchOptions::new().with_watch_id(7)))
+        .await
+        .expect("watch");
+    let created = next(&mut stream).await;
+    assert_eq!((created.created(), created.watch_id()), (true, 7));
+
+    stream
+        .watch("k2", Some(WatchOptions::new().with_watch_id(7)))
+        .await
+        .expect("send duplicate");
+    let duplicate = next(&mut stream).await;
+    assert!(duplicate.created() && duplicate.canceled());
+    assert_eq!(
+        duplicate.cancel_reason(),
+        "mvcc: duplicate watch ID provided on the WatchStream"
+    );
+
+    stream
+        .watch(
+            "k",
+            Some(
+                WatchOptions::new()
+                    .with_watch_id(8)
+                    .with_filters([etcd_client::WatchFilterType::NoPut]),
+            ),
+        )
+        .await
+        .expect("filtered watch");
+    assert_eq!(next(&mut stream).await.watch_id(), 8);
+    client.put("k", "v", None).await.expect("put");
+    client.delete("k", None).await.expect("delete");
+    let mut by_watcher: Vec<(i64, EventType)> = Vec::new();
+    while by_watcher.len() < 3 {
+        let response = next(&mut stream).await;
+        by_watcher.extend(
+            response
+                .events()
+                .iter()
+                .map(|e| (response.watch_id(), e.event_type())),
+        );
+    }
+    by_watcher.sort_by_key(|(id, _)| *id);
+    assert_eq!(
+        by_watcher,
+        vec![
+            (7, EventType::Put),
+            (7, EventType::Delete),
+            (8, EventType::Delete)
+        ]
+    );
+
+    stream.cancel(7).await.expect("cancel");
+    let canceled = next(&mut stream).await;
+    assert_eq!((canceled.canceled(), canceled.watch_id()), (true, 7));
+
+    stream.request_progress().await.expect("progress request");
+    let progress = next(&mut stream).await;
+    assert_eq!(
+        progress.watch_id(),
+        -1,
+        "stream-wide progress carries watch id -1"
+    );
+    assert!(progress.events().is_empty());
+    let current = client
+        .get("k", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision();
+    assert_eq!(progress.header().expect("header").revision(), current);
+
+    client.put("k", "again", None).await.expect("put");
+    client.compact(current, None).await.expect("compact");
+    let mut old = client
+        .watch("k", Some(WatchOptions::new().with_start_revision(2)))
+        .await
+        .expect("watch compacted");
+    let mut compacted = next(&mut old).await;
+    if compacted.created() && !compacted.canceled() {
+        compacted = next(&mut old).await;
+    }
+    assert!(compacted.canceled());
+    assert_eq!(compacted.compact_revision(), current);
+}
+
+/// Goal: 10,000 watchers on one stream all get the event, and a stream whose client stops
+/// reading neither blocks writers nor loses events once it reads again.
+#[tokio::test]
+async fn many_watchers_and_a_client_that_stops_reading() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    let mut client = member.etcd_client().await;
+
+    // The crowd gets a connection of its own: the client library pays per open stream on a
+    // connection, which would slow the writes below for reasons that are not the server's.
+    let mut crowd_client = member.etcd_client().await;
+    let mut crowd = crowd_client
+        .watch("hot", Some(WatchOptions::new()))
+        .await
+        .expect("watch");
+    for _ in 1..10_000 {
+        crowd.watch("hot", None).await.expect("add watcher");
+    }
+    let mut created = 0;
+    while created < 10_000 {
+        if next(&mut crowd).await.created() {
+            created += 1;
+        }
+    }
+    client.put("hot", "1", None).await.expect("put hot");
+    let mut notified = std::collections::HashSet::new();
+    while notified.len() < 10_000 {
+        let response = next(&mut crowd).await;
+        assert_eq!(response.events().len(), 1);
+        assert!(
+            notified.insert(response.watch_id()),
+            "one event per watcher"
+        );
+    }
+
+    // A stalled reader: create the watch, then write far more than its queues hold.
+    let mut stalled = client
+        .watch("s/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .expect("watch");
+    assert!(next(&mut stalled).await.created());
+    let value = "v".repeat(1024);
+    let writes = 3_000;
+    for i in 0..writes {
+        client
+            .put(format!("s/{}", i % 50), value.clone(), None)
+            .await
+            .expect("writes are not blocked by a slow watcher");
+    }
+    let latest = client
+        .get(
+            "s/",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .expect("get");
+    let last_revision = latest.header().expect("header").revision();
+    let mut revisions = Vec::new();
+    while revisions.last().copied().unwrap_or(0) < last_revision {
+        let response = next(&mut stalled).await;
+        revisions.extend(
+            response
+                .events()
+                .iter()
+                .map(|e| e.kv().expect("kv").mod_revision()),
+        );
+    }
+    assert_eq!(revisions.len(), writes, "every event arrives exactly once");
+    assert!(
+        revisions.windows(2).all(|w| w[1] == w[0] + 1),
+        "in revision order, with no gaps"
+    );
+}
