@@ -28,6 +28,7 @@ use synod_api::synodpb::{InternalRequest, internal_request::Request};
 use crate::backend::{self, ALARM, Backend, META};
 use crate::error::{Error, RequestError, StorageError};
 use crate::lease::Lessor;
+use crate::mvcc::key_index::KeyRange;
 use crate::mvcc::kv_store::{KvStore, RangeOptions, RangeResult, RevisionTxn};
 use crate::watch::WatchHub;
 
@@ -483,9 +484,13 @@ impl StateMachine {
                 if self.alarms.is_raised(AlarmType::Nospace) {
                     return Ok(Err(RequestError::NoSpace));
                 }
+                // A standalone put checks its lease before `ignore_*` (which `put` checks), while
+                // a txn checks each put the other way round (`check_put`), as etcd does.
+                if put.lease != 0 && !self.lessor.contains(put.lease) {
+                    return Ok(Err(RequestError::LeaseNotFound));
+                }
                 let mut txn = batch.begin();
-                let response =
-                    check_put(&txn, &self.lessor, &put).and_then(|()| self.put(&mut txn, &put));
+                let response = self.put(&mut txn, &put);
                 txn.end();
                 response.map(Response::Put)
             }
@@ -625,7 +630,27 @@ impl StateMachine {
         let mut path = Vec::new();
         txn_path(&txn, request, &mut path)?;
         check_txn(&txn, &self.lessor, request, &mut path.iter().copied())?;
-        let response = self.execute_txn(&mut txn, request, &mut path.into_iter());
+        check_ignore_targets(&txn, request, &mut path.iter().copied(), &mut Vec::new())?;
+        let mut response = match self.execute_txn(&mut txn, request, &mut path.into_iter()) {
+            Err(Error::Request(refused)) => {
+                // Every refusal is found by the checks above, before anything is written; one
+                // found here would leave the txn half applied, so the member stops instead
+                // (etcd panics in the same place).
+                return Err(StorageError::corrupt(format!(
+                    "a txn was refused ({refused}) after some of its writes; refusing to apply it partially"
+                ))
+                .into());
+            }
+            other => other,
+        };
+        if let Ok(response) = &mut response {
+            // Only the outer txn's header carries the revision; nested ones keep an empty
+            // header, as in etcd.
+            response.header = Some(ResponseHeader {
+                revision: txn.read_revision(),
+                ..ResponseHeader::default()
+            });
+        }
         txn.end();
         response
     }
@@ -664,10 +689,7 @@ impl StateMachine {
             });
         }
         Ok(TxnResponse {
-            header: Some(ResponseHeader {
-                revision: txn.read_revision(),
-                ..ResponseHeader::default()
-            }),
+            header: Some(ResponseHeader::default()),
             succeeded,
             responses,
         })
@@ -733,6 +755,71 @@ fn check_put(view: &impl ReadView, lessor: &Lessor, put: &PutRequest) -> Result<
 }
 
 /// Checks the ops of the branches a txn will take against the state before it (etcd `checkTxn`).
+/// A write made by an earlier op of the txn being checked.
+enum Written {
+    Put(Vec<u8>),
+    /// A deleted range, spelled as the request spelled it.
+    Deleted(Vec<u8>, Vec<u8>),
+}
+
+/// etcd checks `ignore_value` and `ignore_lease` puts against the state before the txn, so a txn
+/// that deletes a key and then puts it with `ignore_value` passes every check and fails midway
+/// (etcd 3.4 panics on it; its duplicate-key check reads a `"\0"` range end literally and lets
+/// it through). Synod follows the taken branches in order, tracking what earlier ops wrote, and
+/// refuses such a txn whole with "key not found".
+fn check_ignore_targets(
+    view: &RevisionTxn<'_, '_>,
+    request: &TxnRequest,
+    path: &mut impl Iterator<Item = bool>,
+    written: &mut Vec<Written>,
+) -> Result<(), Error> {
+    let succeeded = path.next().expect("the path has one entry per txn");
+    let ops: &[RequestOp] = if succeeded {
+        &request.success
+    } else {
+        &request.failure
+    };
+    for op in ops {
+        match &op.request {
+            Some(request_op::Request::RequestPut(put)) => {
+                if put.ignore_value || put.ignore_lease {
+                    let latest = written.iter().rev().find_map(|write| match write {
+                        Written::Put(key) if *key == put.key => Some(true),
+                        Written::Deleted(key, end)
+                            if KeyRange::new(key, end).contains(&put.key) =>
+                        {
+                            Some(false)
+                        }
+                        _ => None,
+                    });
+                    let exists = match latest {
+                        Some(exists) => exists,
+                        None => !view
+                            .range(&put.key, &[], RangeOptions::default())?
+                            .kvs
+                            .is_empty(),
+                    };
+                    if !exists {
+                        return Err(RequestError::KeyNotFound.into());
+                    }
+                }
+                written.push(Written::Put(put.key.clone()));
+            }
+            Some(request_op::Request::RequestDeleteRange(delete)) => {
+                written.push(Written::Deleted(
+                    delete.key.clone(),
+                    delete.range_end.clone(),
+                ));
+            }
+            Some(request_op::Request::RequestTxn(nested)) => {
+                check_ignore_targets(view, nested, path, written)?
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn check_txn(
     view: &RevisionTxn<'_, '_>,
     lessor: &Lessor,

@@ -73,7 +73,15 @@ impl KvStore {
     pub fn open(backend: Arc<Backend>) -> Result<(KvStore, Vec<LeasedKey>), StorageError> {
         let tx = backend.begin_read()?;
         let meta = tx.open_table(META).map_err(StorageError::backend)?;
-        let compact = backend::read_meta_u64(&meta, backend::META_COMPACT_REVISION)? as i64;
+        // -1 until the first compaction, as in etcd: `Compact(0)` on a new store succeeds, and
+        // HashKV reports -1 until then.
+        let compact = match meta
+            .get(backend::META_COMPACT_REVISION)
+            .map_err(StorageError::backend)?
+        {
+            None => -1,
+            Some(_) => backend::read_meta_u64(&meta, backend::META_COMPACT_REVISION)? as i64,
+        };
         let table = tx.open_table(KEY).map_err(StorageError::backend)?;
         let mut index = TreeIndex::default();
         // A new store is at revision 1, as in etcd: the first write makes revision 2.
@@ -130,7 +138,7 @@ impl KvStore {
         self.state.read().map(|s| s.current).unwrap_or(0)
     }
 
-    /// The compaction revision: history below it is gone.
+    /// The compaction revision: history below it is gone; -1 before the first compaction.
     pub fn compact_revision(&self) -> i64 {
         self.state.read().map(|s| s.compact).unwrap_or(0)
     }
@@ -216,13 +224,21 @@ impl KvStore {
         Ok(events)
     }
 
-    /// etcd's `HashKV`: CRC-32C over the table name and every (revision, value) pair at or below
-    /// `revision` (0 means the latest). Returns (hash, compact revision, hashed revision).
+    /// etcd's `HashKV`: CRC-32C over the table name and the (revision, value) pairs at or below
+    /// `revision` (0 means the latest). Below the compaction point only revisions still visible
+    /// at `revision` count (etcd's `kvindex.Keep(rev)`), so the hash does not depend on whether
+    /// a compaction's deletions have finished, and it equals etcd's for the same history.
+    /// Returns (hash, compact revision, hashed revision).
     pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), Error> {
-        let (tx, at, compact) = {
+        let (tx, at, compact, visible) = {
             let state = self.read_state()?;
             let at = check_read_revision(revision, state.current, state.compact)?;
-            (self.backend.begin_read()?, at, state.compact)
+            let mut visible = std::collections::HashSet::new();
+            state.index.visit(KeyRange::From(&[]), at, |_, key_at| {
+                visible.insert(key_at.modified);
+                true
+            });
+            (self.backend.begin_read()?, at, state.compact, visible)
         };
         let table = tx.open_table(KEY).map_err(StorageError::backend)?;
         let mut hash = crc32c::Hasher::new();
@@ -233,6 +249,11 @@ impl KvStore {
             .map_err(StorageError::backend)?
         {
             let (rev_bytes, value) = entry.map_err(StorageError::backend)?;
+            let (rev, _) = Revision::from_bytes(rev_bytes.value())
+                .ok_or_else(|| StorageError::corrupt("key table holds a malformed revision"))?;
+            if rev.main <= compact && !visible.is_empty() && !visible.contains(&rev) {
+                continue;
+            }
             hash.update(rev_bytes.value());
             hash.update(value.value());
         }

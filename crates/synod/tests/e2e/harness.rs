@@ -33,6 +33,7 @@ pub struct Member {
 impl Member {
     /// Starts a single-member cluster in a fresh directory under `root`.
     pub fn start(root: &Path, extra_args: &[&str]) -> Member {
+        std::fs::create_dir_all(root).expect("create the member's directory");
         let mut member = Member {
             child: None,
             data_dir: root.join("data"),
@@ -129,6 +130,22 @@ impl Member {
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the process to exit by itself; returns its status, or `None` after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -306,5 +323,82 @@ fn wait_with_deadline(child: Child, timeout: Duration) -> std::process::Output {
             signal(pid, "KILL");
             panic!("command did not finish within {timeout:?}");
         }
+    }
+}
+
+/// A real etcd (Debian's `etcd-server` package) on loopback, the reference for differential
+/// tests. Killed by PID when dropped.
+pub struct Etcd {
+    child: Child,
+    pub client_port: u16,
+    log_path: PathBuf,
+}
+
+impl Etcd {
+    pub fn start(root: &Path) -> Etcd {
+        let found = Command::new("etcd")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status();
+        assert!(
+            found.is_ok_and(|s| s.success()),
+            "etcd is required (Debian package etcd-server); scripts/test installs it"
+        );
+        let client_port = free_port();
+        let peer_port = free_port();
+        let log_path = root.join("etcd.log");
+        let log = std::fs::File::create(&log_path).expect("etcd log");
+        let client = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let child = Command::new("etcd")
+            .args(["--name", "reference", "--data-dir"])
+            .arg(root.join("etcd-data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("reference={peer}")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        let mut etcd = Etcd {
+            child,
+            client_port,
+            log_path,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !http_get(client_port, "/health").is_some_and(|(code, _)| code == 200) {
+            if let Ok(Some(status)) = etcd.child.try_wait() {
+                panic!(
+                    "etcd exited with {status}:\n{}",
+                    std::fs::read_to_string(&etcd.log_path).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "etcd did not become healthy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        etcd.child.try_wait().expect("etcd running");
+        etcd
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

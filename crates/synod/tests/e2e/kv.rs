@@ -382,3 +382,41 @@ async fn txn_compares_branches_and_nesting() {
             .succeeded()
     );
 }
+
+/// Goal (regression, found by the differential test, seed 50): a txn that deletes a range and
+/// then puts a key of that range with `ignore_value` passes etcd's checks (its duplicate-key check
+/// reads a `"\0"` range end literally) and then fails midway: etcd 3.4 panics on it. Synod must
+/// refuse it whole, apply none of it, and keep serving.
+#[tokio::test]
+async fn txn_that_crashes_etcd_is_refused_whole() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    let mut client = member.etcd_client().await;
+    client.put("d/y", "v", None).await.expect("put");
+    let before = client
+        .get("d/y", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision();
+    let txn = Txn::new().and_then([
+        TxnOp::delete("d/y", Some(DeleteOptions::new().with_from_key())),
+        TxnOp::put("d/y", "", Some(PutOptions::new().with_ignore_value())),
+    ]);
+    assert_etcd_error(
+        client.txn(txn).await,
+        tonic::Code::InvalidArgument,
+        "etcdserver: key not found",
+    );
+    let after = client
+        .get("d/y", None)
+        .await
+        .expect("the member still serves");
+    assert_eq!(after.kvs()[0].value(), b"v", "the delete was not applied");
+    assert_eq!(
+        after.header().expect("header").revision(),
+        before,
+        "no revision was made"
+    );
+}

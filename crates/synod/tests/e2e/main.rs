@@ -6,7 +6,9 @@ mod harness;
 
 mod cli;
 mod crash;
+mod differential;
 mod etcdctl;
+mod gateway;
 mod kv;
 mod lease;
 mod maintenance;
