@@ -4,7 +4,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use synod_api::errors;
 use synod_api::etcdserverpb::lease_server::Lease;
 use synod_api::etcdserverpb::{
@@ -31,6 +31,42 @@ pub struct LeaseService {
 impl LeaseService {
     pub fn new(member: Arc<Member>) -> LeaseService {
         LeaseService { member }
+    }
+}
+
+impl LeaseService {
+    /// Serves one keep-alive stream: each request renews its lease and is answered with the TTL
+    /// (0 for an unknown lease, as etcd does). Shared by gRPC and the HTTP gateway.
+    pub fn keep_alive_stream<S>(
+        &self,
+        mut requests: S,
+    ) -> ReceiverStream<Result<LeaseKeepAliveResponse, Status>>
+    where
+        S: Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Send + Unpin + 'static,
+    {
+        let (output, receiver) = mpsc::channel(KEEPALIVE_QUEUE_MAX);
+        let member = self.member.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(request)) = requests.next().await {
+                let ttl = match member.lessor.renew(request.id) {
+                    Ok(ttl) => ttl,
+                    Err(RenewError::NotFound) => 0,
+                    Err(RenewError::NotPrimary) => {
+                        let _ = output.send(Err(errors::NOT_LEADER.status())).await;
+                        break;
+                    }
+                };
+                let response = LeaseKeepAliveResponse {
+                    header: Some(member.header(member.store.current_revision())),
+                    id: request.id,
+                    ttl,
+                };
+                if output.send(Ok(response)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        ReceiverStream::new(receiver)
     }
 }
 
@@ -79,33 +115,9 @@ impl Lease for LeaseService {
         &self,
         request: tonic::Request<tonic::Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<tonic::Response<Self::LeaseKeepAliveStream>, Status> {
-        let mut incoming = request.into_inner();
-        let (output, receiver) = mpsc::channel(KEEPALIVE_QUEUE_MAX);
-        let member = self.member.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(request)) = incoming.message().await {
-                let ttl = match member.lessor.renew(request.id) {
-                    Ok(ttl) => ttl,
-                    // etcd answers an unknown lease with TTL 0 rather than an error.
-                    Err(RenewError::NotFound) => 0,
-                    Err(RenewError::NotPrimary) => {
-                        let _ = output.send(Err(errors::NOT_LEADER.status())).await;
-                        break;
-                    }
-                };
-                let response = LeaseKeepAliveResponse {
-                    header: Some(member.header(member.store.current_revision())),
-                    id: request.id,
-                    ttl,
-                };
-                if output.send(Ok(response)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(
-            receiver,
-        ))))
+        Ok(tonic::Response::new(Box::pin(
+            self.keep_alive_stream(request.into_inner()),
+        )))
     }
 
     async fn lease_time_to_live(

@@ -14,6 +14,7 @@
 pub mod background;
 pub mod config;
 pub mod error;
+pub mod gateway;
 pub mod http;
 pub mod kv;
 pub mod lease;
@@ -40,27 +41,31 @@ use crate::member::Member;
 /// handler and get etcd's "request is too large" rather than a transport error (etcd: +512 KiB).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
-/// Builds the router that serves gRPC and HTTP on a client URL.
+/// Builds the router that serves gRPC, the JSON gateway and HTTP on a client URL.
 pub fn client_router(member: Arc<Member>) -> axum::Router {
     let decode_max = member.config.request_bytes_max + GRPC_OVERHEAD_BYTES;
+    let services = Arc::new(gateway::Gateway {
+        kv: Arc::new(kv::KvService::new(member.clone())),
+        watch: Arc::new(watch::WatchService::new(member.clone())),
+        lease: Arc::new(lease::LeaseService::new(member.clone())),
+        maintenance: Arc::new(maintenance::MaintenanceService::new(member.clone())),
+        cluster: Arc::new(maintenance::ClusterService::new(member.clone())),
+    });
     let routes = tonic::service::Routes::new(
-        KvServer::new(kv::KvService::new(member.clone())).max_decoding_message_size(decode_max),
+        KvServer::from_arc(services.kv.clone()).max_decoding_message_size(decode_max),
     )
     .add_service(
-        WatchServer::new(watch::WatchService::new(member.clone()))
-            .max_decoding_message_size(decode_max),
+        WatchServer::from_arc(services.watch.clone()).max_decoding_message_size(decode_max),
     )
     .add_service(
-        LeaseServer::new(lease::LeaseService::new(member.clone()))
-            .max_decoding_message_size(decode_max),
+        LeaseServer::from_arc(services.lease.clone()).max_decoding_message_size(decode_max),
     )
-    .add_service(MaintenanceServer::new(
-        maintenance::MaintenanceService::new(member.clone()),
-    ))
-    .add_service(ClusterServer::new(maintenance::ClusterService::new(
-        member.clone(),
-    )));
-    routes.into_axum_router().merge(http::router(member))
+    .add_service(MaintenanceServer::from_arc(services.maintenance.clone()))
+    .add_service(ClusterServer::from_arc(services.cluster.clone()));
+    routes
+        .into_axum_router()
+        .merge(gateway::router(services))
+        .merge(http::router(member))
 }
 
 /// Runs a member until `shutdown` resolves, then stops it gracefully: the listeners close, the

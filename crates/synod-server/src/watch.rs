@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use prost::Message;
 use synod_api::etcdserverpb::watch_server::Watch;
 use synod_api::etcdserverpb::{
@@ -85,15 +85,14 @@ struct StreamTask {
     progress_pending: bool,
 }
 
-#[tonic::async_trait]
-impl Watch for WatchService {
-    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send + 'static>>;
-
-    async fn watch(
-        &self,
-        request: tonic::Request<tonic::Streaming<WatchRequest>>,
-    ) -> Result<tonic::Response<Self::WatchStream>, Status> {
-        let mut incoming = request.into_inner();
+impl WatchService {
+    /// Serves one watch stream: `requests` are the client's create, cancel and progress
+    /// requests; the returned stream carries the responses. Shared by gRPC and the HTTP gateway.
+    /// As in etcd, the stream stays open after the client stops sending requests.
+    pub fn open<S>(&self, mut requests: S) -> ReceiverStream<Result<WatchResponse, Status>>
+    where
+        S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+    {
         let (output, output_receiver) = mpsc::channel(OUTPUT_QUEUE_MAX);
         let (notices, mut notice_receiver) = mpsc::channel(NOTICE_QUEUE_MAX);
         let mut task = StreamTask {
@@ -107,14 +106,21 @@ impl Watch for WatchService {
         };
         tokio::spawn(async move {
             let mut retry = tokio::time::interval(PROGRESS_RETRY);
+            let mut requests_open = true;
             loop {
                 let keep_going = tokio::select! {
-                    request = incoming.message() => match request {
-                        Ok(Some(request)) => task.on_request(request).await,
-                        Ok(None) | Err(_) => false,
+                    request = requests.next(), if requests_open => match request {
+                        Some(Ok(request)) => task.on_request(request).await,
+                        // The client half-closed: keep delivering until it goes away.
+                        None => {
+                            requests_open = false;
+                            true
+                        }
+                        Some(Err(_)) => false,
                     },
                     Some(notice) = notice_receiver.recv() => task.on_notice(notice).await,
                     _ = retry.tick(), if task.progress_pending => task.retry_progress().await,
+                    _ = task.output.closed() => false,
                 };
                 if !keep_going {
                     break;
@@ -122,9 +128,21 @@ impl Watch for WatchService {
             }
             task.member.hub.remove_stream(task.stream);
         });
-        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(
-            output_receiver,
-        ))))
+        ReceiverStream::new(output_receiver)
+    }
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send + 'static>>;
+
+    async fn watch(
+        &self,
+        request: tonic::Request<tonic::Streaming<WatchRequest>>,
+    ) -> Result<tonic::Response<Self::WatchStream>, Status> {
+        Ok(tonic::Response::new(Box::pin(
+            self.open(request.into_inner()),
+        )))
     }
 }
 

@@ -1,0 +1,276 @@
+//! etcd's HTTP/JSON gateway on the client port (etcd serves grpc-gateway there): every `/v3/...`
+//! path is a POST whose body is the request message in proto3 JSON (bytes in base64, 64-bit
+//! integers as strings or numbers, enum names or numbers, proto or JSON field names) and whose
+//! answer is the response in proto3 JSON with proto field names. Streaming calls (watch,
+//! keep-alive, snapshot) answer with one `{"result": ...}` object per line. Errors are
+//! `google.rpc.Status` objects with grpc-gateway's HTTP status codes. `/v3beta/` is an alias.
+//!
+//! Every call goes through the same service code as gRPC, so the two cannot disagree.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures::{Stream, StreamExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use synod_api::etcdserverpb::cluster_server::Cluster;
+use synod_api::etcdserverpb::kv_server::Kv;
+use synod_api::etcdserverpb::lease_server::Lease;
+use synod_api::etcdserverpb::maintenance_server::Maintenance;
+use synod_api::etcdserverpb::{LeaseKeepAliveRequest, SnapshotRequest, WatchRequest};
+use tonic::Status;
+
+use crate::kv::KvService;
+use crate::lease::LeaseService;
+use crate::maintenance::{ClusterService, MaintenanceService};
+use crate::watch::WatchService;
+
+/// The services the gateway calls, shared with the gRPC server.
+pub struct Gateway {
+    pub kv: Arc<KvService>,
+    pub watch: Arc<WatchService>,
+    pub lease: Arc<LeaseService>,
+    pub maintenance: Arc<MaintenanceService>,
+    pub cluster: Arc<ClusterService>,
+}
+
+/// grpc-gateway's mapping from gRPC codes to HTTP statuses.
+fn http_status(code: tonic::Code) -> StatusCode {
+    use tonic::Code;
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A `google.rpc.Status` body.
+fn status_json(status: &Status) -> serde_json::Value {
+    serde_json::json!({ "code": status.code() as i32, "message": status.message(), "details": [] })
+}
+
+fn error_response(status: &Status) -> Response {
+    (
+        http_status(status.code()),
+        [(header::CONTENT_TYPE, "application/json")],
+        status_json(status).to_string(),
+    )
+        .into_response()
+}
+
+fn json_response<T: Serialize>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(error) => error_response(&Status::internal(format!("encoding the response: {error}"))),
+    }
+}
+
+/// Decodes a request body; an empty body is the default message.
+fn decode<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Status> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|error| Status::invalid_argument(format!("invalid request body: {error}")))
+}
+
+/// Decodes a body holding any number of request messages, one after another.
+fn decode_all<T: DeserializeOwned>(body: &[u8]) -> Result<Vec<T>, Status> {
+    serde_json::Deserializer::from_slice(body)
+        .into_iter::<T>()
+        .collect::<Result<Vec<T>, _>>()
+        .map_err(|error| Status::invalid_argument(format!("invalid request body: {error}")))
+}
+
+async fn unary<Req, Resp, F, Fut>(body: Bytes, call: F) -> Response
+where
+    Req: DeserializeOwned + Default,
+    Resp: Serialize,
+    F: FnOnce(tonic::Request<Req>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+{
+    let request = match decode::<Req>(&body) {
+        Ok(request) => request,
+        Err(status) => return error_response(&status),
+    };
+    match call(tonic::Request::new(request)).await {
+        Ok(response) => json_response(&response.into_inner()),
+        Err(status) => error_response(&status),
+    }
+}
+
+/// Streams responses as `{"result": ...}` lines; an error ends the stream with `{"error": ...}`.
+fn stream_response<T, S>(responses: S) -> Response
+where
+    T: Serialize + Send + 'static,
+    S: Stream<Item = Result<T, Status>> + Send + 'static,
+{
+    let lines = responses.map(|item| {
+        let line = match item {
+            Ok(message) => serde_json::json!({ "result": message }),
+            Err(status) => serde_json::json!({ "error": status_json(&status) }),
+        };
+        let mut bytes = line.to_string().into_bytes();
+        bytes.push(b'\n');
+        Ok::<_, Infallible>(Bytes::from(bytes))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+macro_rules! unary_route {
+    ($service:ident . $method:ident) => {
+        post(
+            |State(gateway): State<Arc<Gateway>>, body: Bytes| async move {
+                unary(body, |request| async move {
+                    gateway.$service.$method(request).await
+                })
+                .await
+            },
+        )
+    };
+}
+
+async fn watch(State(gateway): State<Arc<Gateway>>, body: Bytes) -> Response {
+    match decode_all::<WatchRequest>(&body) {
+        Ok(requests) => stream_response(
+            gateway
+                .watch
+                .open(futures::stream::iter(requests.into_iter().map(Ok))),
+        ),
+        Err(status) => error_response(&status),
+    }
+}
+
+async fn keep_alive(State(gateway): State<Arc<Gateway>>, body: Bytes) -> Response {
+    match decode_all::<LeaseKeepAliveRequest>(&body) {
+        Ok(requests) => stream_response(
+            gateway
+                .lease
+                .keep_alive_stream(futures::stream::iter(requests.into_iter().map(Ok))),
+        ),
+        Err(status) => error_response(&status),
+    }
+}
+
+async fn snapshot(State(gateway): State<Arc<Gateway>>) -> Response {
+    match gateway
+        .maintenance
+        .snapshot(tonic::Request::new(SnapshotRequest {}))
+        .await
+    {
+        Ok(response) => stream_response(response.into_inner()),
+        Err(status) => error_response(&status),
+    }
+}
+
+fn api() -> Router<Arc<Gateway>> {
+    Router::new()
+        .route("/kv/range", unary_route!(kv.range))
+        .route("/kv/put", unary_route!(kv.put))
+        .route("/kv/deleterange", unary_route!(kv.delete_range))
+        .route("/kv/txn", unary_route!(kv.txn))
+        .route("/kv/compaction", unary_route!(kv.compact))
+        .route("/watch", post(watch))
+        .route("/lease/grant", unary_route!(lease.lease_grant))
+        .route("/lease/revoke", unary_route!(lease.lease_revoke))
+        .route("/kv/lease/revoke", unary_route!(lease.lease_revoke))
+        .route("/lease/keepalive", post(keep_alive))
+        .route("/lease/timetolive", unary_route!(lease.lease_time_to_live))
+        .route(
+            "/kv/lease/timetolive",
+            unary_route!(lease.lease_time_to_live),
+        )
+        .route("/lease/leases", unary_route!(lease.lease_leases))
+        .route("/kv/lease/leases", unary_route!(lease.lease_leases))
+        .route("/maintenance/alarm", unary_route!(maintenance.alarm))
+        .route("/maintenance/status", unary_route!(maintenance.status))
+        .route(
+            "/maintenance/defragment",
+            unary_route!(maintenance.defragment),
+        )
+        .route("/maintenance/hash", unary_route!(maintenance.hash))
+        .route("/maintenance/hashkv", unary_route!(maintenance.hash_kv))
+        .route("/maintenance/snapshot", post(snapshot))
+        .route(
+            "/maintenance/transfer-leadership",
+            unary_route!(maintenance.move_leader),
+        )
+        .route(
+            "/maintenance/downgrade",
+            unary_route!(maintenance.downgrade),
+        )
+        .route("/cluster/member/list", unary_route!(cluster.member_list))
+        .route("/cluster/member/add", unary_route!(cluster.member_add))
+        .route(
+            "/cluster/member/remove",
+            unary_route!(cluster.member_remove),
+        )
+        .route(
+            "/cluster/member/update",
+            unary_route!(cluster.member_update),
+        )
+        .route(
+            "/cluster/member/promote",
+            unary_route!(cluster.member_promote),
+        )
+}
+
+/// The gateway's routes under `/v3` and `/v3beta`.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .nest("/v3", api())
+        .nest("/v3beta", api())
+        .with_state(gateway)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use synod_api::etcdserverpb::{RangeRequest, range_request::SortOrder};
+
+    /// Proto3 JSON as grpc-gateway accepts it: base64 bytes, int64 as string or number, enum
+    /// names, and either field spelling.
+    #[test]
+    fn requests_decode_like_grpc_gateway() {
+        let request: RangeRequest = decode(
+            br#"{"key":"Zm9v","range_end":"Zm9w","limit":"5","sortOrder":"DESCEND","revision":3}"#,
+        )
+        .expect("decodes");
+        assert_eq!(request.key, b"foo");
+        assert_eq!(request.range_end, b"fop");
+        assert_eq!((request.limit, request.revision), (5, 3));
+        assert_eq!(request.sort_order, SortOrder::Descend as i32);
+        let empty: RangeRequest = decode(b"").expect("an empty body is the default message");
+        assert_eq!(empty, RangeRequest::default());
+        assert_eq!(
+            decode::<RangeRequest>(b"{not json").map_err(|s| s.code()),
+            Err(tonic::Code::InvalidArgument)
+        );
+        let several: Vec<WatchRequest> =
+            decode_all(br#"{"create_request":{"key":"YQ=="}} {"progress_request":{}}"#)
+                .expect("two");
+        assert_eq!(several.len(), 2);
+    }
+}

@@ -1,0 +1,160 @@
+//! The HTTP/JSON gateway on the client port, as curl and Python's etcd3gw use it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::time::Duration;
+
+use crate::harness::{Member, http_request, run_tool};
+
+fn post(member: &Member, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let (code, text) =
+        http_request(member.client_port, "POST", path, Some(body)).expect("gateway answers");
+    let json = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{path} answered non-JSON {text:?}: {e}"));
+    (code, json)
+}
+
+/// Goal: KV, lease and maintenance calls over HTTP/JSON speak proto3 JSON as etcd's gateway does,
+/// errors included, under /v3 and the /v3beta alias.
+#[test]
+fn json_gateway_serves_kv_leases_and_errors() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    // "foo" is Zm9v and "bar" is YmFy in base64.
+    let (code, put) = post(&member, "/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#);
+    assert_eq!(code, 200);
+    assert_eq!(
+        put["header"]["revision"], "2",
+        "int64 values are JSON strings"
+    );
+    let (_, range) = post(&member, "/v3/kv/range", r#"{"key":"Zm9v"}"#);
+    assert_eq!(range["kvs"][0]["value"], "YmFy");
+    assert_eq!(range["count"], "1");
+    let (_, sorted) = post(
+        &member,
+        "/v3beta/kv/range",
+        r#"{"key":"AA==","range_end":"AA==","sort_order":"DESCEND","sort_target":"KEY"}"#,
+    );
+    assert_eq!(
+        sorted["kvs"][0]["key"], "Zm9v",
+        "enum names are accepted, /v3beta is an alias"
+    );
+    let (code, error) = post(&member, "/v3/kv/put", r#"{"key":"","value":"YmFy"}"#);
+    assert_eq!(code, 400);
+    assert_eq!(
+        error,
+        serde_json::json!({"code": 3, "message": "etcdserver: key is not provided", "details": []})
+    );
+    let (code, error) = post(&member, "/v3/kv/range", r#"{"key":"Zm9v","revision":"99"}"#);
+    assert_eq!(
+        (code, error["message"].as_str()),
+        (
+            400,
+            Some("etcdserver: mvcc: required revision is a future revision")
+        )
+    );
+    let (code, error) = post(&member, "/v3/kv/range", r#"{"key": nonsense"#);
+    assert_eq!((code, error["code"].as_i64()), (400, Some(3)));
+    let txn = r#"{"compare":[{"key":"Zm9v","target":"VALUE","result":"EQUAL","value":"YmFy"}],
+                 "success":[{"request_put":{"key":"Zm9v","value":"YmF6"}}]}"#;
+    let (_, txn) = post(&member, "/v3/kv/txn", txn);
+    assert_eq!(txn["succeeded"], true);
+
+    let (_, grant) = post(&member, "/v3/lease/grant", r#"{"TTL":60,"ID":0}"#);
+    let id = grant["ID"]
+        .as_str()
+        .expect("lease id as a string")
+        .to_owned();
+    let (_, ttl) = post(
+        &member,
+        "/v3/kv/lease/timetolive",
+        &format!(r#"{{"ID":"{id}"}}"#),
+    );
+    assert_eq!(ttl["grantedTTL"], "60");
+    let (code, text) = http_request(
+        member.client_port,
+        "POST",
+        "/v3/lease/keepalive",
+        Some(&format!(r#"{{"ID":"{id}"}}"#)),
+    )
+    .expect("keepalive");
+    assert_eq!(code, 200);
+    let line: serde_json::Value =
+        serde_json::from_str(text.lines().next().expect("a line")).expect("json");
+    assert_eq!(line["result"]["TTL"], "60");
+    let (_, leases) = post(&member, "/v3/lease/leases", "{}");
+    assert_eq!(leases["leases"][0]["ID"], id.as_str());
+    let (code, _) = post(
+        &member,
+        "/v3/kv/lease/revoke",
+        &format!(r#"{{"ID":"{id}"}}"#),
+    );
+    assert_eq!(code, 200);
+
+    let (_, status) = post(&member, "/v3/maintenance/status", "{}");
+    assert_eq!(status["version"], "3.6.0");
+    let (_, members) = post(&member, "/v3/cluster/member/list", "{}");
+    assert_eq!(members["members"].as_array().map(Vec::len), Some(1));
+    let (_, hash) = post(&member, "/v3/maintenance/hashkv", "{}");
+    assert!(hash["hash"].as_u64().is_some());
+}
+
+/// Goal: a watch over HTTP streams `{"result": ...}` lines, created first, then events.
+#[test]
+fn json_gateway_streams_watches() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", member.client_port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let body = r#"{"create_request":{"key":"dw==","range_end":"eA=="}}"#;
+    write!(stream, "POST /v3/watch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+        .expect("send");
+    let mut reader = BufReader::new(stream);
+    let mut next_line = || -> serde_json::Value {
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("read");
+            let line = line.trim();
+            if line.starts_with('{') {
+                return serde_json::from_str(line).expect("a JSON line");
+            }
+            if let Ok(size) = usize::from_str_radix(line, 16) {
+                let mut chunk = vec![0; size];
+                reader.read_exact(&mut chunk).expect("chunk");
+                let text = String::from_utf8(chunk).expect("utf8");
+                return serde_json::from_str(text.trim()).expect("a JSON chunk");
+            }
+        }
+    };
+    let created = next_line();
+    assert_eq!(created["result"]["created"], true);
+    http_request(
+        member.client_port,
+        "POST",
+        "/v3/kv/put",
+        Some(r#"{"key":"dy8x","value":"b25l"}"#),
+    )
+    .expect("put");
+    let event = next_line();
+    assert_eq!(event["result"]["events"][0]["kv"]["key"], "dy8x");
+    assert_eq!(event["result"]["events"][0]["kv"]["value"], "b25l");
+}
+
+/// Goal: Python's etcd3gw works against the gateway unchanged.
+#[test]
+fn etcd3gw_works_against_the_gateway() {
+    let has_etcd3gw = run_tool("python3", &[], &["-c", "import etcd3gw"], None).0;
+    assert!(
+        has_etcd3gw,
+        "Python's etcd3gw is required; scripts/test installs it (pip install etcd3gw)"
+    );
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/etcd3gw_check.py");
+    let port = member.client_port.to_string();
+    let (ok, stdout, stderr) = run_tool("python3", &[], &[script, "127.0.0.1", &port], None);
+    assert!(ok, "etcd3gw check failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("etcd3gw ok"));
+}
