@@ -482,9 +482,25 @@ fn read_identity(backend: &Backend) -> Result<(u64, u64), StartError> {
 }
 
 impl NodeLoop {
-    /// Runs until shutdown. A storage failure ends the process: after a failed fsync nothing on
-    /// disk can be trusted to be what was acknowledged, so the member must not go on.
-    pub fn run(mut self) {
+    /// Runs until shutdown, on the calling thread. A storage failure, or a panic in the log or
+    /// state-machine libraries, ends the whole process: after a failed write or fsync nothing on
+    /// disk can be trusted to be what was acknowledged, and a member without its node loop must
+    /// not keep answering.
+    pub fn run(self) {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_loop()));
+        if let Err(panic) = outcome {
+            let detail = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            fail_stop(&StorageError::Log(format!(
+                "the node loop panicked: {detail}"
+            )));
+        }
+    }
+
+    fn run_loop(mut self) {
         if self.node.is_single_voter() {
             // A cluster of one need not wait an election timeout to elect itself.
             let _ = self.node.campaign();
@@ -628,10 +644,14 @@ fn copy_file(source: &Path, target: &Path) -> std::io::Result<()> {
     std::fs::File::open(target)?.sync_all()
 }
 
+/// Exit code of a member stopped by a storage failure (EX_SOFTWARE would hide the cause; 70 is
+/// what operators and the tests look for).
+pub const FAIL_STOP_EXIT_CODE: i32 = 70;
+
 fn fail_stop(error: &StorageError) -> ! {
     tracing::error!(%error, "storage failure: stopping the member so that nothing unsafe is served");
     eprintln!("synod: fatal storage failure: {error}");
-    std::process::exit(70);
+    std::process::exit(FAIL_STOP_EXIT_CODE);
 }
 
 /// Returns whether a response came from the state machine for this request kind (helper for

@@ -202,3 +202,102 @@ async fn corruption_elsewhere_refuses_to_start() {
         "the message names the state-machine file:\n{log}"
     );
 }
+
+/// Unmounts a tmpfs the test mounted, whatever happens to the test.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Goal: when the disk fills up, the member stops (it never continues after a failed log or
+/// state-machine write), and every write it acknowledged is there when it restarts with room.
+/// Needs root to mount a small tmpfs as the data directory; skips with a message otherwise.
+#[tokio::test]
+async fn full_disk_stops_the_member_and_loses_nothing_acknowledged() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let data = root.path().join("data");
+    std::fs::create_dir_all(&data).expect("mount point");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(&data)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!(
+            "skipping full_disk_stops_the_member_and_loses_nothing_acknowledged: mounting a tmpfs needs root"
+        );
+        return;
+    }
+    let _unmount = Mounted(data.clone());
+    let mut member = Member::start(root.path(), &[]);
+    let mut client = member.etcd_client().await;
+    let value = "f".repeat(16 * 1024);
+    let mut acked = BTreeMap::new();
+    for i in 0..2_000 {
+        let key = format!("full/{i:05}");
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            client.put(key.clone(), value.clone(), None),
+        )
+        .await
+        {
+            Ok(Ok(response)) => {
+                acked.insert(key, response.header().expect("header").revision());
+            }
+            _ => break,
+        }
+    }
+    let status = member
+        .wait_exit(Duration::from_secs(20))
+        .expect("the member stops when its disk is full");
+    assert_eq!(
+        status.code(),
+        Some(70),
+        "stopped by the fail-stop path:\n{}",
+        member.log()
+    );
+    assert!(member.log().contains("storage failure"), "{}", member.log());
+    assert!(
+        acked.len() > 10,
+        "some writes were acknowledged before the disk filled"
+    );
+
+    // Give the member room: copy its data off the full disk and start it there.
+    let copy = root.path().join("copy");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&data)
+        .arg(&copy)
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    member.data_dir = copy;
+    member.restart();
+    let mut client = member.etcd_client().await;
+    let all = client
+        .get(
+            "full/",
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+        .expect("read back");
+    let present: BTreeMap<String, i64> = all
+        .kvs()
+        .iter()
+        .map(|kv| (kv.key_str().expect("utf8").to_owned(), kv.mod_revision()))
+        .collect();
+    for (key, revision) in &acked {
+        assert_eq!(
+            present.get(key),
+            Some(revision),
+            "acknowledged write {key} lost on a full disk"
+        );
+    }
+}
