@@ -14,9 +14,9 @@ use raft::eraftpb::{ConfState, Entry, EntryType};
 use redb::ReadableTable;
 use synod_api::etcdserverpb::{
     AlarmMember, AlarmRequest, AlarmResponse, AlarmType, CompactionResponse, Compare,
-    DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest,
-    TxnResponse,
+    DeleteRangeRequest, DeleteRangeResponse, LeaseCheckpointResponse, LeaseGrantResponse,
+    LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
     alarm_request::AlarmAction,
     compare::{CompareResult, CompareTarget, TargetUnion},
     range_request::{SortOrder, SortTarget},
@@ -41,6 +41,7 @@ pub enum Response {
     Compaction(CompactionResponse),
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
+    LeaseCheckpoint(LeaseCheckpointResponse),
     Alarm(AlarmResponse),
 }
 
@@ -558,9 +559,20 @@ impl StateMachine {
                     Err(refused) => Err(refused.into()),
                 }
             }
-            Some(Request::LeaseCheckpoint(_)) => {
-                // Remaining-TTL checkpoints matter once there are followers; see ARCHITECTURE.md.
-                return Ok(Err(RequestError::KeyNotFound));
+            Some(Request::LeaseCheckpoint(request)) => {
+                for checkpoint in &request.checkpoints {
+                    self.lessor.checkpoint(
+                        batch.transaction(),
+                        checkpoint.id,
+                        checkpoint.remaining_ttl,
+                    )?;
+                }
+                Ok(Response::LeaseCheckpoint(LeaseCheckpointResponse {
+                    header: Some(ResponseHeader {
+                        revision: batch.revision(),
+                        ..ResponseHeader::default()
+                    }),
+                }))
             }
             Some(Request::Alarm(alarm)) => {
                 self.alarm(batch.transaction(), &alarm).map(Response::Alarm)

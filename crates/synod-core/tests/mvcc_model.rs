@@ -13,7 +13,8 @@ use synod_core::mvcc::kv_store::{KvStore, RangeOptions};
 use synod_core::{Error, RequestError};
 
 /// (value, create revision, mod revision, version) of a live key.
-type Model = BTreeMap<Vec<u8>, (Vec<u8>, i64, i64, i64)>;
+type Entry = (Vec<u8>, i64, i64, i64);
+type Model = BTreeMap<Vec<u8>, Entry>;
 
 struct Rng(u64);
 
@@ -52,7 +53,7 @@ fn check(store: &KvStore, history: &BTreeMap<i64, Model>, compacted: i64, seed: 
             continue;
         }
         let result = result.unwrap_or_else(|e| panic!("seed {seed}: read at {revision}: {e}"));
-        let got: Vec<(Vec<u8>, (Vec<u8>, i64, i64, i64))> = result
+        let got: Vec<(Vec<u8>, Entry)> = result
             .kvs
             .into_iter()
             .map(|kv| {

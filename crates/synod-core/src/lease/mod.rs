@@ -24,6 +24,9 @@ const EXPIRED_RETRY_MS: u64 = 3_000;
 #[derive(Debug)]
 struct Lease {
     ttl_seconds: i64,
+    /// Remaining TTL recorded by the last checkpoint, if any: a new leader starts the lease from
+    /// it instead of from the full TTL, so a leader change cannot extend a lease indefinitely.
+    remaining_seconds: Option<i64>,
     /// Tick at which the lease expires; `None` when this member is not the primary.
     deadline_tick: Option<u64>,
     keys: BTreeSet<Vec<u8>>,
@@ -73,6 +76,7 @@ impl Lessor {
                 record.id,
                 Lease {
                     ttl_seconds: record.ttl,
+                    remaining_seconds: (record.remaining_ttl > 0).then_some(record.remaining_ttl),
                     deadline_tick: None,
                     keys: BTreeSet::new(),
                 },
@@ -144,6 +148,7 @@ impl Lessor {
             id,
             Lease {
                 ttl_seconds: ttl,
+                remaining_seconds: None,
                 deadline_tick,
                 keys: BTreeSet::new(),
             },
@@ -188,6 +193,31 @@ impl Lessor {
         }
     }
 
+    /// Applies a checkpoint: records the lease's remaining TTL, durably, for the next leader.
+    /// Unknown leases are ignored (they may have been revoked since the checkpoint was proposed).
+    pub fn checkpoint(
+        &self,
+        tx: &redb::WriteTransaction,
+        id: i64,
+        remaining_seconds: i64,
+    ) -> Result<(), StorageError> {
+        let mut state = self.lock();
+        let Some(lease) = state.leases.get_mut(&id) else {
+            return Ok(());
+        };
+        lease.remaining_seconds = (remaining_seconds > 0).then_some(remaining_seconds);
+        let record = LeaseRecord {
+            id,
+            ttl: lease.ttl_seconds,
+            remaining_ttl: remaining_seconds.max(0),
+        };
+        tx.open_table(LEASE)
+            .map_err(StorageError::backend)?
+            .insert(id, record.encode_to_vec().as_slice())
+            .map_err(StorageError::backend)?;
+        Ok(())
+    }
+
     /// Renews a lease on keep-alive; returns its TTL. Only the primary renews.
     pub fn renew(&self, id: i64) -> Result<i64, RenewError> {
         let mut state = self.lock();
@@ -197,6 +227,7 @@ impl Lessor {
         let now = state.now_tick;
         let lease = state.leases.get_mut(&id).ok_or(RenewError::NotFound)?;
         lease.deadline_tick = Some(now + self.ticks(lease.ttl_seconds));
+        lease.remaining_seconds = None;
         Ok(lease.ttl_seconds)
     }
 
@@ -248,10 +279,10 @@ impl Lessor {
         state.primary = true;
         let tick_ms = self.tick_ms;
         for lease in state.leases.values_mut() {
-            let ttl_ticks = (lease.ttl_seconds.max(0) as u64)
-                .saturating_mul(1000)
-                .div_ceil(tick_ms);
-            lease.deadline_tick = Some(now + ttl_ticks + extend_ticks);
+            // A checkpointed remaining TTL wins over the full TTL (etcd's lease checkpoints).
+            let seconds = lease.remaining_seconds.unwrap_or(lease.ttl_seconds).max(0) as u64;
+            let ticks = seconds.saturating_mul(1000).div_ceil(tick_ms);
+            lease.deadline_tick = Some(now + ticks + extend_ticks);
         }
     }
 
@@ -281,4 +312,33 @@ pub enum RenewError {
     NotFound,
     #[error("this member is not the leader")]
     NotPrimary,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checkpointed remaining TTL survives a restart and bounds the lease on promotion.
+    #[test]
+    fn checkpoints_bound_the_lease_after_promotion() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let backend = Backend::open(&dir.path().join("db")).expect("backend");
+        let lessor = Lessor::open(&backend, Vec::new(), 100, 2).expect("lessor");
+        let tx = backend.begin_write().expect("tx");
+        assert_eq!(lessor.grant(&tx, 7, 60).expect("io"), Ok(60));
+        lessor.checkpoint(&tx, 7, 5).expect("checkpoint");
+        lessor
+            .checkpoint(&tx, 99, 5)
+            .expect("an unknown lease is ignored");
+        tx.commit().expect("commit");
+        let reopened = Lessor::open(&backend, Vec::new(), 100, 2).expect("reopen");
+        reopened.promote(0);
+        // 5 s at 100 ms a tick: expired after 50 ticks, not after 600.
+        assert!(reopened.tick(49).is_empty());
+        assert_eq!(reopened.tick(50), vec![7]);
+        assert_eq!(
+            reopened.info(7).map(|info| info.granted_ttl_seconds),
+            Some(60)
+        );
+    }
 }

@@ -82,6 +82,10 @@ async fn kill9_under_load_loses_no_acknowledged_write() {
         assert!(revision >= max_acked);
         last_revision = revision;
     }
+    assert!(
+        member.log().contains("compacting the raft log"),
+        "the log was compacted between crashes"
+    );
 }
 
 fn newest_log_file(member: &Member) -> PathBuf {

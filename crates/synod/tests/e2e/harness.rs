@@ -377,7 +377,7 @@ impl Etcd {
             log_path,
         };
         let deadline = Instant::now() + START_TIMEOUT;
-        while !http_get(client_port, "/health").is_some_and(|(code, _)| code == 200) {
+        while http_get(client_port, "/health").is_none_or(|(code, _)| code != 200) {
             if let Ok(Some(status)) = etcd.child.try_wait() {
                 panic!(
                     "etcd exited with {status}:\n{}",

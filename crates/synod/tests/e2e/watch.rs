@@ -288,3 +288,81 @@ async fn many_watchers_and_a_client_that_stops_reading() {
         "in revision order, with no gaps"
     );
 }
+
+/// Goal: watchers that ask for progress notifications get empty responses carrying the current
+/// revision, at the configured interval; large revisions are fragmented when asked.
+#[tokio::test]
+async fn progress_notifications_and_fragments() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(
+        root.path(),
+        &[
+            "--watch-progress-notify-interval",
+            "300ms",
+            "--max-request-bytes",
+            "65536",
+        ],
+    );
+    let mut client = member.etcd_client().await;
+    client.put("p", "1", None).await.expect("put");
+    let mut stream = client
+        .watch("p", Some(WatchOptions::new().with_progress_notify()))
+        .await
+        .expect("watch");
+    assert!(next(&mut stream).await.created());
+    let progress = next(&mut stream).await;
+    assert!(
+        progress.events().is_empty(),
+        "a progress notification has no events"
+    );
+    assert_eq!(
+        progress.watch_id(),
+        0,
+        "periodic progress names its watcher"
+    );
+    assert_eq!(progress.header().expect("header").revision(), 2);
+
+    // Deleting 20 keys of 8 KiB is one revision; with prev_kv its events hold 160 KiB, more than
+    // one 64 KiB message, while the delete request itself is tiny.
+    for i in 0..20 {
+        client
+            .put(format!("big/{i:02}"), vec![b'x'; 8 * 1024], None)
+            .await
+            .expect("put");
+    }
+    let mut fragmented = client
+        .watch(
+            "big/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_fragment()
+                    .with_prev_key(),
+            ),
+        )
+        .await
+        .expect("watch");
+    assert!(next(&mut fragmented).await.created());
+    client
+        .delete(
+            "big/",
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .expect("delete");
+    let mut events = 0;
+    let mut responses = 0;
+    while events < 20 {
+        let response = next(&mut fragmented).await;
+        assert!(
+            response
+                .events()
+                .iter()
+                .all(|e| e.prev_kv().is_some_and(|kv| kv.value().len() == 8 * 1024))
+        );
+        events += response.events().len();
+        responses += 1;
+    }
+    assert_eq!(events, 20);
+    assert!(responses > 1, "the revision was split into fragments");
+}
