@@ -108,3 +108,71 @@ fn cli_errors_are_clear() {
         "{stderr}"
     );
 }
+
+/// Goal: `synod watch` prints events as etcdctl does, history replay included.
+#[test]
+fn cli_watch_prints_events() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    for (key, value) in [("w/a", "1"), ("w/b", "2")] {
+        assert!(synod_cli(&member.endpoint(), &["put", key, value], None).0);
+    }
+    assert!(synod_cli(&member.endpoint(), &["del", "w/a"], None).0);
+    let (ok, stdout, stderr) = synod_cli(
+        &member.endpoint(),
+        &[
+            "watch",
+            "w/",
+            "--prefix",
+            "--rev",
+            "1",
+            "--prev-kv",
+            "--max-events",
+            "3",
+        ],
+        None,
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "PUT\nw/a\n1\nPUT\nw/b\n2\nDELETE\nw/a\n1\nw/a\n\n");
+}
+
+/// Goal: every server flag can come from a `SYNOD_*` environment variable.
+#[test]
+fn server_settings_come_from_the_environment() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let port = crate::harness::free_port();
+    let peer = crate::harness::free_port();
+    let mut child = std::process::Command::new(crate::harness::synod_binary())
+        .arg("server")
+        .env("SYNOD_NAME", "from-env")
+        .env("SYNOD_DATA_DIR", root.path().join("data"))
+        .env(
+            "SYNOD_LISTEN_CLIENT_URLS",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .env("SYNOD_LISTEN_PEER_URLS", format!("http://127.0.0.1:{peer}"))
+        .env(
+            "SYNOD_INITIAL_ADVERTISE_PEER_URLS",
+            format!("http://127.0.0.1:{peer}"),
+        )
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start");
+    let endpoint = format!("127.0.0.1:{port}");
+    let mut listed = String::new();
+    for _ in 0..200 {
+        let (ok, stdout, _) = synod_cli(&endpoint, &["member", "list"], None);
+        if ok {
+            listed = stdout;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(listed.contains(", started, from-env, "), "{listed}");
+    assert!(
+        root.path().join("data/member/db").exists(),
+        "the data directory came from SYNOD_DATA_DIR"
+    );
+}
