@@ -30,7 +30,11 @@ use tonic::Status;
 use crate::kv::KvService;
 use crate::lease::LeaseService;
 use crate::maintenance::{ClusterService, MaintenanceService};
+use crate::recipes::{ElectionService, LockService};
 use crate::watch::WatchService;
+use synod_api::v3electionpb::LeaderRequest;
+use synod_api::v3electionpb::election_server::Election;
+use synod_api::v3lockpb::lock_server::Lock;
 
 /// The services the gateway calls, shared with the gRPC server.
 pub struct Gateway {
@@ -39,6 +43,8 @@ pub struct Gateway {
     pub lease: Arc<LeaseService>,
     pub maintenance: Arc<MaintenanceService>,
     pub cluster: Arc<ClusterService>,
+    pub lock: Arc<LockService>,
+    pub election: Arc<ElectionService>,
 }
 
 /// grpc-gateway's mapping from gRPC codes to HTTP statuses.
@@ -185,6 +191,17 @@ async fn snapshot(State(gateway): State<Arc<Gateway>>) -> Response {
     }
 }
 
+async fn observe(State(gateway): State<Arc<Gateway>>, body: Bytes) -> Response {
+    let request = match decode::<LeaderRequest>(&body) {
+        Ok(request) => request,
+        Err(status) => return error_response(&status),
+    };
+    match gateway.election.observe(tonic::Request::new(request)).await {
+        Ok(response) => stream_response(response.into_inner()),
+        Err(status) => error_response(&status),
+    }
+}
+
 fn api() -> Router<Arc<Gateway>> {
     Router::new()
         .route("/kv/range", unary_route!(kv.range))
@@ -235,6 +252,13 @@ fn api() -> Router<Arc<Gateway>> {
             "/cluster/member/promote",
             unary_route!(cluster.member_promote),
         )
+        .route("/lock/lock", unary_route!(lock.lock))
+        .route("/lock/unlock", unary_route!(lock.unlock))
+        .route("/election/campaign", unary_route!(election.campaign))
+        .route("/election/proclaim", unary_route!(election.proclaim))
+        .route("/election/leader", unary_route!(election.leader))
+        .route("/election/observe", post(observe))
+        .route("/election/resign", unary_route!(election.resign))
 }
 
 /// The gateway's routes under `/v3` and `/v3beta`.

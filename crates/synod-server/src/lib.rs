@@ -3,7 +3,8 @@
 //!
 //! - [`member::Member`]: bootstrap from the data directory, the node-loop thread, and the
 //!   propose/read API the handlers use.
-//! - [`kv`], [`watch`], [`lease`], [`maintenance`]: etcd's gRPC services.
+//! - [`kv`], [`watch`], [`lease`], [`maintenance`]: etcd's gRPC services; [`recipes`]: the Lock
+//!   and Election services, built on the member's own KV, Watch and Lease.
 //! - [`http`]: `/health`, `/version` and friends on the client port.
 //! - [`config`]: flags, environment and config file.
 //! - [`error`]: the single mapping of failures to etcd's codes and messages.
@@ -20,6 +21,7 @@ pub mod kv;
 pub mod lease;
 pub mod maintenance;
 pub mod member;
+pub mod recipes;
 pub mod validate;
 pub mod watch;
 
@@ -32,6 +34,8 @@ use synod_api::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use synod_api::v3electionpb::election_server::ElectionServer;
+use synod_api::v3lockpb::lock_server::LockServer;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -50,6 +54,8 @@ pub fn client_router(member: Arc<Member>) -> axum::Router {
         lease: Arc::new(lease::LeaseService::new(member.clone())),
         maintenance: Arc::new(maintenance::MaintenanceService::new(member.clone())),
         cluster: Arc::new(maintenance::ClusterService::new(member.clone())),
+        lock: Arc::new(recipes::LockService::new(member.clone())),
+        election: Arc::new(recipes::ElectionService::new(member.clone())),
     });
     let routes = tonic::service::Routes::new(
         KvServer::from_arc(services.kv.clone()).max_decoding_message_size(decode_max),
@@ -61,7 +67,9 @@ pub fn client_router(member: Arc<Member>) -> axum::Router {
         LeaseServer::from_arc(services.lease.clone()).max_decoding_message_size(decode_max),
     )
     .add_service(MaintenanceServer::from_arc(services.maintenance.clone()))
-    .add_service(ClusterServer::from_arc(services.cluster.clone()));
+    .add_service(ClusterServer::from_arc(services.cluster.clone()))
+    .add_service(LockServer::from_arc(services.lock.clone()))
+    .add_service(ElectionServer::from_arc(services.election.clone()));
     routes
         .into_axum_router()
         .merge(gateway::router(services))

@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -43,7 +42,7 @@ const EMPTY_WATCHER_RANGE: &str = "mvcc: watcher range is empty";
 const TOO_MANY_WATCHERS: &str = "synod: too many watchers on this stream";
 
 /// The sending half of a stream's notice queue.
-struct ChannelSink(mpsc::Sender<WatchNotice>);
+pub(crate) struct ChannelSink(pub(crate) mpsc::Sender<WatchNotice>);
 
 impl WatchSink for ChannelSink {
     fn try_send(&self, notice: WatchNotice) -> bool {
@@ -57,15 +56,11 @@ impl WatchSink for ChannelSink {
 
 pub struct WatchService {
     member: Arc<Member>,
-    next_stream: AtomicU64,
 }
 
 impl WatchService {
     pub fn new(member: Arc<Member>) -> WatchService {
-        WatchService {
-            member,
-            next_stream: AtomicU64::new(1),
-        }
+        WatchService { member }
     }
 }
 
@@ -97,7 +92,7 @@ impl WatchService {
         let (notices, mut notice_receiver) = mpsc::channel(NOTICE_QUEUE_MAX);
         let mut task = StreamTask {
             member: self.member.clone(),
-            stream: self.next_stream.fetch_add(1, Ordering::Relaxed),
+            stream: self.member.hub.new_stream(),
             sink: Arc::new(ChannelSink(notices)),
             output,
             options: HashMap::new(),

@@ -157,6 +157,7 @@ pub struct WatchStats {
 /// Every watcher of one member.
 pub struct WatchHub {
     state: Mutex<HubState>,
+    next_stream: std::sync::atomic::AtomicU64,
 }
 
 impl WatchHub {
@@ -167,6 +168,7 @@ impl WatchHub {
                 notified_revision: revision,
                 ..HubState::default()
             }),
+            next_stream: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
@@ -174,6 +176,12 @@ impl WatchHub {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A stream id never handed out before: client streams and server-side waiters share the hub.
+    pub fn new_stream(&self) -> StreamId {
+        self.next_stream
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Adds a watcher. The caller has already refused a start revision below the compaction

@@ -96,6 +96,27 @@ fn json_gateway_serves_kv_leases_and_errors() {
     assert_eq!(members["members"].as_array().map(Vec::len), Some(1));
     let (_, hash) = post(&member, "/v3/maintenance/hashkv", "{}");
     assert!(hash["hash"].as_u64().is_some());
+
+    // Lock and election over HTTP ("job" is am9i, "alice" is YWxpY2U=).
+    let (_, grant) = post(&member, "/v3/lease/grant", r#"{"TTL":60}"#);
+    let lease = grant["ID"].as_str().expect("lease id").to_owned();
+    let (code, locked) = post(
+        &member,
+        "/v3/lock/lock",
+        &format!(r#"{{"name":"am9i","lease":"{lease}"}}"#),
+    );
+    assert_eq!(code, 200);
+    let key = locked["key"].as_str().expect("lock key").to_owned();
+    let (code, _) = post(&member, "/v3/lock/unlock", &format!(r#"{{"key":"{key}"}}"#));
+    assert_eq!(code, 200);
+    let (_, campaign) = post(
+        &member,
+        "/v3/election/campaign",
+        &format!(r#"{{"name":"am9i","lease":"{lease}","value":"YWxpY2U="}}"#),
+    );
+    assert_eq!(campaign["leader"]["name"], "am9i");
+    let (_, leader) = post(&member, "/v3/election/leader", r#"{"name":"am9i"}"#);
+    assert_eq!(leader["kv"]["value"], "YWxpY2U=");
 }
 
 /// Goal: a watch over HTTP streams `{"result": ...}` lines, created first, then events.

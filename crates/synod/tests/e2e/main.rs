@@ -12,4 +12,5 @@ mod gateway;
 mod kv;
 mod lease;
 mod maintenance;
+mod recipes;
 mod watch;

@@ -1,0 +1,185 @@
+//! etcd's Lock and Election gRPC services, through the `etcd-client` crate and mixed with
+//! `etcdctl lock`, which runs the same algorithm on the client side.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use etcd_client::{LockOptions, ProclaimOptions, ResignOptions};
+
+use crate::harness::Member;
+
+/// Goal: Lock is mutual exclusion in arrival order, its key carries a fencing token (the key's
+/// create revision) that grows per lock name, and it is the same lock `etcdctl lock` takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_service_excludes_and_shares_the_lock_with_etcdctl() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    let mut client = member.etcd_client().await;
+    let first_lease = client.lease_grant(60, None).await.expect("lease").id();
+    let second_lease = client.lease_grant(60, None).await.expect("lease").id();
+
+    let first = client
+        .lock("job", Some(LockOptions::new().with_lease(first_lease)))
+        .await
+        .expect("first lock");
+    assert!(first.key().starts_with(b"job/"));
+    let token = |key: &[u8], client: &mut etcd_client::Client| {
+        let key = key.to_vec();
+        let mut client = client.clone();
+        async move { client.get(key, None).await.expect("get").kvs()[0].create_revision() }
+    };
+    let first_token = token(first.key(), &mut client).await;
+
+    let mut waiter = client.clone();
+    let second = tokio::spawn(async move {
+        waiter
+            .lock("job", Some(LockOptions::new().with_lease(second_lease)))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "the second locker waits while the first holds the lock"
+    );
+    client.unlock(first.key()).await.expect("unlock");
+    let second = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("acquired in time")
+        .expect("task")
+        .expect("lock");
+    let second_token = token(second.key(), &mut client).await;
+    assert!(
+        second_token > first_token,
+        "fencing tokens grow: {first_token} then {second_token}"
+    );
+
+    // etcdctl's client-side recipe sees the lock held through the service, and waits for it.
+    let mut ctl = Command::new("etcdctl")
+        .args([
+            format!("--endpoints={}", member.endpoint()).as_str(),
+            "lock",
+            "job",
+            "echo",
+            "etcdctl-got-it",
+        ])
+        .env("ETCDCTL_API", "3")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcdctl lock");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        ctl.try_wait().expect("poll").is_none(),
+        "etcdctl waits for the lock held through the service"
+    );
+    client.unlock(second.key()).await.expect("unlock");
+    let output = tokio::task::spawn_blocking(move || ctl.wait_with_output())
+        .await
+        .expect("join")
+        .expect("etcdctl output");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "etcdctl-got-it\n");
+
+    // Revoking a holder's lease releases its lock.
+    let third_lease = client.lease_grant(60, None).await.expect("lease").id();
+    let third = client
+        .lock("job", Some(LockOptions::new().with_lease(third_lease)))
+        .await
+        .expect("third");
+    client.lease_revoke(third_lease).await.expect("revoke");
+    assert!(
+        client
+            .get(third.key(), None)
+            .await
+            .expect("get")
+            .kvs()
+            .is_empty()
+    );
+    let fourth = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.lock("job", Some(LockOptions::new().with_lease(second_lease))),
+    )
+    .await
+    .expect("the lock is free once its holder's lease is gone")
+    .expect("lock");
+    assert!(token(fourth.key(), &mut client).await > second_token);
+}
+
+/// Goal: Campaign, Proclaim, Leader, Observe and Resign behave as etcd's Election service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn election_service_elects_proclaims_observes_and_resigns() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    let mut client = member.etcd_client().await;
+    match client.leader("vote").await {
+        Err(etcd_client::Error::GRpcStatus(status)) => {
+            assert_eq!(status.message(), "election: no leader")
+        }
+        other => panic!("expected no leader, got {other:?}"),
+    }
+    let alice_lease = client.lease_grant(60, None).await.expect("lease").id();
+    let bob_lease = client.lease_grant(60, None).await.expect("lease").id();
+    let alice = client
+        .campaign("vote", "alice", alice_lease)
+        .await
+        .expect("alice campaigns");
+    let alice_key = alice.leader().expect("leader key").clone();
+    assert_eq!(alice_key.name(), b"vote");
+    assert_eq!(alice_key.lease(), alice_lease);
+    let leader = client.leader("vote").await.expect("leader");
+    assert_eq!(leader.kv().expect("kv").value(), b"alice");
+    assert_eq!(
+        leader.kv().expect("kv").create_revision(),
+        alice_key.rev(),
+        "rev is the leader key's create revision"
+    );
+
+    let mut observe = client.observe("vote").await.expect("observe");
+    let seen = observe.message().await.expect("observe").expect("open");
+    assert_eq!(seen.kv().expect("kv").value(), b"alice");
+
+    let mut bob_client = client.clone();
+    let bob = tokio::spawn(async move { bob_client.campaign("vote", "bob", bob_lease).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!bob.is_finished(), "bob waits while alice leads");
+
+    client
+        .proclaim(
+            "alice-2",
+            Some(ProclaimOptions::new().with_leader(alice_key.clone())),
+        )
+        .await
+        .expect("proclaim");
+    let seen = observe.message().await.expect("observe").expect("open");
+    assert_eq!(
+        seen.kv().expect("kv").value(),
+        b"alice-2",
+        "observers see proclamations"
+    );
+
+    client
+        .resign(Some(ResignOptions::new().with_leader(alice_key.clone())))
+        .await
+        .expect("resign");
+    let bob = tokio::time::timeout(Duration::from_secs(10), bob)
+        .await
+        .expect("bob elected in time")
+        .expect("task")
+        .expect("campaign");
+    let bob_key = bob.leader().expect("leader key").clone();
+    assert!(bob_key.rev() > alice_key.rev());
+    let seen = observe.message().await.expect("observe").expect("open");
+    assert_eq!(
+        seen.kv().expect("kv").value(),
+        b"bob",
+        "observers see the new leader"
+    );
+    match client
+        .proclaim("stale", Some(ProclaimOptions::new().with_leader(alice_key)))
+        .await
+    {
+        Err(etcd_client::Error::GRpcStatus(status)) => {
+            assert_eq!(status.message(), "election: not leader")
+        }
+        other => panic!("a resigned leader cannot proclaim, got {other:?}"),
+    }
+}
