@@ -305,3 +305,137 @@ async fn full_disk_stops_the_member_and_loses_nothing_acknowledged() {
         );
     }
 }
+
+/// Goal: a history of concurrent puts, linearizable gets and compare-and-swaps on a few keys,
+/// across several kill -9 restarts, is linearizable (checked with synod-sim's checker). Calls
+/// that failed or were cut off by a crash are recorded as indeterminate: they may or may not have
+/// taken effect, but nothing acknowledged may be lost and no read may be stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_across_kill9_is_linearizable() {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+    use synod_sim::linearizability::{
+        KvInput, KvModel, KvOutput, Operation, Verdict, check_partitioned,
+    };
+
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut member = Member::start(root.path(), &[]);
+    let started = std::time::Instant::now();
+    let now = move || started.elapsed().as_nanos() as u64;
+    let history: Arc<Mutex<Vec<Operation<KvInput, KvOutput>>>> = Arc::new(Mutex::new(Vec::new()));
+    let keys = ["x", "y", "z"];
+    for round in 0..3u64 {
+        let mut tasks = Vec::new();
+        for client in 0..4u64 {
+            let mut etcd = member.etcd_client().await;
+            let history = history.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut seq = 0u64;
+                loop {
+                    seq += 1;
+                    let key = keys[((seq + client) % 3) as usize].to_owned();
+                    let value = format!("r{round}c{client}s{seq}");
+                    let call = now();
+                    let (input, result) = match seq % 3 {
+                        0 => {
+                            let outcome = etcd
+                                .put(key.clone(), value.clone(), None)
+                                .await
+                                .map(|_| KvOutput::Done);
+                            (KvInput::Put { key, value }, outcome)
+                        }
+                        1 => {
+                            let outcome = etcd.get(key.clone(), None).await.map(|r| {
+                                KvOutput::Value(
+                                    r.kvs()
+                                        .first()
+                                        .map(|kv| kv.value_str().expect("utf8").to_owned()),
+                                )
+                            });
+                            (KvInput::Get { key }, outcome)
+                        }
+                        _ => {
+                            // Swap from whatever this client read last time: often stale, so
+                            // both outcomes of the compare happen.
+                            let expected =
+                                format!("r{round}c{}s{}", (client + 1) % 4, seq.saturating_sub(3));
+                            let txn = Txn::new()
+                                .when([Compare::value(
+                                    key.clone(),
+                                    CompareOp::Equal,
+                                    expected.clone(),
+                                )])
+                                .and_then([TxnOp::put(key.clone(), value.clone(), None)]);
+                            let outcome = etcd
+                                .txn(txn)
+                                .await
+                                .map(|r| KvOutput::Swapped(r.succeeded()));
+                            (
+                                KvInput::Cas {
+                                    key,
+                                    expected: Some(expected),
+                                    new: value,
+                                },
+                                outcome,
+                            )
+                        }
+                    };
+                    let failed = result.is_err();
+                    let result = result.ok().map(|output| (now(), output));
+                    history.lock().expect("lock").push(Operation {
+                        client: client + 10 * round,
+                        input,
+                        call,
+                        result,
+                    });
+                    if failed {
+                        return;
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        member.kill9();
+        for task in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        }
+        member.restart();
+    }
+    // Final reads after the last restart.
+    let mut etcd = member.etcd_client().await;
+    for key in keys {
+        let call = now();
+        let value = etcd
+            .get(key, None)
+            .await
+            .expect("final read")
+            .kvs()
+            .first()
+            .map(|kv| kv.value_str().expect("utf8").to_owned());
+        history.lock().expect("lock").push(Operation {
+            client: 99,
+            input: KvInput::Get {
+                key: key.to_owned(),
+            },
+            call,
+            result: Some((now(), KvOutput::Value(value))),
+        });
+    }
+    let history = history.lock().expect("lock").clone();
+    let completed = history.iter().filter(|op| op.result.is_some()).count();
+    assert!(
+        completed > 300,
+        "the load ran: {completed} operations completed"
+    );
+    let (verdict, key) = check_partitioned(
+        &KvModel,
+        &history,
+        |input| input.key().to_owned(),
+        50_000_000,
+    );
+    assert_eq!(
+        verdict,
+        Verdict::Linearizable,
+        "history on key {key:?} is not linearizable ({} operations)",
+        history.len()
+    );
+}
