@@ -673,12 +673,7 @@ impl StateMachine {
         request: &TxnRequest,
         path: &mut impl Iterator<Item = bool>,
     ) -> Result<TxnResponse, Error> {
-        let succeeded = path.next().expect("the path has one entry per txn");
-        let ops = if succeeded {
-            &request.success
-        } else {
-            &request.failure
-        };
+        let (succeeded, ops) = taken_branch(request, path);
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             let response = match &op.request {
@@ -767,6 +762,22 @@ fn check_put(view: &impl ReadView, lessor: &Lessor, put: &PutRequest) -> Result<
 }
 
 /// Checks the ops of the branches a txn will take against the state before it (etcd `checkTxn`).
+/// Returns whether a txn's compares held (the next step of `path`) and the ops of that branch.
+fn taken_branch<'a>(
+    request: &'a TxnRequest,
+    path: &mut impl Iterator<Item = bool>,
+) -> (bool, &'a [RequestOp]) {
+    let succeeded = path.next().expect("the path has one entry per txn");
+    (
+        succeeded,
+        if succeeded {
+            &request.success
+        } else {
+            &request.failure
+        },
+    )
+}
+
 /// A write made by an earlier op of the txn being checked.
 enum Written {
     Put(Vec<u8>),
@@ -785,12 +796,7 @@ fn check_ignore_targets(
     path: &mut impl Iterator<Item = bool>,
     written: &mut Vec<Written>,
 ) -> Result<(), Error> {
-    let succeeded = path.next().expect("the path has one entry per txn");
-    let ops: &[RequestOp] = if succeeded {
-        &request.success
-    } else {
-        &request.failure
-    };
+    let (_, ops) = taken_branch(request, path);
     for op in ops {
         match &op.request {
             Some(request_op::Request::RequestPut(put)) => {
@@ -838,12 +844,7 @@ fn check_txn(
     request: &TxnRequest,
     path: &mut impl Iterator<Item = bool>,
 ) -> Result<(), Error> {
-    let succeeded = path.next().expect("the path has one entry per txn");
-    let ops: &[RequestOp] = if succeeded {
-        &request.success
-    } else {
-        &request.failure
-    };
+    let (_, ops) = taken_branch(request, path);
     for op in ops {
         match &op.request {
             Some(request_op::Request::RequestRange(range)) => {

@@ -173,9 +173,9 @@ pub fn check<M: Model>(
         if steps > steps_max {
             return Verdict::Unknown { steps };
         }
-        let Some(position) = cursor else {
-            // Only calls of indeterminate operations are left after the cursor; none of them
-            // fits here, so undo the last choice.
+        // The next call to try; a return (or the end of the list) first means the operation
+        // returning there cannot be placed after the choices made so far: undo the last one.
+        let Some(position) = cursor.filter(|&p| matches!(entries[p].kind, Kind::Call)) else {
             match backtrack(&mut stack, &mut state, &mut linearized) {
                 Some(op) => {
                     relink_op(&mut entries, &mut head, call_of[op], return_of[op], &relink);
@@ -189,45 +189,28 @@ pub fn check<M: Model>(
             }
         };
         let entry = entries[position];
-        match entry.kind {
-            Kind::Call => {
-                let op = &history[entry.op];
-                let output = op.result.as_ref().map(|(_, output)| output);
-                if let Some(next_state) = model.step(&state, &op.input, output) {
-                    let mut next_bits = linearized.clone();
-                    next_bits.set(entry.op);
-                    if memo.insert((next_bits.clone(), next_state.clone())) {
-                        stack.push((entry.op, state));
-                        state = next_state;
-                        linearized = next_bits;
-                        if let Some(r) = return_of[entry.op] {
-                            unlink(&mut entries, &mut head, r);
-                            returns_left -= 1;
-                        }
-                        unlink(&mut entries, &mut head, position);
-                        if stack.len() > longest.len() {
-                            longest = stack.iter().map(|(op, _)| *op).collect();
-                        }
-                        cursor = head;
-                        continue;
-                    }
+        let op = &history[entry.op];
+        let output = op.result.as_ref().map(|(_, output)| output);
+        if let Some(next_state) = model.step(&state, &op.input, output) {
+            let mut next_bits = linearized.clone();
+            next_bits.set(entry.op);
+            if memo.insert((next_bits.clone(), next_state.clone())) {
+                stack.push((entry.op, state));
+                state = next_state;
+                linearized = next_bits;
+                if let Some(r) = return_of[entry.op] {
+                    unlink(&mut entries, &mut head, r);
+                    returns_left -= 1;
                 }
-                cursor = entry.next;
-            }
-            Kind::Return => {
-                // An operation returned before we could place it: undo the last choice.
-                match backtrack(&mut stack, &mut state, &mut linearized) {
-                    Some(op) => {
-                        relink_op(&mut entries, &mut head, call_of[op], return_of[op], &relink);
-                        if return_of[op].is_some() {
-                            returns_left += 1;
-                        }
-                        cursor = entries[call_of[op]].next;
-                    }
-                    None => return Verdict::NotLinearizable { longest },
+                unlink(&mut entries, &mut head, position);
+                if stack.len() > longest.len() {
+                    longest = stack.iter().map(|(op, _)| *op).collect();
                 }
+                cursor = head;
+                continue;
             }
         }
+        cursor = entry.next;
     }
     Verdict::Linearizable
 }
