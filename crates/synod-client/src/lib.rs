@@ -14,6 +14,8 @@ use synod_api::etcdserverpb::{
     maintenance_client::MaintenanceClient, watch_client::WatchClient,
 };
 pub use synod_api::mvccpb;
+pub use synod_api::v3electionpb;
+pub use synod_api::v3lockpb;
 use tonic::transport::{Channel, Endpoint};
 
 /// A failure talking to a member.
@@ -122,6 +124,14 @@ impl Client {
 
     pub fn cluster(&self) -> ClusterClient<Channel> {
         ClusterClient::new(self.channel.clone())
+    }
+
+    pub fn lock(&self) -> synod_api::v3lockpb::lock_client::LockClient<Channel> {
+        synod_api::v3lockpb::lock_client::LockClient::new(self.channel.clone())
+    }
+
+    pub fn election(&self) -> synod_api::v3electionpb::election_client::ElectionClient<Channel> {
+        synod_api::v3electionpb::election_client::ElectionClient::new(self.channel.clone())
     }
 }
 

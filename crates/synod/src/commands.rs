@@ -51,6 +51,10 @@ pub enum ClientCommand {
     /// Alarm commands.
     #[command(subcommand)]
     Alarm(AlarmCommand),
+    /// Hold a lock, optionally while running a command (`synod lock NAME -- COMMAND...`).
+    Lock(crate::recipes::LockArgs),
+    /// Campaign in an election and hold leadership until interrupted, or observe it (--listen).
+    Elect(crate::recipes::ElectArgs),
 }
 
 #[derive(Debug, Args)]
@@ -239,25 +243,48 @@ async fn with_timeout<T>(
         .map_err(|_| bad("context deadline exceeded"))?
 }
 
-pub async fn run(global: &Global, command: ClientCommand) -> Result<(), ClientError> {
+pub async fn run(
+    global: &Global,
+    command: ClientCommand,
+) -> Result<std::process::ExitCode, ClientError> {
     match command {
-        ClientCommand::Endpoint(command) => return endpoint(global, command).await,
+        ClientCommand::Lock(args) => {
+            let client = Client::connect_any(&global.endpoints, global.dial_timeout).await?;
+            return crate::recipes::lock(&client, args).await;
+        }
+        ClientCommand::Elect(args) => {
+            let client = Client::connect_any(&global.endpoints, global.dial_timeout).await?;
+            return crate::recipes::elect(&client, args).await;
+        }
+        ClientCommand::Endpoint(command) => {
+            return endpoint(global, command)
+                .await
+                .map(|()| std::process::ExitCode::SUCCESS);
+        }
         ClientCommand::Watch(args) => {
             let client = Client::connect_any(&global.endpoints, global.dial_timeout).await?;
-            return watch(global, &client, args).await;
+            return watch(global, &client, args)
+                .await
+                .map(|()| std::process::ExitCode::SUCCESS);
         }
         ClientCommand::Lease(LeaseCommand::KeepAlive { id, once }) => {
             let client = Client::connect_any(&global.endpoints, global.dial_timeout).await?;
-            return keep_alive(global, &client, id, once).await;
+            return keep_alive(global, &client, id, once)
+                .await
+                .map(|()| std::process::ExitCode::SUCCESS);
         }
         ClientCommand::Snapshot(SnapshotCommand::Save { file }) => {
             let client = Client::connect_any(&global.endpoints, global.dial_timeout).await?;
-            return snapshot_save(&client, &file).await;
+            return snapshot_save(&client, &file)
+                .await
+                .map(|()| std::process::ExitCode::SUCCESS);
         }
         _ => {}
     }
     let client = Client::connect_any(&global.endpoints, global.dial_timeout).await?;
-    with_timeout(global, unary(global, &client, command)).await
+    with_timeout(global, unary(global, &client, command))
+        .await
+        .map(|()| std::process::ExitCode::SUCCESS)
 }
 
 async fn unary(
@@ -287,7 +314,11 @@ async fn unary(
         ClientCommand::Lease(command) => lease(global, client, command).await,
         ClientCommand::Member(MemberCommand::List) => member_list(global, client).await,
         ClientCommand::Alarm(command) => alarm(global, client, command).await,
-        ClientCommand::Endpoint(_) | ClientCommand::Watch(_) | ClientCommand::Snapshot(_) => {
+        ClientCommand::Endpoint(_)
+        | ClientCommand::Watch(_)
+        | ClientCommand::Snapshot(_)
+        | ClientCommand::Lock(_)
+        | ClientCommand::Elect(_) => {
             unreachable!("streaming commands are dispatched in run")
         }
     }

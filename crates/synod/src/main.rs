@@ -4,6 +4,7 @@
 
 mod commands;
 mod output;
+mod recipes;
 mod txn;
 
 use std::process::ExitCode;
@@ -86,7 +87,7 @@ fn main() -> ExitCode {
                 }
             };
             match runtime.block_on(commands::run(&cli.global, command)) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(code) => code,
                 Err(error) => {
                     eprintln!("Error: {error}");
                     ExitCode::FAILURE

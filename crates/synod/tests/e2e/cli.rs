@@ -176,3 +176,150 @@ fn server_settings_come_from_the_environment() {
         "the data directory came from SYNOD_DATA_DIR"
     );
 }
+
+/// Goal: `synod lock NAME -- COMMAND` runs the command holding the lock with its fencing token in
+/// the environment (growing with each acquisition), passes its exit code through, and terminates
+/// it when the lock's lease is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_lock_runs_commands_with_fencing_tokens_and_stops_them_when_the_lock_is_lost() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    let endpoint = member.endpoint();
+    let run = |args: Vec<String>| {
+        let endpoint = endpoint.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            synod_cli(&endpoint, &args, None)
+        })
+    };
+    let token_command = || {
+        vec![
+            "lock".into(),
+            "job".into(),
+            "--".into(),
+            "sh".into(),
+            "-c".into(),
+            "echo $SYNOD_FENCING_TOKEN $SYNOD_LOCK_KEY".into(),
+        ]
+    };
+    let (ok, first, stderr) = run(token_command()).await.expect("join");
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("fencing token"), "{stderr}");
+    let (ok, second, _) = run(token_command()).await.expect("join");
+    assert!(ok);
+    let token = |line: &str| {
+        line.split_whitespace()
+            .next()
+            .and_then(|t| t.parse::<i64>().ok())
+            .expect("a token")
+    };
+    assert!(
+        token(&second) > token(&first),
+        "tokens grow: {first:?} then {second:?}"
+    );
+    assert!(
+        first
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|key| key.starts_with("job/"))
+    );
+    let (ok, _, _) = run(vec![
+        "lock".into(),
+        "job".into(),
+        "--".into(),
+        "sh".into(),
+        "-c".into(),
+        "exit 3".into(),
+    ])
+    .await
+    .expect("join");
+    assert!(!ok, "the command's failure is the lock command's failure");
+
+    // Lose the lease under a running command: it is terminated and synod lock fails.
+    let holder = std::process::Command::new(crate::harness::synod_binary())
+        .args([
+            "--endpoints",
+            &member.endpoint(),
+            "lock",
+            "--ttl",
+            "3",
+            "--kill-after",
+            "1",
+            "held",
+            "--",
+            "sleep",
+            "60",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start holder");
+    let mut client = member.etcd_client().await;
+    let mut lease = 0;
+    for _ in 0..200 {
+        let found = client
+            .get("held/", Some(etcd_client::GetOptions::new().with_prefix()))
+            .await
+            .expect("get");
+        if let Some(kv) = found.kvs().first() {
+            lease = kv.lease();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_ne!(lease, 0, "the holder took the lock");
+    let started = std::time::Instant::now();
+    client
+        .lease_revoke(lease)
+        .await
+        .expect("revoke the holder's lease");
+    let output = tokio::task::spawn_blocking(move || holder.wait_with_output())
+        .await
+        .expect("join")
+        .expect("holder output");
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("lock lost"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "terminated long before the command would have ended"
+    );
+}
+
+/// Goal: `synod elect NAME VALUE` holds leadership until interrupted, then resigns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_elect_holds_leadership_until_interrupted() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    let mut candidate = std::process::Command::new(crate::harness::synod_binary())
+        .args(["--endpoints", &member.endpoint(), "elect", "vote", "alice"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("campaign");
+    let mut client = member.etcd_client().await;
+    let elected = crate::harness::eventually(std::time::Duration::from_secs(10), async || {
+        client
+            .leader("vote")
+            .await
+            .is_ok_and(|r| r.kv().is_some_and(|kv| kv.value() == b"alice"))
+    })
+    .await;
+    assert!(elected, "alice leads");
+    crate::harness::signal(candidate.id(), "INT");
+    let status = tokio::task::spawn_blocking(move || candidate.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(
+        status.success(),
+        "an interrupted candidate resigns and exits cleanly"
+    );
+    assert!(
+        client.leader("vote").await.is_err(),
+        "no leader after the resignation"
+    );
+}

@@ -1,0 +1,243 @@
+//! `synod lock` and `synod elect`: the lock and election recipes for scripts and operators.
+//!
+//! `synod lock NAME -- COMMAND...` holds the lock while COMMAND runs and passes its fencing token
+//! (the create revision of the holder's key, which grows with every acquisition of NAME) in
+//! `SYNOD_FENCING_TOKEN`, with the key in `SYNOD_LOCK_KEY`. The lock lives on a lease kept alive
+//! by this process; if the lease is lost (this process was paused past its TTL, or the lease
+//! was revoked), another holder may already have the lock, so COMMAND gets SIGTERM and, after a
+//! grace period, SIGKILL, and `synod lock` exits with an error. A protected resource should
+//! still check the token (see the locks issue): termination is best effort, the token is not.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use futures::StreamExt;
+use synod_client::etcdserverpb::{
+    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, RangeRequest,
+};
+use synod_client::v3electionpb::{CampaignRequest, LeaderKey, LeaderRequest, ResignRequest};
+use synod_client::v3lockpb::{LockRequest, UnlockRequest};
+use synod_client::{Client, ClientError};
+use tokio::sync::watch;
+
+use crate::output;
+
+#[derive(Debug, clap::Args)]
+pub struct LockArgs {
+    /// The lock's name.
+    name: String,
+    /// Seconds the lock survives this process going silent (its lease TTL).
+    #[arg(long, default_value_t = 60)]
+    ttl: i64,
+    /// Seconds between SIGTERM and SIGKILL when the lock is lost under a running command.
+    #[arg(long, default_value_t = 10)]
+    kill_after: u64,
+    /// The command to run while holding the lock; without one, hold it until interrupted.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ElectArgs {
+    /// The election's name.
+    name: String,
+    /// The value to proclaim once elected.
+    value: Option<String>,
+    /// Observe the election instead of campaigning: print each new leader value.
+    #[arg(short = 'l', long)]
+    listen: bool,
+    /// Seconds leadership survives this process going silent (its lease TTL).
+    #[arg(long, default_value_t = 60)]
+    ttl: i64,
+}
+
+fn bad(message: impl Into<String>) -> ClientError {
+    ClientError::Other(message.into())
+}
+
+/// Grants a lease and keeps it alive in the background; the watch turns true when it is lost.
+async fn session(client: &Client, ttl: i64) -> Result<(i64, watch::Receiver<bool>), ClientError> {
+    let lease = client
+        .lease()
+        .lease_grant(LeaseGrantRequest { ttl, id: 0 })
+        .await?
+        .into_inner();
+    let (lost_sender, lost) = watch::channel(false);
+    let (requests, receiver) = tokio::sync::mpsc::channel(1);
+    let mut responses = client
+        .lease()
+        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await?
+        .into_inner();
+    let (id, granted) = (lease.id, lease.ttl.max(1));
+    tokio::spawn(async move {
+        loop {
+            let renewed = async {
+                requests.send(LeaseKeepAliveRequest { id }).await.ok()?;
+                let response =
+                    tokio::time::timeout(Duration::from_secs(granted as u64), responses.next())
+                        .await
+                        .ok()??
+                        .ok()?;
+                (response.ttl > 0).then_some(())
+            };
+            if renewed.await.is_none() {
+                let _ = lost_sender.send(true);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis((granted as u64 * 1000 / 3).max(300))).await;
+        }
+    });
+    Ok((id, lost))
+}
+
+async fn lost(mut receiver: watch::Receiver<bool>) {
+    let _ = receiver.wait_for(|lost| *lost).await;
+}
+
+/// Sends a signal by name with kill(1): the workspace forbids unsafe code, so no libc calls.
+fn signal(pid: u32, name: &str) {
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+pub async fn lock(client: &Client, args: LockArgs) -> Result<ExitCode, ClientError> {
+    let (lease, lost_receiver) = session(client, args.ttl).await?;
+    let mut lock_client = client.lock();
+    let acquired = tokio::select! {
+        acquired = lock_client.lock(LockRequest { name: args.name.clone().into_bytes(), lease }) => acquired?.into_inner(),
+        _ = lost(lost_receiver.clone()) => return Err(bad("lock lost: the session lease expired while waiting")),
+    };
+    let key = acquired.key;
+    let found = client
+        .kv()
+        .range(RangeRequest {
+            key: key.clone(),
+            ..RangeRequest::default()
+        })
+        .await?
+        .into_inner();
+    let token = found
+        .kvs
+        .first()
+        .map(|kv| kv.create_revision)
+        .ok_or_else(|| bad("lock lost right after it was acquired"))?;
+    eprintln!(
+        "synod: holding lock {} with fencing token {token}",
+        output::bytes(&key, false)
+    );
+    let outcome = if args.command.is_empty() {
+        println!("{}", output::bytes(&key, false));
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => Ok(ExitCode::SUCCESS),
+            _ = lost(lost_receiver) => Err(bad("lock lost: the session lease expired")),
+        }
+    } else {
+        run_holding(&args, &key, token, lost_receiver).await
+    };
+    // Release: the key first (the next holder may go at once), then the lease.
+    let _ = client.lock().unlock(UnlockRequest { key }).await;
+    let _ = client
+        .lease()
+        .lease_revoke(LeaseRevokeRequest { id: lease })
+        .await;
+    outcome
+}
+
+async fn run_holding(
+    args: &LockArgs,
+    key: &[u8],
+    token: i64,
+    lost_receiver: watch::Receiver<bool>,
+) -> Result<ExitCode, ClientError> {
+    let mut child = tokio::process::Command::new(&args.command[0])
+        .args(&args.command[1..])
+        .env("SYNOD_LOCK_NAME", &args.name)
+        .env("SYNOD_LOCK_KEY", String::from_utf8_lossy(key).into_owned())
+        .env("SYNOD_FENCING_TOKEN", token.to_string())
+        .spawn()
+        .map_err(|e| bad(format!("cannot run {:?}: {e}", args.command[0])))?;
+    let pid = child.id();
+    tokio::select! {
+        status = child.wait() => {
+            let status = status.map_err(|e| bad(format!("waiting for the command: {e}")))?;
+            Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
+        }
+        _ = lost(lost_receiver) => {
+            eprintln!("synod: lock lost (the session lease expired); terminating the command");
+            if let Some(pid) = pid {
+                signal(pid, "TERM");
+            }
+            if tokio::time::timeout(Duration::from_secs(args.kill_after), child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+            Err(bad("lock lost: the session lease expired and the command was terminated"))
+        }
+        _ = tokio::signal::ctrl_c() => {
+            if let Some(pid) = pid {
+                signal(pid, "TERM");
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(args.kill_after), child.wait()).await;
+            Ok(ExitCode::from(130))
+        }
+    }
+}
+
+pub async fn elect(client: &Client, args: ElectArgs) -> Result<ExitCode, ClientError> {
+    let name = args.name.clone().into_bytes();
+    if args.listen {
+        let mut stream = client
+            .election()
+            .observe(LeaderRequest { name })
+            .await?
+            .into_inner();
+        while let Some(response) = stream.next().await {
+            if let Some(kv) = response?.kv {
+                println!("{}", output::bytes(&kv.key, false));
+                println!("{}", output::bytes(&kv.value, false));
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let value = args
+        .value
+        .ok_or_else(|| bad("synod elect NAME VALUE campaigns; use --listen to observe"))?;
+    let (lease, lost_receiver) = session(client, args.ttl).await?;
+    let campaign = CampaignRequest {
+        name,
+        lease,
+        value: value.clone().into_bytes(),
+    };
+    let mut election_client = client.election();
+    let elected = tokio::select! {
+        elected = election_client.campaign(campaign) => elected?.into_inner(),
+        _ = lost(lost_receiver.clone()) => return Err(bad("leadership lost: the session lease expired while campaigning")),
+    };
+    let leader: LeaderKey = elected
+        .leader
+        .ok_or_else(|| bad("the server elected no leader key"))?;
+    eprintln!(
+        "synod: elected as {} with fencing token {}",
+        output::bytes(&leader.key, false),
+        leader.rev
+    );
+    println!("{}", output::bytes(&leader.key, false));
+    println!("{value}");
+    let outcome = tokio::select! {
+        _ = tokio::signal::ctrl_c() => Ok(ExitCode::SUCCESS),
+        _ = lost(lost_receiver) => Err(bad("leadership lost: the session lease expired")),
+    };
+    let _ = client
+        .election()
+        .resign(ResignRequest {
+            leader: Some(leader),
+        })
+        .await;
+    let _ = client
+        .lease()
+        .lease_revoke(LeaseRevokeRequest { id: lease })
+        .await;
+    outcome
+}
