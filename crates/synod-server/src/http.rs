@@ -19,6 +19,7 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub fn router(member: Arc<Member>) -> Router {
     Router::new()
+        .route("/synod/v1/lock/check", axum::routing::post(check_fence))
         .route("/health", get(health))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
@@ -33,6 +34,40 @@ async fn version() -> Json<serde_json::Value> {
         "storage": ETCD_API_VERSION,
         "synod": env!("CARGO_PKG_VERSION"),
     }))
+}
+
+#[derive(Debug, Deserialize)]
+struct FenceQuery {
+    /// The lock's name, as given to Lock or `synod lock`.
+    name: String,
+    /// The fencing token the caller presents.
+    token: i64,
+}
+
+/// Synod's fencing check for protected resources: `{"name": L, "token": T}` answers whether T
+/// is the current holder's token of lock L (see docs/LOCKS.md).
+async fn check_fence(
+    State(member): State<Arc<Member>>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    let query: FenceQuery = match serde_json::from_slice(&body) {
+        Ok(query) => query,
+        Err(error) => {
+            let body = serde_json::json!({ "error": format!("expected {{\"name\": string, \"token\": integer}}: {error}") });
+            return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+        }
+    };
+    match crate::recipes::check_fence(&member, query.name.as_bytes(), query.token).await {
+        Ok(check) => Json(check).into_response(),
+        Err(error) => {
+            let wire = error.wire();
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({ "error": wire.message })),
+            )
+                .into_response()
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -241,6 +241,38 @@ fn header(member: &Member, revision: i64) -> Option<ResponseHeader> {
     Some(member.header(revision))
 }
 
+/// The answer to "is fencing token T still the current holder of lock L?".
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FenceCheck {
+    /// Whether `token` is the create revision of the current holder's key.
+    pub current: bool,
+    /// The current holder's token, if the lock is held.
+    pub holder_token: Option<i64>,
+    pub holder_key: Option<String>,
+    /// The store revision the answer was read at (linearizable).
+    pub revision: i64,
+}
+
+/// Checks a fencing token against the lock's current holder, with a linearizable read: the
+/// holder is the key under `name/` with the smallest create revision, and its create revision is
+/// the token it was given.
+pub async fn check_fence(
+    member: &Member,
+    name: &[u8],
+    token: i64,
+) -> Result<FenceCheck, ServerError> {
+    let (prefix, _) = holder_key(name, 0);
+    let holder = range(member, &first_created(&prefix)).await?;
+    let revision = holder.header.map(|h| h.revision).unwrap_or(0);
+    let kv = holder.kvs.into_iter().next();
+    Ok(FenceCheck {
+        current: kv.as_ref().is_some_and(|kv| kv.create_revision == token),
+        holder_token: kv.as_ref().map(|kv| kv.create_revision),
+        holder_key: kv.map(|kv| String::from_utf8_lossy(&kv.key).into_owned()),
+        revision,
+    })
+}
+
 pub struct LockService {
     member: Arc<Member>,
 }

@@ -55,6 +55,8 @@ pub enum ClientCommand {
     Lock(crate::recipes::LockArgs),
     /// Campaign in an election and hold leadership until interrupted, or observe it (--listen).
     Elect(crate::recipes::ElectArgs),
+    /// Check a fencing token: exit 0 if it belongs to the lock's current holder, 1 if stale.
+    Fence(crate::recipes::FenceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -256,6 +258,10 @@ pub async fn run(
             let client = Client::connect_any(&global.endpoints, global.dial_timeout).await?;
             return crate::recipes::elect(&client, args).await;
         }
+        ClientCommand::Fence(args) => {
+            let client = Client::connect_any(&global.endpoints, global.dial_timeout).await?;
+            return with_timeout(global, crate::recipes::fence(&client, args)).await;
+        }
         ClientCommand::Endpoint(command) => {
             return endpoint(global, command)
                 .await
@@ -318,7 +324,8 @@ async fn unary(
         | ClientCommand::Watch(_)
         | ClientCommand::Snapshot(_)
         | ClientCommand::Lock(_)
-        | ClientCommand::Elect(_) => {
+        | ClientCommand::Elect(_)
+        | ClientCommand::Fence(_) => {
             unreachable!("streaming commands are dispatched in run")
         }
     }

@@ -241,3 +241,61 @@ pub async fn elect(client: &Client, args: ElectArgs) -> Result<ExitCode, ClientE
         .await;
     outcome
 }
+
+#[derive(Debug, clap::Args)]
+pub struct FenceArgs {
+    /// The lock's name.
+    name: String,
+    /// The fencing token to check.
+    token: i64,
+}
+
+/// `synod fence NAME TOKEN`: exits 0 if TOKEN belongs to the current holder of lock NAME, 1 if
+/// it is stale. Computed from plain KV reads (the first-created key under `NAME/`), so it works
+/// against etcd as well.
+pub async fn fence(client: &Client, args: FenceArgs) -> Result<ExitCode, ClientError> {
+    use synod_client::etcdserverpb::range_request::{SortOrder, SortTarget};
+    let prefix = format!("{}/", args.name).into_bytes();
+    let request = RangeRequest {
+        range_end: synod_client::prefix_range_end(&prefix),
+        key: prefix,
+        sort_target: SortTarget::Create as i32,
+        sort_order: SortOrder::Ascend as i32,
+        limit: 1,
+        ..RangeRequest::default()
+    };
+    let holder = client
+        .kv()
+        .range(request)
+        .await?
+        .into_inner()
+        .kvs
+        .into_iter()
+        .next();
+    match holder {
+        Some(kv) if kv.create_revision == args.token => {
+            println!(
+                "current: token {} holds {}",
+                args.token,
+                output::bytes(&kv.key, false)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(kv) => {
+            println!(
+                "stale: token {}; the lock is held by {} with token {}",
+                args.token,
+                output::bytes(&kv.key, false),
+                kv.create_revision
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        None => {
+            println!(
+                "stale: token {}; lock {} is not held",
+                args.token, args.name
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -183,3 +183,106 @@ async fn election_service_elects_proclaims_observes_and_resigns() {
         other => panic!("a resigned leader cannot proclaim, got {other:?}"),
     }
 }
+
+/// Goal: once a holder has lost its lock (its lease is revoked, as when it pauses past its TTL)
+/// and another holder has it, the old holder's fencing token is stale for the HTTP check, for
+/// `synod fence`, and for a txn guarded by the token; the new holder's token is current.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_fencing_tokens_are_rejected_everywhere() {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    let mut client = member.etcd_client().await;
+    let lease_a = client.lease_grant(60, None).await.expect("lease").id();
+    let lease_b = client.lease_grant(60, None).await.expect("lease").id();
+    let key_a = client
+        .lock("store", Some(LockOptions::new().with_lease(lease_a)))
+        .await
+        .expect("a locks")
+        .key()
+        .to_vec();
+    let token_a = client.get(key_a.clone(), None).await.expect("get").kvs()[0].create_revision();
+    let mut waiter = client.clone();
+    let b = tokio::spawn(async move {
+        waiter
+            .lock("store", Some(LockOptions::new().with_lease(lease_b)))
+            .await
+    });
+
+    let check = |token: i64| {
+        let body = format!(r#"{{"name":"store","token":{token}}}"#);
+        let (code, text) = crate::harness::http_request(
+            member.client_port,
+            "POST",
+            "/synod/v1/lock/check",
+            Some(&body),
+        )
+        .expect("check");
+        assert_eq!(code, 200, "{text}");
+        serde_json::from_str::<serde_json::Value>(&text).expect("json")
+    };
+    assert_eq!(check(token_a)["current"], true);
+
+    client
+        .lease_revoke(lease_a)
+        .await
+        .expect("a's session ends");
+    let key_b = tokio::time::timeout(Duration::from_secs(10), b)
+        .await
+        .expect("b acquires")
+        .expect("task")
+        .expect("lock")
+        .key()
+        .to_vec();
+    let token_b = client.get(key_b.clone(), None).await.expect("get").kvs()[0].create_revision();
+    assert!(token_b > token_a);
+
+    let stale = check(token_a);
+    assert_eq!(stale["current"], false);
+    assert_eq!(stale["holder_token"], token_b);
+    assert_eq!(check(token_b)["current"], true);
+
+    let (ok, out, _) = crate::harness::synod_cli(
+        &member.endpoint(),
+        &["fence", "store", &token_a.to_string()],
+        None,
+    );
+    assert!(!ok && out.starts_with("stale:"), "{out}");
+    let (ok, out, _) = crate::harness::synod_cli(
+        &member.endpoint(),
+        &["fence", "store", &token_b.to_string()],
+        None,
+    );
+    assert!(ok && out.starts_with("current:"), "{out}");
+
+    // The txn recipe: a write into Synod itself that only a current holder can make.
+    let guarded = |key: Vec<u8>, token: i64, value: &str| {
+        Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, token)])
+            .and_then([TxnOp::put("protected/data", value, None)])
+    };
+    assert!(
+        !client
+            .txn(guarded(key_a, token_a, "from a"))
+            .await
+            .expect("txn")
+            .succeeded(),
+        "the stale holder's write is refused"
+    );
+    assert!(
+        client
+            .txn(guarded(key_b, token_b, "from b"))
+            .await
+            .expect("txn")
+            .succeeded()
+    );
+    let (code, _) = crate::harness::http_request(
+        member.client_port,
+        "POST",
+        "/synod/v1/lock/check",
+        Some("{\"name\":1}"),
+    )
+    .expect("bad check");
+    assert_eq!(code, 400);
+}
