@@ -425,14 +425,19 @@ impl StateMachine {
             match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => {}
                 EntryType::EntryNormal => {
-                    let request = InternalRequest::decode(entry.data.as_ref()).map_err(|e| {
-                        StorageError::corrupt(format!(
-                            "raft entry {} is not a request: {e}",
-                            entry.index
-                        ))
-                    })?;
-                    let result = self.apply_request(&mut batch, request.request)?;
-                    applied.results.push((request.id, result));
+                    // Entries are checksummed by the log, so an entry that does not decode was
+                    // proposed that way (for example, nested beyond the decoder's depth limit). It
+                    // decodes the same way on every member and on every replay: skipping it is
+                    // deterministic, while stopping would stop every replay too.
+                    match InternalRequest::decode(entry.data.as_ref()) {
+                        Ok(request) => {
+                            let result = self.apply_request(&mut batch, request.request)?;
+                            applied.results.push((request.id, result));
+                        }
+                        Err(error) => {
+                            tracing::error!(index = entry.index, %error, "skipping a raft entry that is not a request");
+                        }
+                    }
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     conf_state = Some(conf_change(entry));

@@ -23,6 +23,9 @@ use crate::apply::{ApplyResult, StateMachine};
 use crate::error::StorageError;
 use crate::raft_log::RaftLog;
 
+/// Ticks after which an unanswered ReadIndex request is sent again.
+const READ_RETRY_TICKS: u64 = 3;
+
 /// How a node is set up.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -79,8 +82,8 @@ pub struct Node {
     status: Arc<NodeStatus>,
     now_tick: u64,
     next_read_context: u64,
-    /// ReadIndex requests sent to Raft and not yet answered: (context, tokens).
-    reads_in_flight: VecDeque<(u64, Vec<u64>)>,
+    /// ReadIndex requests sent to Raft and not yet answered: (context, tick sent, tokens).
+    reads_in_flight: VecDeque<(u64, u64, Vec<u64>)>,
     /// Answered reads waiting for the applied index to reach their read index.
     reads_waiting: VecDeque<(u64, Vec<u64>)>,
     role: StateRole,
@@ -164,6 +167,17 @@ impl Node {
     pub fn tick(&mut self) {
         self.now_tick += 1;
         self.raw.tick();
+        // raft-rs drops a ReadIndex that arrives before the leader has committed an entry in its
+        // term (just after an election), without an answer: ask again for reads left waiting.
+        let mut unanswered = Vec::new();
+        while let Some((_, sent, _)) = self.reads_in_flight.front() {
+            if self.now_tick - sent < READ_RETRY_TICKS {
+                break;
+            }
+            let (_, _, tokens) = self.reads_in_flight.pop_front().expect("front exists");
+            unanswered.extend(tokens);
+        }
+        self.read_index(unanswered);
         let expired = self.machine.lessor().tick(self.now_tick);
         if self.role == StateRole::Leader {
             for id in expired {
@@ -210,7 +224,8 @@ impl Node {
         // Every attempt carries a fresh context, so an answer can never be matched to a read
         // that did not ask for it.
         self.raw.read_index(context.to_be_bytes().to_vec());
-        self.reads_in_flight.push_back((context, tokens));
+        self.reads_in_flight
+            .push_back((context, self.now_tick, tokens));
     }
 
     /// Feeds a message from a peer.
@@ -275,7 +290,11 @@ impl Node {
                     raw.raft.prs().conf().to_conf_state()
                 }
             },
-            false,
+            // A batch that changes the configuration commits durably: the log has already
+            // recorded the new configuration, and replaying the change onto it would fail.
+            entries
+                .iter()
+                .any(|e| e.get_entry_type() != EntryType::EntryNormal),
         )?;
         if let Some(error) = conf_error {
             return Err(error);
@@ -305,7 +324,7 @@ impl Node {
         }
         if role != StateRole::Leader && was_leader {
             // Reads in flight on a deposed leader will never be answered.
-            for (_, tokens) in self.reads_in_flight.drain(..) {
+            for (_, _, tokens) in self.reads_in_flight.drain(..) {
                 out.reads_failed.extend(tokens);
             }
         }
@@ -316,11 +335,11 @@ impl Node {
             return;
         };
         let context = u64::from_be_bytes(bytes);
-        while let Some((pending, _)) = self.reads_in_flight.front() {
+        while let Some((pending, _, _)) = self.reads_in_flight.front() {
             if *pending > context {
                 break;
             }
-            let (pending, tokens) = self.reads_in_flight.pop_front().expect("front exists");
+            let (pending, _, tokens) = self.reads_in_flight.pop_front().expect("front exists");
             if pending == context {
                 self.reads_waiting.push_back((index, tokens));
             } else {

@@ -115,6 +115,7 @@ pub struct NodeLoop {
     waiters: Arc<Waiters>,
     tick: Duration,
     data_dir: PathBuf,
+    snapshots_taken: u64,
 }
 
 /// etcd's member id: SHA-1 of the sorted peer URLs and the cluster token, first 8 bytes.
@@ -251,6 +252,7 @@ impl Member {
             waiters,
             tick: Duration::from_millis(config.heartbeat_ms),
             data_dir: config.data_dir.clone(),
+            snapshots_taken: 0,
         };
         Ok((member, node_loop))
     }
@@ -609,10 +611,14 @@ impl NodeLoop {
     fn copy_state_machine(&mut self) -> Result<PathBuf, String> {
         self.node.sync().map_err(|e| e.to_string())?;
         let source = self.node.machine().backend().path().to_path_buf();
-        let target = self
-            .data_dir
-            .join("member/snap")
-            .join(format!("db-{}.snapshot", std::process::id()));
+        // A name of its own per request: a second snapshot must not rewrite a file still being
+        // streamed to the first client.
+        self.snapshots_taken += 1;
+        let target = self.data_dir.join("member/snap").join(format!(
+            "db-{}-{}.snapshot",
+            std::process::id(),
+            self.snapshots_taken
+        ));
         copy_file(&source, &target).map_err(|e| format!("copying {}: {e}", source.display()))?;
         Ok(target)
     }

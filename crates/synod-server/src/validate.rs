@@ -42,12 +42,35 @@ pub fn check_delete(request: &DeleteRangeRequest) -> Result<(), RequestError> {
     Ok(())
 }
 
-/// Checks sizes and every op, then that no branch writes a key twice.
+/// Deepest txn nesting accepted. Each level is two protobuf message levels, and the decoder
+/// that reads a Raft entry back stops at 100; etcd has no such limit, but a txn nested this deep
+/// is refused with etcd's "too many operations" error rather than proposed.
+pub const TXN_NESTING_MAX: usize = 32;
+
+/// Checks sizes, nesting and every op, then that no branch writes a key twice.
 pub fn check_txn(request: &TxnRequest, ops_max: usize) -> Result<(), RequestError> {
+    if nesting(request) > TXN_NESTING_MAX {
+        return Err(RequestError::TooManyOps);
+    }
     check_txn_ops(request, ops_max)?;
     check_intervals(&request.success)?;
     check_intervals(&request.failure)?;
     Ok(())
+}
+
+/// How deep txns nest inside `request` (1 for a txn with no nested txn).
+fn nesting(request: &TxnRequest) -> usize {
+    let deepest = request
+        .success
+        .iter()
+        .chain(&request.failure)
+        .filter_map(|op| match &op.request {
+            Some(Request::RequestTxn(nested)) => Some(nesting(nested)),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    1 + deepest
 }
 
 fn check_txn_ops(request: &TxnRequest, ops_max: usize) -> Result<(), RequestError> {
@@ -201,6 +224,34 @@ mod tests {
             check_txn(&txn(vec![delete("a", "\0"), put("b")], vec![]), 128),
             Ok(())
         );
+    }
+
+    /// Regression (found in review): a txn nested 50 deep passed the gRPC decoder but not the one
+    /// that reads Raft entries back, and stopped the member on every replay.
+    #[test]
+    fn deep_nesting_is_refused_before_proposing() {
+        let mut txn = TxnRequest::default();
+        for _ in 0..50 {
+            txn = TxnRequest {
+                compare: vec![],
+                success: vec![RequestOp {
+                    request: Some(Request::RequestTxn(txn)),
+                }],
+                failure: vec![],
+            };
+        }
+        assert_eq!(check_txn(&txn, 128), Err(RequestError::TooManyOps));
+        let mut shallow = TxnRequest::default();
+        for _ in 0..TXN_NESTING_MAX - 1 {
+            shallow = TxnRequest {
+                compare: vec![],
+                success: vec![RequestOp {
+                    request: Some(Request::RequestTxn(shallow)),
+                }],
+                failure: vec![],
+            };
+        }
+        assert_eq!(check_txn(&shallow, 128), Ok(()));
     }
 
     #[test]

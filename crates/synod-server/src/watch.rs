@@ -219,7 +219,13 @@ impl StreamTask {
         let request = HubRequest {
             key: create.key,
             range_end: create.range_end,
-            start_revision: create.start_revision,
+            // "Now" means right after the revision in the created response, as in etcd, so the
+            // client's view and the watcher's start agree whatever is applied meanwhile.
+            start_revision: if create.start_revision <= 0 {
+                revision + 1
+            } else {
+                create.start_revision
+            },
             no_put: create.filters.contains(&(FilterType::Noput as i32)),
             no_delete: create.filters.contains(&(FilterType::Nodelete as i32)),
             progress_notify: create.progress_notify,
@@ -254,6 +260,16 @@ impl StreamTask {
     }
 
     async fn on_notice(&mut self, notice: WatchNotice) -> bool {
+        // Notices already queued for a watcher the client has since canceled are dropped.
+        let watch_id = match &notice {
+            WatchNotice::Events { watch_id, .. } | WatchNotice::Progress { watch_id, .. } => {
+                *watch_id
+            }
+            WatchNotice::Compacted { watch_id, .. } => *watch_id,
+        };
+        if watch_id != -1 && !self.options.contains_key(&watch_id) {
+            return true;
+        }
         match notice {
             WatchNotice::Events {
                 watch_id,

@@ -29,6 +29,9 @@ struct Lease {
     remaining_seconds: Option<i64>,
     /// Tick at which the lease expires; `None` when this member is not the primary.
     deadline_tick: Option<u64>,
+    /// The primary has reported the lease expired and its revoke is on its way: keep-alives
+    /// no longer renew it.
+    revoking: bool,
     keys: BTreeSet<Vec<u8>>,
 }
 
@@ -78,6 +81,7 @@ impl Lessor {
                     ttl_seconds: record.ttl,
                     remaining_seconds: (record.remaining_ttl > 0).then_some(record.remaining_ttl),
                     deadline_tick: None,
+                    revoking: false,
                     keys: BTreeSet::new(),
                 },
             );
@@ -150,6 +154,7 @@ impl Lessor {
                 ttl_seconds: ttl,
                 remaining_seconds: None,
                 deadline_tick,
+                revoking: false,
                 keys: BTreeSet::new(),
             },
         );
@@ -226,6 +231,10 @@ impl Lessor {
         }
         let now = state.now_tick;
         let lease = state.leases.get_mut(&id).ok_or(RenewError::NotFound)?;
+        if lease.revoking {
+            // Renewing now would answer a TTL for a lease whose revoke is already proposed.
+            return Err(RenewError::NotFound);
+        }
         lease.deadline_tick = Some(now + self.ticks(lease.ttl_seconds));
         lease.remaining_seconds = None;
         Ok(lease.ttl_seconds)
@@ -266,6 +275,7 @@ impl Lessor {
         for (id, lease) in state.leases.iter_mut() {
             if matches!(lease.deadline_tick, Some(deadline) if deadline <= now_tick) {
                 expired.push(*id);
+                lease.revoking = true;
                 lease.deadline_tick = Some(now_tick + retry_ticks);
             }
         }
@@ -283,6 +293,7 @@ impl Lessor {
             let seconds = lease.remaining_seconds.unwrap_or(lease.ttl_seconds).max(0) as u64;
             let ticks = seconds.saturating_mul(1000).div_ceil(tick_ms);
             lease.deadline_tick = Some(now + ticks + extend_ticks);
+            lease.revoking = false;
         }
     }
 

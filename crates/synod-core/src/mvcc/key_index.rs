@@ -62,6 +62,25 @@ impl KeyIndex {
         self.modified = rev;
     }
 
+    /// Rebuilds from a stored value at start-up (etcd `keyIndex.restore`): when a generation's
+    /// first revision on disk is not its creation (compaction removed the earlier ones), its
+    /// creation and version come from the stored value, not from what is left on disk.
+    fn restore(&mut self, rev: Revision, created_main: i64, version: i64) {
+        if self.generations.last().is_none_or(Generation::is_empty) {
+            assert!(rev > self.modified, "key index restore must move forward");
+            if self.generations.is_empty() {
+                self.generations.push(Generation::default());
+            }
+            let generation = self.generations.last_mut().expect("pushed above");
+            generation.created = Revision::new(created_main, 0);
+            generation.revisions.push(rev);
+            generation.version = version;
+            self.modified = rev;
+        } else {
+            self.put(rev);
+        }
+    }
+
     /// Ends the current generation with a tombstone at `rev`. Returns false when the key is not
     /// live (nothing to delete).
     fn tombstone(&mut self, rev: Revision) -> bool {
@@ -235,6 +254,15 @@ impl<'a> KeyRange<'a> {
 impl TreeIndex {
     pub fn put(&mut self, key: &[u8], rev: Revision) {
         self.keys.entry(key.to_vec()).or_default().put(rev);
+    }
+
+    /// Adds a revision read back from disk at start-up, with the stored value's creation
+    /// revision and version (see [`KeyIndex::restore`]).
+    pub fn restore(&mut self, key: &[u8], rev: Revision, created_main: i64, version: i64) {
+        self.keys
+            .entry(key.to_vec())
+            .or_default()
+            .restore(rev, created_main, version);
     }
 
     /// Records the deletion of a live key; returns false when the key was not live.

@@ -105,7 +105,7 @@ impl KvStore {
                 index.tombstone(&kv.key, rev);
                 leased.remove(&kv.key);
             } else {
-                index.put(&kv.key, rev);
+                index.restore(&kv.key, rev, kv.create_revision, kv.version);
                 if kv.lease != 0 {
                     leased.insert(kv.key.clone(), kv.lease);
                 } else {

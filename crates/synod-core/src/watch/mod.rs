@@ -299,37 +299,46 @@ impl WatchHub {
     /// to the synced group, and cancels those whose history is compacted. Returns how many
     /// watchers are still unsynced.
     pub fn sync_unsynced(&self, store: &KvStore) -> Result<usize, Error> {
+        let compact = store.compact_revision();
         let (from, to) = {
             let state = self.lock();
-            // Only watchers whose stream has room can take anything now; reading history for
-            // the others would be wasted work, every round, for as long as their client stalls.
-            let Some(from) = state
+            let unsynced = state
                 .unsynced
                 .iter()
-                .filter_map(|key| state.watchers.get(key))
-                .filter(|watcher| watcher.sink.has_room())
+                .filter_map(|key| state.watchers.get(key));
+            // Only watchers whose stream has room can take anything now (reading history for the
+            // others would be wasted work every round while their client stalls), and watchers
+            // below the compaction point get nothing but their cancellation.
+            let from = unsynced
+                .clone()
+                .filter(|watcher| watcher.sink.has_room() && watcher.next_revision >= compact)
                 .map(|watcher| watcher.next_revision)
-                .min()
-            else {
-                return Ok(state.unsynced.len());
-            };
-            (from, state.notified_revision)
-        };
-        let compact = store.compact_revision();
-        let events = if from < compact || from > to {
-            Vec::new()
-        } else {
-            match store.events(from, to, CATCH_UP_REVISIONS_MAX) {
-                Ok(events) => events,
-                Err(Error::Request(RequestError::Compacted)) => Vec::new(),
-                Err(other) => return Err(other),
+                .min();
+            let below_compaction = unsynced
+                .clone()
+                .any(|watcher| watcher.next_revision < compact);
+            match from {
+                Some(from) => (from, state.notified_revision),
+                None if below_compaction => (i64::MAX, state.notified_revision),
+                None => return Ok(state.unsynced.len()),
             }
         };
-        // The last revision the read covered: all of `to`, unless the read stopped early.
-        let covered = if !events.is_empty() && revisions_in(&events) == CATCH_UP_REVISIONS_MAX {
-            mod_revision(events.last().expect("non-empty"))
+        // The last revision the read covered. A read refused because a compaction raced it
+        // covers nothing: no watcher may be moved past events it did not get.
+        let (events, covered) = if from > to {
+            (Vec::new(), to)
         } else {
-            to
+            match store.events(from, to, CATCH_UP_REVISIONS_MAX) {
+                Ok(events)
+                    if !events.is_empty() && revisions_in(&events) == CATCH_UP_REVISIONS_MAX =>
+                {
+                    let last = mod_revision(events.last().expect("non-empty"));
+                    (events, last)
+                }
+                Ok(events) => (events, to),
+                Err(Error::Request(RequestError::Compacted)) => (Vec::new(), from - 1),
+                Err(other) => return Err(other),
+            }
         };
         let mut state = self.lock();
         let keys: Vec<WatcherKey> = state.unsynced.iter().copied().collect();
