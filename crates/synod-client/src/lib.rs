@@ -146,18 +146,7 @@ fn source_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// The end of the range of every key with `prefix` (etcd's `GetPrefixRangeEnd`): the prefix with
-/// its last byte below 0xff incremented; `"\0"` (every key) when there is none.
-pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
+pub use synod_api::prefix_range_end;
 
 #[cfg(test)]
 mod tests {

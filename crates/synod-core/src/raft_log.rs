@@ -175,14 +175,7 @@ impl RaftLog {
     /// again, and a restart clamps it to at least the applied index).
     pub fn set_commit(&mut self, commit: u64) -> Result<(), StorageError> {
         self.hard_state.commit = commit;
-        let mut batch = LogBatch::default();
-        batch
-            .put_message(REGION, KEY_HARD_STATE.to_vec(), &self.hard_state)
-            .map_err(StorageError::log)?;
-        self.engine
-            .write(&mut batch, false)
-            .map_err(StorageError::log)?;
-        Ok(())
+        self.put_message(KEY_HARD_STATE, &self.hard_state, false)
     }
 
     /// Raises the commit index at startup to `applied` if it is lower: entries that reached the
@@ -200,15 +193,26 @@ impl RaftLog {
         Ok(())
     }
 
-    /// Records a new configuration (after a conf change is applied).
-    pub fn set_conf_state(&mut self, conf_state: ConfState) -> Result<(), StorageError> {
+    /// Writes one message under `key` in a batch of its own, fsync'd when `sync`.
+    fn put_message(
+        &self,
+        key: &[u8],
+        message: &impl protobuf::Message,
+        sync: bool,
+    ) -> Result<(), StorageError> {
         let mut batch = LogBatch::default();
         batch
-            .put_message(REGION, KEY_CONF_STATE.to_vec(), &conf_state)
+            .put_message(REGION, key.to_vec(), message)
             .map_err(StorageError::log)?;
         self.engine
-            .write(&mut batch, true)
+            .write(&mut batch, sync)
             .map_err(StorageError::log)?;
+        Ok(())
+    }
+
+    /// Records a new configuration (after a conf change is applied).
+    pub fn set_conf_state(&mut self, conf_state: ConfState) -> Result<(), StorageError> {
+        self.put_message(KEY_CONF_STATE, &conf_state, true)?;
         self.conf_state = conf_state;
         Ok(())
     }
@@ -226,13 +230,7 @@ impl RaftLog {
             ..SnapshotMetadata::default()
         };
         snapshot.set_conf_state(self.conf_state.clone());
-        let mut batch = LogBatch::default();
-        batch
-            .put_message(REGION, KEY_SNAPSHOT.to_vec(), &snapshot)
-            .map_err(StorageError::log)?;
-        self.engine
-            .write(&mut batch, true)
-            .map_err(StorageError::log)?;
+        self.put_message(KEY_SNAPSHOT, &snapshot, true)?;
         self.snapshot = snapshot;
         self.engine.compact_to(REGION, index + 1);
         self.engine

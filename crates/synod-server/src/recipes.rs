@@ -45,18 +45,6 @@ const NO_LEADER: &str = "election: no leader";
 const MISSING_LEADER_KEY: &str = "\"leader\" field must be provided";
 const SESSION_EXPIRED: &str = "mutex: session is expired";
 
-/// The end of the range of keys starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 fn holder_key(name: &[u8], lease: i64) -> (Vec<u8>, Vec<u8>) {
     let mut prefix = name.to_vec();
     prefix.push(b'/');
@@ -69,7 +57,7 @@ fn holder_key(name: &[u8], lease: i64) -> (Vec<u8>, Vec<u8>) {
 fn first_created(prefix: &[u8]) -> RangeRequest {
     RangeRequest {
         key: prefix.to_vec(),
-        range_end: prefix_end(prefix),
+        range_end: synod_api::prefix_range_end(prefix),
         sort_target: SortTarget::Create as i32,
         sort_order: SortOrder::Ascend as i32,
         limit: 1,
@@ -195,7 +183,7 @@ async fn wait_deletes(
     loop {
         let request = RangeRequest {
             key: prefix.to_vec(),
-            range_end: prefix_end(prefix),
+            range_end: synod_api::prefix_range_end(prefix),
             sort_target: SortTarget::Create as i32,
             sort_order: SortOrder::Descend as i32,
             limit: 1,
@@ -499,7 +487,7 @@ impl Election for ElectionService {
         tokio::spawn(async move {
             let mut prefix = name.clone();
             prefix.push(b'/');
-            let end = prefix_end(&prefix);
+            let end = synod_api::prefix_range_end(&prefix);
             let mut last: Option<(Vec<u8>, i64)> = None;
             loop {
                 let (kv, revision) = match service.leader_of(&name).await {

@@ -475,19 +475,7 @@ impl RevisionTxn<'_, '_> {
             value,
             lease,
         };
-        {
-            let mut table = self
-                .batch
-                .tx
-                .open_table(KEY)
-                .map_err(StorageError::backend)?;
-            table
-                .insert(
-                    rev.to_bytes(false).as_slice(),
-                    kv.encode_to_vec().as_slice(),
-                )
-                .map_err(StorageError::backend)?;
-        }
+        self.write_revision(rev, false, &kv)?;
         self.batch.store.write_state()?.index.put(key, rev);
         self.changes.push(Event {
             r#type: EventType::Put as i32,
@@ -495,6 +483,27 @@ impl RevisionTxn<'_, '_> {
             prev_kv: None,
         });
         Ok(kv)
+    }
+
+    /// Stores one change in the key table of the batch's transaction.
+    fn write_revision(
+        &self,
+        rev: Revision,
+        tombstone: bool,
+        kv: &KeyValue,
+    ) -> Result<(), StorageError> {
+        let mut table = self
+            .batch
+            .tx
+            .open_table(KEY)
+            .map_err(StorageError::backend)?;
+        table
+            .insert(
+                rev.to_bytes(tombstone).as_slice(),
+                kv.encode_to_vec().as_slice(),
+            )
+            .map_err(StorageError::backend)?;
+        Ok(())
     }
 
     /// Deletes every live key in the range; returns the deleted values.
@@ -506,19 +515,7 @@ impl RevisionTxn<'_, '_> {
                 key: kv.key.clone(),
                 ..KeyValue::default()
             };
-            {
-                let mut table = self
-                    .batch
-                    .tx
-                    .open_table(KEY)
-                    .map_err(StorageError::backend)?;
-                table
-                    .insert(
-                        rev.to_bytes(true).as_slice(),
-                        tombstone.encode_to_vec().as_slice(),
-                    )
-                    .map_err(StorageError::backend)?;
-            }
+            self.write_revision(rev, true, &tombstone)?;
             let was_live = self
                 .batch
                 .store
