@@ -68,6 +68,10 @@ impl WatchService {
 struct WatcherOptions {
     prev_kv: bool,
     fragment: bool,
+    /// The id this watcher has in the hub. Hub ids are never reused on a stream, so a notice
+    /// queued for a canceled watcher cannot be mistaken for one of a new watcher that the client
+    /// created with the same watch id.
+    hub_id: i64,
 }
 
 struct StreamTask {
@@ -75,7 +79,11 @@ struct StreamTask {
     stream: u64,
     sink: Arc<ChannelSink>,
     output: mpsc::Sender<Result<WatchResponse, Status>>,
+    /// Client watch id to the watcher's options.
     options: HashMap<i64, WatcherOptions>,
+    /// Hub id to client watch id, for the watchers alive on this stream.
+    by_hub_id: HashMap<i64, i64>,
+    next_hub_id: i64,
     next_auto_id: i64,
     progress_pending: bool,
 }
@@ -96,6 +104,8 @@ impl WatchService {
             sink: Arc::new(ChannelSink(notices)),
             output,
             options: HashMap::new(),
+            by_hub_id: HashMap::new(),
+            next_hub_id: 0,
             next_auto_id: 0,
             progress_pending: false,
         };
@@ -155,8 +165,9 @@ impl StreamTask {
         match request.request_union {
             Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
             Some(RequestUnion::CancelRequest(cancel)) => {
-                if self.member.hub.cancel(self.stream, cancel.watch_id) {
-                    self.options.remove(&cancel.watch_id);
+                if let Some(options) = self.options.remove(&cancel.watch_id) {
+                    self.member.hub.cancel(self.stream, options.hub_id);
+                    self.by_hub_id.remove(&options.hub_id);
                     let response = WatchResponse {
                         header: self.header(self.member.store.current_revision()),
                         watch_id: cancel.watch_id,
@@ -230,13 +241,17 @@ impl StreamTask {
             no_delete: create.filters.contains(&(FilterType::Nodelete as i32)),
             progress_notify: create.progress_notify,
         };
+        let hub_id = self.next_hub_id;
+        self.next_hub_id += 1;
         self.options.insert(
             watch_id,
             WatcherOptions {
                 prev_kv: create.prev_kv,
                 fragment: create.fragment,
+                hub_id,
             },
         );
+        self.by_hub_id.insert(hub_id, watch_id);
         // The created response goes out before the hub can hand this watcher anything: notices
         // are read by this same task, after this send.
         let created = WatchResponse {
@@ -248,33 +263,35 @@ impl StreamTask {
         if !self.send(created).await {
             return false;
         }
-        if !self
+        let registered = self
             .member
             .hub
-            .watch(self.stream, watch_id, request, self.sink.clone())
-        {
-            self.options.remove(&watch_id);
-            return self.send(refuse(DUPLICATE_WATCH_ID)).await;
-        }
+            .watch(self.stream, hub_id, request, self.sink.clone());
+        assert!(registered, "hub ids are never reused on a stream");
         true
     }
 
     async fn on_notice(&mut self, notice: WatchNotice) -> bool {
-        // Notices already queued for a watcher the client has since canceled are dropped.
-        let watch_id = match &notice {
-            WatchNotice::Events { watch_id, .. } | WatchNotice::Progress { watch_id, .. } => {
-                *watch_id
-            }
-            WatchNotice::Compacted { watch_id, .. } => *watch_id,
+        // Notices name hub ids; the client knows its own watch ids. Notices queued for a watcher
+        // that has since been canceled match no live hub id and are dropped.
+        let hub_id = match &notice {
+            WatchNotice::Events { watch_id, .. }
+            | WatchNotice::Progress { watch_id, .. }
+            | WatchNotice::Compacted { watch_id, .. } => *watch_id,
         };
-        if watch_id != -1 && !self.options.contains_key(&watch_id) {
-            return true;
-        }
+        let watch_id = if hub_id == -1 {
+            -1
+        } else {
+            match self.by_hub_id.get(&hub_id) {
+                Some(&watch_id) => watch_id,
+                None => return true,
+            }
+        };
         match notice {
             WatchNotice::Events {
-                watch_id,
                 revision,
                 mut events,
+                ..
             } => {
                 let options = self.options.get(&watch_id).copied().unwrap_or_default();
                 if options.prev_kv {
@@ -298,11 +315,12 @@ impl StreamTask {
                 }
             }
             WatchNotice::Compacted {
-                watch_id,
                 compact_revision,
                 revision,
+                ..
             } => {
                 self.options.remove(&watch_id);
+                self.by_hub_id.remove(&hub_id);
                 let response = WatchResponse {
                     header: self.header(revision),
                     watch_id,
@@ -312,7 +330,7 @@ impl StreamTask {
                 };
                 self.send(response).await
             }
-            WatchNotice::Progress { watch_id, revision } => {
+            WatchNotice::Progress { revision, .. } => {
                 let response = WatchResponse {
                     header: self.header(revision),
                     watch_id,

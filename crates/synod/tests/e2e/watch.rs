@@ -366,3 +366,55 @@ async fn progress_notifications_and_fragments() {
     assert_eq!(events, 20);
     assert!(responses > 1, "the revision was split into fragments");
 }
+
+/// Regression (found in review): events queued for a canceled watcher were sent under its watch
+/// id, so a new watcher the client created with the same id received the old key's events.
+#[tokio::test]
+async fn a_reused_watch_id_never_gets_the_canceled_watchers_events() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    let mut client = member.etcd_client().await;
+    let mut writer = member.etcd_client().await;
+    let mut stream = client
+        .watch("old", Some(WatchOptions::new().with_watch_id(5)))
+        .await
+        .expect("watch");
+    assert!(next(&mut stream).await.created());
+    // Not reading: 300 events of 16 KiB overflow the connection's flow-control window and the
+    // stream's output queue, so events for watch 5 on "old" are still queued at the cancel.
+    let value = "o".repeat(16 * 1024);
+    for _ in 0..300 {
+        writer.put("old", value.clone(), None).await.expect("put");
+    }
+    stream.cancel(5).await.expect("cancel");
+    stream
+        .watch("new", Some(WatchOptions::new().with_watch_id(5)))
+        .await
+        .expect("re-create 5");
+    let mut recreated = false;
+    loop {
+        let response = next(&mut stream).await;
+        if response.created() && response.watch_id() == 5 {
+            recreated = true;
+            // Written once the new watcher exists, so it must arrive.
+            writer.put("new", "first", None).await.expect("put new");
+            continue;
+        }
+        let keys: Vec<Vec<u8>> = response
+            .events()
+            .iter()
+            .map(|e| e.kv().expect("kv").key().to_vec())
+            .collect();
+        if recreated {
+            assert!(
+                keys.iter().all(|k| k == b"new"),
+                "after watch 5 was re-created, only its own key's events arrive"
+            );
+            if !keys.is_empty() {
+                break;
+            }
+        } else {
+            assert!(keys.iter().all(|k| k == b"old"));
+        }
+    }
+}
