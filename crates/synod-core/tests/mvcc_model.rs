@@ -207,3 +207,62 @@ fn writes_after_compaction_and_restart_keep_create_revision_and_version() {
     batch.commit(true).expect("commit");
     assert_eq!((kv.create_revision, kv.version, kv.mod_revision), (2, 4, 5));
 }
+
+/// Regression (found in review): a compaction applied in the same batch as the writes it
+/// compacts up to was visible to readers before the batch committed; reads of the latest
+/// published revision then answered "compacted" until the commit. Readers now see the
+/// compaction, and the revisions that make it possible, at the same moment.
+#[test]
+fn a_compaction_is_published_with_its_batch() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (store, _) = KvStore::open(Arc::new(
+        Backend::open(&dir.path().join("db")).expect("open"),
+    ))
+    .expect("store");
+    let mut batch = store.begin_batch().expect("batch");
+    for value in ["1", "2"] {
+        let mut txn = batch.begin();
+        txn.put(b"k", value.as_bytes().to_vec(), 0).expect("put");
+        txn.end();
+    }
+    batch
+        .compact(3)
+        .expect("compact up to a revision written in this batch");
+    // Later requests of the same batch see the compaction at once.
+    let txn = batch.begin();
+    let refused = txn.range(
+        b"k",
+        &[],
+        RangeOptions {
+            revision: 2,
+            ..RangeOptions::default()
+        },
+    );
+    assert!(matches!(
+        refused,
+        Err(Error::Request(RequestError::Compacted))
+    ));
+    txn.end();
+    // Readers still see the published state, whole.
+    let latest = store
+        .range(b"k", &[], RangeOptions::default())
+        .expect("the latest revision stays readable");
+    assert_eq!((latest.revision, latest.count), (1, 0));
+    batch.commit(false).expect("commit");
+    let latest = store
+        .range(b"k", &[], RangeOptions::default())
+        .expect("read");
+    assert_eq!(
+        (latest.revision, latest.kvs[0].value.as_slice()),
+        (3, b"2".as_slice())
+    );
+    let old = store.range(
+        b"k",
+        &[],
+        RangeOptions {
+            revision: 2,
+            ..RangeOptions::default()
+        },
+    );
+    assert!(matches!(old, Err(Error::Request(RequestError::Compacted))));
+}

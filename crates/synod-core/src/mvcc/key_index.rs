@@ -311,6 +311,16 @@ impl TreeIndex {
         keep
     }
 
+    /// The revisions at or below `at` that compacting at `at` would keep on disk, without
+    /// compacting (etcd's `Keep`): a compaction is published only when its batch commits.
+    pub fn kept_by_compaction(&self, at: i64) -> HashSet<Revision> {
+        let mut keep = HashSet::new();
+        for index in self.keys.values() {
+            index.clone().compact(at, &mut keep);
+        }
+        keep
+    }
+
     /// Number of keys with any history in the index.
     pub fn len(&self) -> usize {
         self.keys.len()

@@ -268,6 +268,7 @@ impl KvStore {
             tx: self.backend.begin_write()?,
             current,
             events: Vec::new(),
+            pending_compact: None,
         })
     }
 }
@@ -329,6 +330,8 @@ pub struct WriteBatch<'s> {
     /// The revision of the last request written in this batch.
     current: i64,
     events: Vec<Event>,
+    /// A compaction done in this batch, published with its commit.
+    pending_compact: Option<i64>,
 }
 
 impl<'s> WriteBatch<'s> {
@@ -354,16 +357,18 @@ impl<'s> WriteBatch<'s> {
 
     /// Compacts history below `revision`: the index forgets it, the key table drops it.
     pub fn compact(&mut self, revision: i64) -> Result<(), Error> {
+        // Readers see the compaction only when the batch commits (see `commit`): until then the
+        // published revision may be below `revision`, and the latest state must stay readable.
+        // Requests later in this batch see it at once, through `pending_compact`.
         let keep = {
-            let mut state = self.store.write_state()?;
-            if revision <= state.compact {
+            let state = self.store.read_state()?;
+            if revision <= state.compact.max(self.pending_compact.unwrap_or(-1)) {
                 return Err(RequestError::Compacted.into());
             }
             if revision > self.current {
                 return Err(RequestError::FutureRevision.into());
             }
-            state.compact = revision;
-            state.index.compact(revision)
+            state.index.kept_by_compaction(revision)
         };
         let mut table = self.tx.open_table(KEY).map_err(StorageError::backend)?;
         let end = Revision::lower_bound(revision + 1);
@@ -378,16 +383,19 @@ impl<'s> WriteBatch<'s> {
             .map_err(StorageError::backend)?;
         let mut meta = self.tx.open_table(META).map_err(StorageError::backend)?;
         backend::write_meta_u64(&mut meta, backend::META_COMPACT_REVISION, revision as u64)?;
+        self.pending_compact = Some(revision);
         Ok(())
     }
 
-    /// Commits the batch and publishes its revision. Returns the events it produced, in order.
+    /// Commits the batch and publishes its revision (and its compaction, if any, at the same
+    /// moment). Returns the events it produced, in order.
     pub fn commit(self, durable: bool) -> Result<Vec<Event>, StorageError> {
         let WriteBatch {
             store,
             mut tx,
             current,
             events,
+            pending_compact,
         } = self;
         if durable {
             tx.set_durability(redb::Durability::Immediate)
@@ -397,9 +405,22 @@ impl<'s> WriteBatch<'s> {
             tx.set_durability(redb::Durability::None)
                 .map_err(StorageError::backend)?;
         }
+        // With a compaction, the index lock is taken before the commit: no reader may open a
+        // redb snapshot without the compacted values while the index still lists them.
+        let mut compacting = match pending_compact {
+            Some(_) => Some(store.write_state()?),
+            None => None,
+        };
         tx.commit().map_err(StorageError::backend)?;
-        let mut state = store.write_state()?;
+        let mut state = match compacting.take() {
+            Some(state) => state,
+            None => store.write_state()?,
+        };
         assert!(current >= state.current, "revisions never go back");
+        if let Some(revision) = pending_compact {
+            state.index.compact(revision);
+            state.compact = revision;
+        }
         state.current = current;
         Ok(events)
     }
@@ -424,7 +445,10 @@ impl RevisionTxn<'_, '_> {
 
     /// The compaction revision as this request sees it.
     pub fn compact_revision(&self) -> i64 {
-        self.batch.store.compact_revision()
+        self.batch
+            .store
+            .compact_revision()
+            .max(self.batch.pending_compact.unwrap_or(-1))
     }
 
     /// Reads through the batch's transaction, seeing every earlier write of the batch.
@@ -437,7 +461,8 @@ impl RevisionTxn<'_, '_> {
         let current = self.read_revision();
         let lookup = {
             let state = self.batch.store.read_state()?;
-            let at = check_read_revision(options.revision, current, state.compact)?;
+            let compact = state.compact.max(self.batch.pending_compact.unwrap_or(-1));
+            let at = check_read_revision(options.revision, current, compact)?;
             lookup(&state.index, KeyRange::new(key, range_end), at, options)
         };
         let table = self
