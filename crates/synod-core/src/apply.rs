@@ -385,21 +385,6 @@ impl StateMachine {
         self.durable_applied_index
     }
 
-    /// Reads the Raft configuration recorded with the applied state, if any.
-    pub fn conf_state(&self) -> Result<Option<ConfState>, StorageError> {
-        let tx = self.backend.begin_read()?;
-        let meta = tx.open_table(META).map_err(StorageError::backend)?;
-        let Some(bytes) = meta
-            .get(backend::META_CONF_STATE)
-            .map_err(StorageError::backend)?
-        else {
-            return Ok(None);
-        };
-        let state = protobuf::Message::parse_from_bytes(bytes.value())
-            .map_err(|e| StorageError::corrupt(format!("stored conf state: {e}")))?;
-        Ok(Some(state))
-    }
-
     /// Applies committed entries in one batch. `conf_change` applies a configuration-change entry
     /// to Raft and returns the resulting configuration, which is recorded with the batch.
     /// With `force_durable`, the batch commits durably whatever the schedule says.

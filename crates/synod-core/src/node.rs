@@ -148,10 +148,6 @@ impl Node {
         &self.machine
     }
 
-    pub fn id(&self) -> u64 {
-        self.config.id
-    }
-
     /// Returns whether this node is the only voter, so it can elect itself at once.
     pub fn is_single_voter(&self) -> bool {
         let conf = self.raw.raft.prs().conf();
@@ -203,13 +199,6 @@ impl Node {
         }
         self.raw
             .propose(Vec::new(), request.encode_to_vec())
-            .map_err(|_| ProposeError::Dropped)
-    }
-
-    /// Proposes a configuration change.
-    pub fn propose_conf_change(&mut self, change: ConfChangeV2) -> Result<(), ProposeError> {
-        self.raw
-            .propose_conf_change(Vec::new(), change)
             .map_err(|_| ProposeError::Dropped)
     }
 
@@ -398,15 +387,6 @@ impl Node {
     /// Makes every applied change durable; called on graceful shutdown.
     pub fn sync(&mut self) -> Result<(), StorageError> {
         self.machine.sync()
-    }
-
-    /// Applied entries not yet committed to the state machine's disk file.
-    pub fn apply_lag(&self) -> u64 {
-        self.raw
-            .raft
-            .raft_log
-            .committed
-            .saturating_sub(self.machine.applied_index())
     }
 }
 

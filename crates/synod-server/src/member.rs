@@ -639,10 +639,6 @@ impl NodeLoop {
             }
         }
     }
-
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
-    }
 }
 
 fn copy_file(source: &Path, target: &Path) -> std::io::Result<()> {

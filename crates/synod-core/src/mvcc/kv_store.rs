@@ -143,11 +143,6 @@ impl KvStore {
         self.state.read().map(|s| s.compact).unwrap_or(0)
     }
 
-    /// Number of keys (live or with history) in the index.
-    pub fn key_count(&self) -> usize {
-        self.state.read().map(|s| s.index.len()).unwrap_or(0)
-    }
-
     pub fn backend(&self) -> &Arc<Backend> {
         &self.backend
     }

@@ -147,13 +147,6 @@ impl HubState {
     }
 }
 
-/// Counts the hub reports for metrics and tests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct WatchStats {
-    pub watchers: usize,
-    pub unsynced: usize,
-}
-
 /// Every watcher of one member.
 pub struct WatchHub {
     state: Mutex<HubState>,
@@ -410,14 +403,6 @@ impl WatchHub {
                     revision: state.notified_revision,
                 });
             }
-        }
-    }
-
-    pub fn stats(&self) -> WatchStats {
-        let state = self.lock();
-        WatchStats {
-            watchers: state.watchers.len(),
-            unsynced: state.unsynced.len(),
         }
     }
 }
