@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use prost::Message;
-use raft::eraftpb::{ConfState, Entry, EntryType};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType};
 use redb::ReadableTable;
 use synod_api::etcdserverpb::{
     AlarmMember, AlarmRequest, AlarmResponse, AlarmType, CompactionResponse, Compare,
@@ -23,7 +23,7 @@ use synod_api::etcdserverpb::{
     request_op, response_op,
 };
 use synod_api::mvccpb::KeyValue;
-use synod_api::synodpb::{InternalRequest, internal_request::Request};
+use synod_api::synodpb::{InternalRequest, MemberChange, MemberRecord, internal_request::Request};
 
 use crate::backend::{self, ALARM, Backend, META};
 use crate::error::{Error, RequestError, StorageError};
@@ -43,6 +43,9 @@ pub enum Response {
     LeaseRevoke(LeaseRevokeResponse),
     LeaseCheckpoint(LeaseCheckpointResponse),
     Alarm(AlarmResponse),
+    /// A membership change (add, promote, remove, update) took effect; the member as it is now
+    /// (as it was, for a removal).
+    Member(MemberRecord),
 }
 
 /// The outcome of one request.
@@ -73,6 +76,12 @@ impl Alarms {
     /// Every raised alarm as (member id, alarm type).
     pub fn list(&self) -> Vec<(u64, i32)> {
         self.lock().iter().copied().collect()
+    }
+
+    /// Replaces the raised alarms with those stored in `tx` (after a snapshot was installed).
+    fn reload(&self, tx: &redb::ReadTransaction) -> Result<(), StorageError> {
+        *self.lock() = read_alarms(tx)?;
+        Ok(())
     }
 
     /// Returns whether any member raised an alarm of this type.
@@ -301,6 +310,36 @@ pub fn txn_puts(txn: &TxnRequest) -> bool {
         })
 }
 
+fn read_alarms(tx: &redb::ReadTransaction) -> Result<BTreeSet<(u64, i32)>, StorageError> {
+    let mut raised = BTreeSet::new();
+    for entry in tx
+        .open_table(ALARM)
+        .map_err(StorageError::backend)?
+        .iter()
+        .map_err(StorageError::backend)?
+    {
+        let (key, _) = entry.map_err(StorageError::backend)?;
+        raised.insert(key.value());
+    }
+    Ok(raised)
+}
+
+/// Reads the proposer's request id, the change and the member from a configuration-change entry
+/// (Synod proposes one change per entry, with a `MemberChange` as its context). Entries without
+/// one (raft-rs's own empty changes) change no member.
+fn member_change(entry: &Entry) -> Option<(u64, ConfChangeType, MemberRecord)> {
+    let (kind, context) = if entry.get_entry_type() == EntryType::EntryConfChange {
+        let change: ConfChange = protobuf::Message::parse_from_bytes(&entry.data).ok()?;
+        (change.get_change_type(), change.context.to_vec())
+    } else {
+        let change: ConfChangeV2 = protobuf::Message::parse_from_bytes(&entry.data).ok()?;
+        let single = change.changes.first()?;
+        (single.get_change_type(), change.context.to_vec())
+    };
+    let context = MemberChange::decode(context.as_slice()).ok()?;
+    Some((context.id, kind, context.member?))
+}
+
 /// The member's state machine: MVCC store, lessor, watch hub and alarms over one backend.
 pub struct StateMachine {
     backend: Arc<Backend>,
@@ -329,16 +368,7 @@ impl StateMachine {
         let meta = tx.open_table(META).map_err(StorageError::backend)?;
         let applied_index = backend::read_meta_u64(&meta, backend::META_APPLIED_INDEX)?;
         let applied_term = backend::read_meta_u64(&meta, backend::META_APPLIED_TERM)?;
-        let mut raised = BTreeSet::new();
-        for entry in tx
-            .open_table(ALARM)
-            .map_err(StorageError::backend)?
-            .iter()
-            .map_err(StorageError::backend)?
-        {
-            let (key, _) = entry.map_err(StorageError::backend)?;
-            raised.insert(key.value());
-        }
+        let raised = read_alarms(&tx)?;
         let hub = Arc::new(WatchHub::new(store.current_revision()));
         Ok(StateMachine {
             backend,
@@ -380,18 +410,73 @@ impl StateMachine {
         self.applied_index
     }
 
+    /// Term of the last applied entry.
+    pub fn applied_term(&self) -> u64 {
+        self.applied_term
+    }
+
+    /// The Raft configuration recorded with the last applied configuration change or snapshot.
+    pub fn recorded_conf_state(&self) -> Result<Option<ConfState>, StorageError> {
+        let tx = self.backend.begin_read()?;
+        let meta = tx.open_table(META).map_err(StorageError::backend)?;
+        let Some(bytes) = meta
+            .get(backend::META_CONF_STATE)
+            .map_err(StorageError::backend)?
+        else {
+            return Ok(None);
+        };
+        protobuf::Message::parse_from_bytes(bytes.value())
+            .map(Some)
+            .map_err(|e| StorageError::corrupt(format!("recorded conf state: {e}")))
+    }
+
+    /// Replaces the whole state with the leader's snapshot file at `path`, described by
+    /// `metadata`, in one durable transaction; then rebuilds the index, the leases and the
+    /// alarms from it and tells the watchers to catch up.
+    pub fn install_snapshot(
+        &mut self,
+        path: &std::path::Path,
+        metadata: &raft::eraftpb::SnapshotMetadata,
+    ) -> Result<(), StorageError> {
+        // The conf state as of the snapshot goes in the same transaction, so a restart between
+        // this commit and the log's can finish the install (see `Node::new`).
+        let conf_state = protobuf::Message::write_to_bytes(metadata.get_conf_state())
+            .map_err(|e| StorageError::corrupt(format!("encoding conf state: {e}")))?;
+        let leased = self.store.restore_from(path, &conf_state)?;
+        let tx = self.backend.begin_read()?;
+        {
+            let meta = tx.open_table(META).map_err(StorageError::backend)?;
+            let index = backend::read_meta_u64(&meta, backend::META_APPLIED_INDEX)?;
+            if index != metadata.index {
+                return Err(StorageError::corrupt(format!(
+                    "snapshot file {} holds applied index {index}, but raft says {}",
+                    path.display(),
+                    metadata.index
+                )));
+            }
+        }
+        self.lessor.reload(&self.backend, leased)?;
+        self.alarms.reload(&tx)?;
+        self.applied_index = metadata.index;
+        self.applied_term = metadata.term;
+        self.durable_applied_index = metadata.index;
+        self.hub.restore(self.store.current_revision());
+        Ok(())
+    }
+
     /// Index of the last entry whose effects are durable in the state-machine file.
     pub fn durable_applied_index(&self) -> u64 {
         self.durable_applied_index
     }
 
     /// Applies committed entries in one batch. `conf_change` applies a configuration-change entry
-    /// to Raft and returns the resulting configuration, which is recorded with the batch.
+    /// to Raft and returns the resulting configuration, which is recorded with the batch, or why
+    /// Raft refused the change (then the member list is left as it was).
     /// With `force_durable`, the batch commits durably whatever the schedule says.
     pub fn apply(
         &mut self,
         entries: &[Entry],
-        mut conf_change: impl FnMut(&Entry) -> ConfState,
+        mut conf_change: impl FnMut(&Entry) -> Result<ConfState, String>,
         force_durable: bool,
     ) -> Result<Applied, StorageError> {
         let mut applied = Applied::default();
@@ -425,7 +510,24 @@ impl StateMachine {
                     }
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    conf_state = Some(conf_change(entry));
+                    let change = member_change(entry);
+                    match conf_change(entry) {
+                        Ok(state) => {
+                            conf_state = Some(state);
+                            if let Some((id, kind, member)) = change {
+                                let result = self.apply_member_change(&batch, kind, member)?;
+                                applied.results.push((id, result));
+                            }
+                        }
+                        Err(reason) => {
+                            tracing::warn!(index = entry.index, %reason, "raft refused a configuration change");
+                            if let Some((id, _, _)) = change {
+                                applied
+                                    .results
+                                    .push((id, Err(RequestError::ConfChangeRefused)));
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -567,12 +669,65 @@ impl StateMachine {
             Some(Request::Alarm(alarm)) => {
                 self.alarm(batch.transaction(), &alarm).map(Response::Alarm)
             }
+            Some(Request::MemberAttributes(attributes)) => {
+                let tx = batch.transaction();
+                match backend::member(tx, attributes.id)? {
+                    None => Err(RequestError::MemberNotFound.into()),
+                    Some(mut member) => {
+                        member.name = attributes.name;
+                        member.client_urls = attributes.client_urls;
+                        backend::put_member(tx, &member)?;
+                        Ok(Response::Member(member))
+                    }
+                }
+            }
+            Some(Request::MemberUpdate(update)) => {
+                let tx = batch.transaction();
+                match backend::member(tx, update.id)? {
+                    None => Err(RequestError::MemberNotFound.into()),
+                    Some(mut member) => {
+                        member.peer_urls = update.peer_urls;
+                        backend::put_member(tx, &member)?;
+                        Ok(Response::Member(member))
+                    }
+                }
+            }
         };
         match outcome {
             Ok(response) => Ok(Ok(response)),
             Err(Error::Request(refused)) => Ok(Err(refused)),
             Err(Error::Storage(failure)) => Err(failure),
         }
+    }
+
+    /// Records a configuration change Raft has accepted in the member list.
+    fn apply_member_change(
+        &self,
+        batch: &crate::mvcc::kv_store::WriteBatch<'_>,
+        kind: ConfChangeType,
+        member: MemberRecord,
+    ) -> Result<ApplyResult, StorageError> {
+        let tx = batch.transaction();
+        let existing = backend::member(tx, member.id)?;
+        let record = match kind {
+            ConfChangeType::AddNode => {
+                let mut record = existing.unwrap_or(member);
+                record.is_learner = false;
+                backend::put_member(tx, &record)?;
+                record
+            }
+            ConfChangeType::AddLearnerNode => {
+                let mut record = existing.unwrap_or(member);
+                record.is_learner = true;
+                backend::put_member(tx, &record)?;
+                record
+            }
+            ConfChangeType::RemoveNode => {
+                backend::remove_member(tx, member.id)?;
+                existing.unwrap_or(member)
+            }
+        };
+        Ok(Ok(Response::Member(record)))
     }
 
     fn put(&self, txn: &mut RevisionTxn<'_, '_>, put: &PutRequest) -> Result<PutResponse, Error> {

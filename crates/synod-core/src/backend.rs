@@ -23,6 +23,8 @@ pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub const LEASE: TableDefinition<i64, &[u8]> = TableDefinition::new("lease");
 /// Members: id to an encoded `synodpb.MemberRecord`.
 pub const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
+/// Ids of members removed from the cluster; they may never rejoin under the same id.
+pub const REMOVED: TableDefinition<u64, ()> = TableDefinition::new("removed");
 /// Raised alarms: (member id, alarm type).
 pub const ALARM: TableDefinition<(u64, i32), ()> = TableDefinition::new("alarm");
 
@@ -65,6 +67,7 @@ impl Backend {
             tx.open_table(LEASE).map_err(StorageError::backend)?;
             tx.open_table(MEMBERS).map_err(StorageError::backend)?;
             tx.open_table(ALARM).map_err(StorageError::backend)?;
+            tx.open_table(REMOVED).map_err(StorageError::backend)?;
         }
         tx.commit().map_err(StorageError::backend)?;
         Ok(Backend {
@@ -101,17 +104,27 @@ impl Backend {
 
     /// Records the identity of a new member and the initial member list, durably. Writing the
     /// same values again is harmless, which makes an interrupted bootstrap safe to repeat.
+    ///
+    /// With `initial_conf_state` (an encoded `ConfState`: a new cluster), the state machine
+    /// starts at index 1, term 1, with that configuration, the point the Raft log starts from.
     pub fn write_bootstrap(
         &self,
         cluster_id: u64,
         member_id: u64,
         members: &[MemberRecord],
+        initial_conf_state: Option<&[u8]>,
     ) -> Result<(), StorageError> {
         let mut tx = self.begin_write()?;
         {
             let mut meta = tx.open_table(META).map_err(StorageError::backend)?;
             write_meta_u64(&mut meta, META_CLUSTER_ID, cluster_id)?;
             write_meta_u64(&mut meta, META_MEMBER_ID, member_id)?;
+            if let Some(conf_state) = initial_conf_state {
+                write_meta_u64(&mut meta, META_APPLIED_INDEX, 1)?;
+                write_meta_u64(&mut meta, META_APPLIED_TERM, 1)?;
+                meta.insert(META_CONF_STATE, conf_state)
+                    .map_err(StorageError::backend)?;
+            }
             let mut table = tx.open_table(MEMBERS).map_err(StorageError::backend)?;
             for member in members {
                 table
@@ -149,6 +162,35 @@ impl Backend {
         Ok(members)
     }
 
+    /// Replaces the contents of every table with those of the snapshot file at `path`, in one
+    /// durable transaction, keeping this member's own id and recording `conf_state` (the
+    /// snapshot's Raft configuration, encoded). The caller holds whatever locks keep readers from
+    /// mixing old and new contents (see `KvStore::restore_from`).
+    pub fn restore_from(&self, path: &Path, conf_state: &[u8]) -> Result<(), StorageError> {
+        let source = Database::open(path)
+            .map_err(|e| StorageError::open(path, format!("snapshot file is unreadable: {e}")))?;
+        let from = source.begin_read().map_err(StorageError::backend)?;
+        let (member_id, _) = self.identity()?;
+        let mut tx = self.begin_write()?;
+        copy_tables(&from, &tx, true)?;
+        {
+            let mut meta = tx.open_table(META).map_err(StorageError::backend)?;
+            write_meta_u64(&mut meta, META_MEMBER_ID, member_id)?;
+            meta.insert(META_CONF_STATE, conf_state)
+                .map_err(StorageError::backend)?;
+        }
+        tx.set_durability(redb::Durability::Immediate)
+            .map_err(StorageError::backend)?;
+        tx.commit().map_err(StorageError::backend)
+    }
+
+    /// Returns whether member `id` was removed from the cluster.
+    pub fn is_removed(&self, id: u64) -> Result<bool, StorageError> {
+        let tx = self.begin_read()?;
+        let table = tx.open_table(REMOVED).map_err(StorageError::backend)?;
+        Ok(table.get(id).map_err(StorageError::backend)?.is_some())
+    }
+
     /// Commits an empty transaction durably, so that every earlier non-durable commit is on disk.
     pub fn sync(&self) -> Result<(), StorageError> {
         let mut tx = self.begin_write()?;
@@ -157,6 +199,56 @@ impl Backend {
         tx.set_quick_repair(true);
         tx.commit().map_err(StorageError::backend)
     }
+}
+
+/// Writes every table as `tx` sees it into a new file at `path`: the state-machine snapshot sent
+/// to a follower that is too far behind for the log. Runs on any thread: `tx` is a consistent
+/// view, so the node keeps applying while the copy is made.
+pub fn export(tx: &redb::ReadTransaction, path: &Path) -> Result<(), StorageError> {
+    let _ = std::fs::remove_file(path);
+    let target = Database::create(path).map_err(|e| StorageError::open(path, e))?;
+    let mut out = target.begin_write().map_err(StorageError::backend)?;
+    copy_tables(tx, &out, false)?;
+    out.set_durability(redb::Durability::Immediate)
+        .map_err(StorageError::backend)?;
+    out.commit().map_err(StorageError::backend)
+}
+
+/// Copies every table from `from` into `to`, emptying `to`'s tables first when `replace`.
+fn copy_tables(
+    from: &redb::ReadTransaction,
+    to: &redb::WriteTransaction,
+    replace: bool,
+) -> Result<(), StorageError> {
+    fn copy<K: redb::Key + 'static, V: redb::Value + 'static>(
+        from: &redb::ReadTransaction,
+        to: &redb::WriteTransaction,
+        definition: TableDefinition<K, V>,
+        replace: bool,
+    ) -> Result<(), StorageError> {
+        if replace {
+            to.delete_table(definition).map_err(StorageError::backend)?;
+        }
+        let mut target = to.open_table(definition).map_err(StorageError::backend)?;
+        let source = match from.open_table(definition) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(error) => return Err(StorageError::backend(error)),
+        };
+        for entry in source.iter().map_err(StorageError::backend)? {
+            let (key, value) = entry.map_err(StorageError::backend)?;
+            target
+                .insert(key.value(), value.value())
+                .map_err(StorageError::backend)?;
+        }
+        Ok(())
+    }
+    copy(from, to, KEY, replace)?;
+    copy(from, to, META, replace)?;
+    copy(from, to, LEASE, replace)?;
+    copy(from, to, MEMBERS, replace)?;
+    copy(from, to, ALARM, replace)?;
+    copy(from, to, REMOVED, replace)
 }
 
 /// Opens the redb file and checks every page. redb reports some damage by panicking rather than
@@ -201,6 +293,33 @@ fn open_checked(path: &Path) -> Result<Database, StorageError> {
             ))
         }
     }
+}
+
+/// The record of member `id`, read inside a write transaction.
+pub fn member(tx: &redb::WriteTransaction, id: u64) -> Result<Option<MemberRecord>, StorageError> {
+    let table = tx.open_table(MEMBERS).map_err(StorageError::backend)?;
+    let Some(value) = table.get(id).map_err(StorageError::backend)? else {
+        return Ok(None);
+    };
+    MemberRecord::decode(value.value())
+        .map(Some)
+        .map_err(|e| StorageError::corrupt(format!("member {id:x}: {e}")))
+}
+
+pub fn put_member(tx: &redb::WriteTransaction, member: &MemberRecord) -> Result<(), StorageError> {
+    let mut table = tx.open_table(MEMBERS).map_err(StorageError::backend)?;
+    table
+        .insert(member.id, member.encode_to_vec().as_slice())
+        .map_err(StorageError::backend)?;
+    Ok(())
+}
+
+pub fn remove_member(tx: &redb::WriteTransaction, id: u64) -> Result<(), StorageError> {
+    let mut table = tx.open_table(MEMBERS).map_err(StorageError::backend)?;
+    table.remove(id).map_err(StorageError::backend)?;
+    let mut removed = tx.open_table(REMOVED).map_err(StorageError::backend)?;
+    removed.insert(id, ()).map_err(StorageError::backend)?;
+    Ok(())
 }
 
 /// Reads a `u64` meta value; absent means 0.

@@ -34,6 +34,20 @@ pub enum RequestError {
     InvalidSortOption,
     #[error("member not found")]
     MemberNotFound,
+    #[error("raft refused the configuration change")]
+    ConfChangeRefused,
+    #[error("member ID already exist")]
+    MemberExists,
+    #[error("re-configuration failed due to not enough started members")]
+    NotEnoughStarted,
+    #[error("too many learner members in cluster")]
+    TooManyLearners,
+    #[error("can only promote a learner member")]
+    MemberNotLearner,
+    #[error("can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("Peer URLs already exists")]
+    PeerUrlExists,
 }
 
 /// A failure of the disk or of a file's contents. The member cannot go on safely after one.

@@ -14,7 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use prost::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message};
+use raft::eraftpb::{
+    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType,
+    Message, Snapshot, SnapshotMetadata,
+};
 use raft::{RawNode, StateRole};
 use synod_api::etcdserverpb::LeaseRevokeRequest;
 use synod_api::synodpb::{InternalRequest, internal_request::Request};
@@ -63,6 +66,27 @@ pub struct Output {
     pub reads_ready: Vec<u64>,
     /// Read tokens that can no longer be served (leadership was lost); they should be retried.
     pub reads_failed: Vec<u64>,
+    /// A configuration change removed this member: it must stop serving.
+    pub removed: bool,
+    /// raft-rs wants a state-machine snapshot for a follower; the shell makes it (off the node
+    /// loop) and hands it back with [`Node::offer_snapshot`].
+    pub snapshot_job: Option<SnapshotJob>,
+}
+
+/// A consistent view of the state machine to be written out as a snapshot, and the Raft metadata
+/// that describes it.
+pub struct SnapshotJob {
+    pub view: redb::ReadTransaction,
+    pub metadata: SnapshotMetadata,
+}
+
+impl std::fmt::Debug for SnapshotJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotJob")
+            .field("index", &self.metadata.index)
+            .field("term", &self.metadata.term)
+            .finish()
+    }
 }
 
 /// Why a proposal was not accepted.
@@ -87,6 +111,8 @@ pub struct Node {
     /// Answered reads waiting for the applied index to reach their read index.
     reads_waiting: VecDeque<(u64, Vec<u64>)>,
     role: StateRole,
+    /// A [`SnapshotJob`] was handed out and its snapshot has not come back yet.
+    snapshot_in_progress: bool,
 }
 
 impl Node {
@@ -98,6 +124,32 @@ impl Node {
         logger: &slog::Logger,
     ) -> Result<Node, StorageError> {
         let applied = machine.applied_index();
+        let applied_term = machine.applied_term();
+        let log_behind = applied > log.last_index_now()
+            || (applied > log.snapshot_index()
+                && log
+                    .term_at(applied)
+                    .is_some_and(|term| term != applied_term));
+        if applied > 0 && log_behind {
+            // The state machine is at a snapshot point the log has not recorded: a new cluster's
+            // starting point, or a leader's snapshot installed just before a crash.
+            let conf_state = machine.recorded_conf_state()?.ok_or_else(|| {
+                StorageError::corrupt(format!(
+                    "the state machine is at index {applied}, beyond the raft log, and records no configuration"
+                ))
+            })?;
+            let mut metadata = SnapshotMetadata {
+                index: applied,
+                term: applied_term,
+                ..SnapshotMetadata::default()
+            };
+            metadata.set_conf_state(conf_state);
+            tracing::info!(
+                index = applied,
+                "recording the state machine's snapshot point in the raft log"
+            );
+            log.install_snapshot(&metadata)?;
+        }
         if applied < log.snapshot_index() {
             return Err(StorageError::corrupt(format!(
                 "the state machine has applied index {applied} but the raft log was compacted up to {}: \
@@ -135,6 +187,7 @@ impl Node {
             reads_in_flight: VecDeque::new(),
             reads_waiting: VecDeque::new(),
             role: StateRole::Follower,
+            snapshot_in_progress: false,
         };
         node.publish_status();
         Ok(node)
@@ -236,9 +289,10 @@ impl Node {
             self.on_role_change(soft.raft_state, out);
         }
         if !ready.snapshot().is_empty() {
-            return Err(StorageError::corrupt(
-                "received a raft snapshot; installing snapshots arrives with the peer transport",
-            ));
+            // The snapshot goes in before anything that follows it: state machine first (one
+            // durable transaction), then the log; a crash between the two is repaired at start.
+            let snapshot = ready.snapshot().clone();
+            self.install_snapshot(&snapshot)?;
         }
         let committed = ready.take_committed_entries();
         self.apply(&committed, out)?;
@@ -260,8 +314,133 @@ impl Node {
         self.raw.advance_apply();
         self.release_reads(out);
         self.compact_log()?;
+        if self.raw.mut_store().take_snapshot_request() && !self.snapshot_in_progress {
+            out.snapshot_job = Some(self.snapshot_job()?);
+            self.snapshot_in_progress = true;
+        }
         self.publish_status();
         Ok(())
+    }
+
+    fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        let metadata = snapshot.get_metadata();
+        let path = std::str::from_utf8(&snapshot.data)
+            .map_err(|_| StorageError::corrupt("a raft snapshot names no file"))?;
+        tracing::info!(
+            index = metadata.index,
+            term = metadata.term,
+            file = path,
+            "installing a state-machine snapshot from the leader"
+        );
+        self.machine
+            .install_snapshot(std::path::Path::new(path), metadata)?;
+        self.raw.mut_store().install_snapshot(metadata)?;
+        // Reads waiting for an index the snapshot covers can go now.
+        let _ = std::fs::remove_file(path);
+        Ok(())
+    }
+
+    /// A consistent view of the applied state and its Raft metadata, for a follower snapshot.
+    fn snapshot_job(&mut self) -> Result<SnapshotJob, StorageError> {
+        let view = self.machine.backend().begin_read()?;
+        let mut metadata = SnapshotMetadata {
+            index: self.machine.applied_index(),
+            term: self.machine.applied_term(),
+            ..SnapshotMetadata::default()
+        };
+        metadata.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
+        tracing::info!(
+            index = metadata.index,
+            "a follower needs a snapshot; writing one"
+        );
+        Ok(SnapshotJob { view, metadata })
+    }
+
+    /// Offers a snapshot written from a [`SnapshotJob`] (`data` names its file), or reports that
+    /// writing it failed (`None`), so a later request can try again.
+    pub fn offer_snapshot(&mut self, snapshot: Option<Snapshot>) {
+        self.snapshot_in_progress = false;
+        if let Some(snapshot) = snapshot {
+            // Requests made while this one was being written are answered by it.
+            self.raw.mut_store().take_snapshot_request();
+            self.raw.mut_store().set_available_snapshot(snapshot);
+        }
+    }
+
+    /// The newest snapshot offered to followers: its file must be kept until a newer one exists.
+    pub fn available_snapshot(&self) -> Option<&Snapshot> {
+        self.raw.store().available_snapshot()
+    }
+
+    /// Tells Raft that a message to `peer` could not be delivered.
+    pub fn report_unreachable(&mut self, peer: u64) {
+        self.raw.report_unreachable(peer);
+    }
+
+    /// Tells Raft how sending a snapshot to `peer` ended.
+    pub fn report_snapshot(&mut self, peer: u64, delivered: bool) {
+        let status = if delivered {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(peer, status);
+    }
+
+    /// Proposes one membership change; `context` travels with it to every member's apply.
+    pub fn propose_conf_change(
+        &mut self,
+        change_type: ConfChangeType,
+        node_id: u64,
+        context: Vec<u8>,
+    ) -> Result<(), ProposeError> {
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            return Err(ProposeError::NoLeader);
+        }
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(change_type);
+        single.node_id = node_id;
+        let mut change = ConfChangeV2::default();
+        change.set_changes(vec![single].into());
+        change.context = context.into();
+        self.raw
+            .propose_conf_change(Vec::new(), change)
+            .map_err(|_| ProposeError::Dropped)
+    }
+
+    /// Asks the leader to hand leadership to `peer`.
+    pub fn transfer_leader(&mut self, peer: u64) {
+        self.raw.transfer_leader(peer);
+    }
+
+    /// The current configuration: (voters, learners).
+    pub fn conf_state(&self) -> ConfState {
+        self.raw.raft.prs().conf().to_conf_state()
+    }
+
+    /// On the leader: the highest log index known to be replicated on `peer`, and the leader's own
+    /// last index. `None` on a follower or for an unknown peer.
+    pub fn replication(&self, peer: u64) -> Option<(u64, u64)> {
+        if self.role != StateRole::Leader {
+            return None;
+        }
+        let progress = self.raw.raft.prs().get(peer)?;
+        Some((progress.matched, self.raw.raft.raft_log.last_index()))
+    }
+
+    /// On the leader: peers that answered within the last election timeout (CheckQuorum's
+    /// record), including the leader itself.
+    pub fn recently_active(&self) -> Vec<u64> {
+        if self.role != StateRole::Leader {
+            return Vec::new();
+        }
+        self.raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, progress)| **id == self.config.id || progress.recent_active)
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     fn apply(&mut self, entries: &[Entry], out: &mut Output) -> Result<(), StorageError> {
@@ -269,30 +448,24 @@ impl Node {
             return Ok(());
         }
         let raw = &mut self.raw;
-        let mut conf_error = None;
         let applied = self.machine.apply(
             entries,
-            |entry| match apply_conf_change(raw, entry) {
-                Ok(state) => state,
-                Err(error) => {
-                    conf_error = Some(error);
-                    raw.raft.prs().conf().to_conf_state()
-                }
-            },
+            |entry| apply_conf_change(raw, entry),
             // A batch that changes the configuration commits durably: the log has already
             // recorded the new configuration, and replaying the change onto it would fail.
             entries
                 .iter()
                 .any(|e| e.get_entry_type() != EntryType::EntryNormal),
         )?;
-        if let Some(error) = conf_error {
-            return Err(error);
-        }
         if entries
             .iter()
             .any(|e| e.get_entry_type() != EntryType::EntryNormal)
         {
             let conf_state = self.raw.raft.prs().conf().to_conf_state();
+            let id = self.config.id;
+            if !conf_state.voters.contains(&id) && !conf_state.learners.contains(&id) {
+                out.removed = true;
+            }
             self.raw.mut_store().set_conf_state(conf_state)?;
         }
         out.applied.extend(applied.results);
@@ -390,16 +563,17 @@ impl Node {
     }
 }
 
-fn apply_conf_change(raw: &mut RawNode<RaftLog>, entry: &Entry) -> Result<ConfState, StorageError> {
+/// Applies a configuration-change entry to Raft. A change Raft refuses (or that does not decode)
+/// is refused the same way on every member and every replay, so it is skipped, not fatal.
+fn apply_conf_change(raw: &mut RawNode<RaftLog>, entry: &Entry) -> Result<ConfState, String> {
     let result = if entry.get_entry_type() == EntryType::EntryConfChange {
-        let change: ConfChange = protobuf::Message::parse_from_bytes(&entry.data)
-            .map_err(|e| StorageError::corrupt(format!("conf change at {}: {e}", entry.index)))?;
+        let change: ConfChange =
+            protobuf::Message::parse_from_bytes(&entry.data).map_err(|e| e.to_string())?;
         raw.apply_conf_change(&change)
     } else {
-        let change: ConfChangeV2 = protobuf::Message::parse_from_bytes(&entry.data)
-            .map_err(|e| StorageError::corrupt(format!("conf change at {}: {e}", entry.index)))?;
+        let change: ConfChangeV2 =
+            protobuf::Message::parse_from_bytes(&entry.data).map_err(|e| e.to_string())?;
         raw.apply_conf_change(&change)
     };
-    result
-        .map_err(|e| StorageError::corrupt(format!("applying conf change at {}: {e}", entry.index)))
+    result.map_err(|e| e.to_string())
 }

@@ -38,6 +38,11 @@ pub struct RaftLog {
     conf_state: ConfState,
     /// Where the log was last compacted: entries at or below `snapshot.index` are gone.
     snapshot: SnapshotMetadata,
+    /// The newest state-machine snapshot made for followers, if any.
+    available: Option<Snapshot>,
+    /// raft-rs asked for a snapshot that is not available yet (set from `Storage::snapshot`,
+    /// which takes `&self`).
+    requested: std::cell::Cell<bool>,
 }
 
 impl RaftLog {
@@ -63,6 +68,8 @@ impl RaftLog {
             hard_state,
             conf_state,
             snapshot,
+            available: None,
+            requested: std::cell::Cell::new(false),
         };
         log.check()?;
         log.verify_entries(dir)?;
@@ -239,6 +246,58 @@ impl RaftLog {
         Ok(())
     }
 
+    /// Replaces the whole log with a snapshot's point (a follower installing a snapshot from the
+    /// leader): every entry is dropped, and the compaction point, configuration and commit index
+    /// become the snapshot's, in one fsync'd batch.
+    pub fn install_snapshot(&mut self, metadata: &SnapshotMetadata) -> Result<(), StorageError> {
+        let mut hard_state = self.hard_state.clone();
+        hard_state.commit = hard_state.commit.max(metadata.index);
+        hard_state.term = hard_state.term.max(metadata.term);
+        let mut batch = LogBatch::default();
+        batch.add_command(REGION, raft_engine::Command::Clean);
+        batch
+            .put_message(REGION, KEY_HARD_STATE.to_vec(), &hard_state)
+            .map_err(StorageError::log)?;
+        batch
+            .put_message(REGION, KEY_CONF_STATE.to_vec(), metadata.get_conf_state())
+            .map_err(StorageError::log)?;
+        batch
+            .put_message(REGION, KEY_SNAPSHOT.to_vec(), metadata)
+            .map_err(StorageError::log)?;
+        self.engine
+            .write(&mut batch, true)
+            .map_err(StorageError::log)?;
+        self.hard_state = hard_state;
+        self.conf_state = metadata.get_conf_state().clone();
+        self.snapshot = metadata.clone();
+        Ok(())
+    }
+
+    /// Returns (and clears) whether raft-rs asked for a snapshot that is not available.
+    pub fn take_snapshot_request(&mut self) -> bool {
+        self.requested.replace(false)
+    }
+
+    /// Offers a state-machine snapshot for raft-rs to send to followers.
+    pub fn set_available_snapshot(&mut self, snapshot: Snapshot) {
+        self.available = Some(snapshot);
+    }
+
+    /// The newest snapshot offered to followers, if any.
+    pub fn available_snapshot(&self) -> Option<&Snapshot> {
+        self.available.as_ref()
+    }
+
+    /// The term of the entry at `index`, if the log still holds it (or it is the compaction point).
+    pub fn term_at(&self, index: u64) -> Option<u64> {
+        self.term(index).ok()
+    }
+
+    /// The index of the last entry (or the compaction point of an empty log).
+    pub fn last_index_now(&self) -> u64 {
+        self.last()
+    }
+
     pub fn hard_state(&self) -> &HardState {
         &self.hard_state
     }
@@ -397,9 +456,18 @@ impl Storage for RaftLog {
         Ok(self.last())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Sending the state machine to a lagging follower arrives with the peer transport; a
-        // single member never asks for a snapshot.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // A snapshot is usable while the log still holds every entry after it (so the follower
+        // can continue from it by appends) and it is as new as the follower asked for.
+        if let Some(snapshot) = &self.available {
+            let index = snapshot.get_metadata().index;
+            if index >= self.snapshot.index && index >= request_index {
+                return Ok(snapshot.clone());
+            }
+        }
+        // Making one takes a copy of the state machine; the node does that outside raft-rs and
+        // raft-rs asks again on the follower's next response.
+        self.requested.set(true);
         Err(raft::Error::Store(
             raft::StorageError::SnapshotTemporarilyUnavailable,
         ))

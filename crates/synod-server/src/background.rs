@@ -6,17 +6,53 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use synod_api::etcdserverpb::CompactionRequest;
+use synod_api::synodpb::MemberRecord;
 use synod_api::synodpb::internal_request::Request;
 
 use crate::config::AutoCompaction;
 use crate::error::ServerError;
 use crate::member::Member;
 
+/// Publishes this member's name and client URLs to the cluster through Raft, so every member
+/// can list them (etcd's `publish`); retried until it lands.
+async fn publish(member: Arc<Member>) {
+    let attributes = MemberRecord {
+        id: member.member_id,
+        name: member.config.name.clone(),
+        client_urls: member.config.advertise_client_urls.clone(),
+        ..MemberRecord::default()
+    };
+    while !member.is_stopped() {
+        let published = member.members().ok().and_then(|all| {
+            all.into_iter()
+                .find(|m| m.id == member.member_id)
+                .map(|m| m.name == attributes.name && m.client_urls == attributes.client_urls)
+        });
+        if published == Some(true) {
+            return;
+        }
+        if published.is_some() {
+            match member
+                .propose(Request::MemberAttributes(attributes.clone()))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(client_urls = ?attributes.client_urls, "published this member's attributes to the cluster");
+                    return;
+                }
+                Err(error) => tracing::debug!(%error, "publishing member attributes; will retry"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// How often unsynced watchers are caught up (etcd: 100 ms).
 const WATCH_SYNC_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Spawns the member's periodic tasks on the current runtime.
 pub fn spawn(member: Arc<Member>) {
+    tokio::spawn(publish(member.clone()));
     let watch_member = member.clone();
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(WATCH_SYNC_INTERVAL);

@@ -22,6 +22,10 @@ pub enum ServerError {
     RequestTooLarge,
     #[error("storage failure")]
     Storage,
+    #[error("not leader")]
+    NotLeader,
+    #[error("bad leader transferee")]
+    BadLeaderTransferee,
 }
 
 impl From<synod_core::Error> for ServerError {
@@ -57,6 +61,13 @@ pub fn request_wire_error(error: RequestError) -> WireError {
         RequestError::EmptyKey => errors::EMPTY_KEY,
         RequestError::InvalidSortOption => errors::INVALID_SORT_OPTION,
         RequestError::MemberNotFound => errors::MEMBER_NOT_FOUND,
+        RequestError::ConfChangeRefused => errors::UNHEALTHY,
+        RequestError::MemberExists => errors::MEMBER_EXIST,
+        RequestError::NotEnoughStarted => errors::MEMBER_NOT_ENOUGH_STARTED,
+        RequestError::TooManyLearners => errors::TOO_MANY_LEARNERS,
+        RequestError::MemberNotLearner => errors::MEMBER_NOT_LEARNER,
+        RequestError::LearnerNotReady => errors::LEARNER_NOT_READY,
+        RequestError::PeerUrlExists => errors::PEER_URL_EXIST,
     }
 }
 
@@ -72,6 +83,8 @@ impl ServerError {
             ServerError::TooManyRequests => errors::TOO_MANY_REQUESTS,
             ServerError::RequestTooLarge => errors::REQUEST_TOO_LARGE,
             ServerError::Storage => errors::CORRUPT,
+            ServerError::NotLeader => errors::NOT_LEADER,
+            ServerError::BadLeaderTransferee => errors::BAD_LEADER_TRANSFEREE,
         }
     }
 }

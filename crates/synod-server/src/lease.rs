@@ -3,9 +3,9 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use futures::{Stream, StreamExt};
-use synod_api::errors;
 use synod_api::etcdserverpb::lease_server::Lease;
 use synod_api::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
@@ -51,9 +51,15 @@ impl LeaseService {
                 let ttl = match member.lessor.renew(request.id) {
                     Ok(ttl) => ttl,
                     Err(RenewError::NotFound) => 0,
+                    // Only the leader keeps deadlines: a follower forwards the renewal.
                     Err(RenewError::NotPrimary) => {
-                        let _ = output.send(Err(errors::NOT_LEADER.status())).await;
-                        break;
+                        match crate::peer::forward_renew(&member, request.id).await {
+                            Ok(ttl) => ttl,
+                            Err(status) => {
+                                let _ = output.send(Err(status)).await;
+                                break;
+                            }
+                        }
                     }
                 };
                 let response = LeaseKeepAliveResponse {
@@ -67,6 +73,26 @@ impl LeaseService {
             }
         });
         ReceiverStream::new(receiver)
+    }
+}
+
+/// The leader's answer to `LeaseTimeToLive` (a missing lease is TTL -1, not an error, as in etcd).
+pub fn time_to_live(member: &Member, request: &LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse {
+    let header = Some(member.header(member.store.current_revision()));
+    match member.lessor.info(request.id) {
+        Some(info) => LeaseTimeToLiveResponse {
+            header,
+            id: request.id,
+            ttl: info.remaining_seconds,
+            granted_ttl: info.granted_ttl_seconds,
+            keys: if request.keys { info.keys } else { Vec::new() },
+        },
+        None => LeaseTimeToLiveResponse {
+            header,
+            id: request.id,
+            ttl: -1,
+            ..LeaseTimeToLiveResponse::default()
+        },
     }
 }
 
@@ -125,23 +151,15 @@ impl Lease for LeaseService {
         request: tonic::Request<LeaseTimeToLiveRequest>,
     ) -> Result<tonic::Response<LeaseTimeToLiveResponse>, Status> {
         let request = request.into_inner();
-        self.member.read_barrier().await?;
-        let header = Some(self.member.header(self.member.store.current_revision()));
-        let response = match self.member.lessor.info(request.id) {
-            Some(info) => LeaseTimeToLiveResponse {
-                header,
-                id: request.id,
-                ttl: info.remaining_seconds,
-                granted_ttl: info.granted_ttl_seconds,
-                keys: if request.keys { info.keys } else { Vec::new() },
-            },
-            // etcd reports a missing lease as TTL -1, not as an error.
-            None => LeaseTimeToLiveResponse {
-                header,
-                id: request.id,
-                ttl: -1,
-                ..LeaseTimeToLiveResponse::default()
-            },
+        let response = if self.member.status.is_leader.load(Ordering::Relaxed) {
+            self.member.read_barrier().await?;
+            time_to_live(&self.member, &request)
+        } else {
+            // Remaining TTLs exist only on the leader.
+            let mut response = crate::peer::forward_time_to_live(&self.member, request).await?;
+            let revision = response.header.as_ref().map(|h| h.revision).unwrap_or(0);
+            response.header = Some(self.member.header(revision));
+            response
         };
         Ok(tonic::Response::new(response))
     }

@@ -21,6 +21,7 @@ pub mod kv;
 pub mod lease;
 pub mod maintenance;
 pub mod member;
+pub mod peer;
 pub mod recipes;
 pub mod validate;
 pub mod watch;
@@ -98,7 +99,9 @@ pub async fn run(
             .with_context(|| format!("listening for peers on {address}"))?;
         peer_listeners.push(listener);
     }
-    let (member, node_loop) = Member::open(config.clone()).context("opening the member")?;
+    let (member, node_loop) = Member::open(config.clone())
+        .await
+        .context("opening the member")?;
     let node_thread = std::thread::Builder::new()
         .name("synod-node".to_owned())
         .spawn(move || node_loop.run())?;
@@ -126,11 +129,21 @@ pub async fn run(
         }));
     }
     for listener in peer_listeners {
-        // Peers will speak Raft here; for now the port is held and answers /version, as etcd's
-        // peer port does.
-        let router = http::router(member.clone());
+        // Raft between members (the `synodpb.Peer` service), and `/version` as on etcd's port.
+        let router = tonic::service::Routes::new(
+            synod_api::synodpb::peer_server::PeerServer::new(peer::PeerService::new(
+                member.clone(),
+            ))
+            .max_decoding_message_size(peer::PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(peer::PEER_MESSAGE_BYTES_MAX),
+        )
+        .into_axum_router()
+        .merge(http::router(member.clone()));
         let mut stop = stop_receiver.clone();
         tracing::info!(address = %listener.local_addr()?, "listening for peers");
+        let listener = listener.tap_io(|stream| {
+            let _ = stream.set_nodelay(true);
+        });
         servers.push(tokio::spawn(async move {
             axum::serve(listener, router)
                 .with_graceful_shutdown(async move {

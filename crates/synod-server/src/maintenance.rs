@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use futures::Stream;
 use sha2::Digest;
 use synod_api::errors;
+use synod_api::etcdserverpb::cluster_client::ClusterClient;
 use synod_api::etcdserverpb::cluster_server::Cluster;
 use synod_api::etcdserverpb::maintenance_server::Maintenance;
 use synod_api::etcdserverpb::{
@@ -18,6 +19,7 @@ use synod_api::etcdserverpb::{
     MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse, MoveLeaderRequest,
     MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
+use synod_api::synodpb::MemberRecord;
 use synod_api::synodpb::internal_request::Request;
 use synod_core::apply::Response;
 use tokio::io::AsyncReadExt;
@@ -26,7 +28,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::error::ServerError;
-use crate::member::{ETCD_API_VERSION, Member, unexpected};
+use crate::member::{ETCD_API_VERSION, Member, MemberChangeKind, unexpected};
 
 /// Bytes per snapshot message (etcd sends 32 KiB chunks).
 const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
@@ -71,7 +73,10 @@ pub fn status(member: &Member) -> StatusResponse {
         raft_applied_index: member.status.applied_index.load(Ordering::Relaxed),
         errors: alarm_errors(member),
         db_size_in_use: size,
-        is_learner: false,
+        is_learner: member
+            .members()
+            .map(|all| all.iter().any(|m| m.id == member.member_id && m.is_learner))
+            .unwrap_or(false),
         storage_version: ETCD_API_VERSION.to_owned(),
         db_size_quota: member.config.quota_backend_bytes as i64,
         downgrade_info: None,
@@ -220,13 +225,21 @@ impl Maintenance for MaintenanceService {
         request: tonic::Request<MoveLeaderRequest>,
     ) -> Result<tonic::Response<MoveLeaderResponse>, Status> {
         let target = request.into_inner().target_id;
-        if !self.member.status.is_leader.load(Ordering::Relaxed) {
+        if !is_leader(&self.member) {
             return Err(errors::NOT_LEADER.status());
         }
         if target != self.member.member_id {
-            return Err(errors::BAD_LEADER_TRANSFEREE.status());
+            self.member.transfer_leader(target).await?;
+            // etcd answers once the transferee leads, or fails after a bounded wait.
+            let deadline = tokio::time::Instant::now()
+                + std::time::Duration::from_millis(3 * self.member.config.election_ms);
+            while self.member.status.leader_id.load(Ordering::Relaxed) != target {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(errors::TIMEOUT.status());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
         }
-        // The only voter is already the leader.
         Ok(tonic::Response::new(MoveLeaderResponse {
             header: Some(self.member.header(self.member.store.current_revision())),
         }))
@@ -254,43 +267,178 @@ impl ClusterService {
 
 /// Every member as etcd's `Member` message.
 pub fn member_list(member: &Member) -> Result<Vec<WireMember>, ServerError> {
-    Ok(member
-        .members()?
-        .into_iter()
-        .map(|record| WireMember {
-            id: record.id,
-            name: record.name,
-            peer_ur_ls: record.peer_urls,
-            client_ur_ls: record.client_urls,
-            is_learner: record.is_learner,
-        })
-        .collect())
+    Ok(member.members()?.into_iter().map(wire_member).collect())
 }
 
-const NO_PEER_TRANSPORT: &str =
-    "synod: membership changes need the peer transport, which this build does not have yet";
+/// A client for the leader's Cluster service, for membership changes asked of a follower (only
+/// the leader can check them against the cluster's health, as etcd forwards them too).
+async fn leader_cluster_client(
+    member: &Member,
+) -> Result<ClusterClient<tonic::transport::Channel>, Status> {
+    let leader = member.status.leader_id.load(Ordering::Relaxed);
+    let record = member
+        .members()
+        .map_err(ServerError::from)?
+        .into_iter()
+        .find(|m| m.id == leader)
+        .ok_or_else(|| errors::NO_LEADER.status())?;
+    let url = record
+        .client_urls
+        .first()
+        .ok_or_else(|| errors::NO_LEADER.status())?
+        .clone();
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .map_err(|_| errors::NO_LEADER.status())?
+        .connect_timeout(std::time::Duration::from_secs(1))
+        .connect()
+        .await
+        .map_err(|_| errors::NO_LEADER.status())?;
+    Ok(ClusterClient::new(channel))
+}
+
+fn is_leader(member: &Member) -> bool {
+    member.status.is_leader.load(Ordering::Relaxed)
+}
+
+/// Checks peer URLs as etcd does: absolute http(s) URLs with a host and a port.
+fn check_peer_urls(urls: &[String]) -> Result<(), Status> {
+    let valid = |url: &String| {
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        rest.is_some_and(|rest| {
+            let host_port = rest.trim_end_matches('/');
+            !host_port.contains('/')
+                && host_port
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        })
+    };
+    if urls.is_empty() || !urls.iter().all(valid) {
+        return Err(errors::MEMBER_BAD_URLS.status());
+    }
+    Ok(())
+}
+
+/// A new member's id: etcd hashes the peer URLs, the cluster and the time of the request.
+fn new_member_id(urls: &[String], cluster_id: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let id = crate::member::member_id(urls, &format!("{cluster_id:x}-{nanos}"));
+    id.max(1)
+}
+
+impl ClusterService {
+    fn members_now(&self) -> Result<Vec<WireMember>, Status> {
+        Ok(member_list(&self.member)?)
+    }
+
+    fn header(&self) -> Option<synod_api::etcdserverpb::ResponseHeader> {
+        Some(self.member.header(self.member.store.current_revision()))
+    }
+}
+
+fn wire_member(record: MemberRecord) -> WireMember {
+    WireMember {
+        id: record.id,
+        name: record.name,
+        peer_ur_ls: record.peer_urls,
+        client_ur_ls: record.client_urls,
+        is_learner: record.is_learner,
+    }
+}
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _request: tonic::Request<MemberAddRequest>,
+        request: tonic::Request<MemberAddRequest>,
     ) -> Result<tonic::Response<MemberAddResponse>, Status> {
-        Err(Status::unimplemented(NO_PEER_TRANSPORT))
+        let request = request.into_inner();
+        if !is_leader(&self.member) {
+            let mut leader = leader_cluster_client(&self.member).await?;
+            return leader.member_add(request).await;
+        }
+        check_peer_urls(&request.peer_ur_ls)?;
+        let members = self.member.members().map_err(ServerError::from)?;
+        if members
+            .iter()
+            .any(|m| m.peer_urls.iter().any(|u| request.peer_ur_ls.contains(u)))
+        {
+            return Err(errors::PEER_URL_EXIST.status());
+        }
+        let record = MemberRecord {
+            id: new_member_id(&request.peer_ur_ls, self.member.cluster_id),
+            name: String::new(),
+            peer_urls: request.peer_ur_ls.clone(),
+            client_urls: Vec::new(),
+            is_learner: request.is_learner,
+        };
+        let kind = if request.is_learner {
+            MemberChangeKind::AddLearner
+        } else {
+            MemberChangeKind::AddVoter
+        };
+        let added = match self.member.change_member(kind, record).await? {
+            Response::Member(record) => record,
+            other => return Err(unexpected(&other).into()),
+        };
+        Ok(tonic::Response::new(MemberAddResponse {
+            header: self.header(),
+            member: Some(wire_member(added)),
+            members: self.members_now()?,
+        }))
     }
 
     async fn member_remove(
         &self,
-        _request: tonic::Request<MemberRemoveRequest>,
+        request: tonic::Request<MemberRemoveRequest>,
     ) -> Result<tonic::Response<MemberRemoveResponse>, Status> {
-        Err(Status::unimplemented(NO_PEER_TRANSPORT))
+        let request = request.into_inner();
+        if !is_leader(&self.member) {
+            let mut leader = leader_cluster_client(&self.member).await?;
+            return leader.member_remove(request).await;
+        }
+        let record = MemberRecord {
+            id: request.id,
+            ..MemberRecord::default()
+        };
+        self.member
+            .change_member(MemberChangeKind::Remove, record)
+            .await?;
+        Ok(tonic::Response::new(MemberRemoveResponse {
+            header: self.header(),
+            members: self.members_now()?,
+        }))
     }
 
     async fn member_update(
         &self,
-        _request: tonic::Request<MemberUpdateRequest>,
+        request: tonic::Request<MemberUpdateRequest>,
     ) -> Result<tonic::Response<MemberUpdateResponse>, Status> {
-        Err(Status::unimplemented(NO_PEER_TRANSPORT))
+        let request = request.into_inner();
+        check_peer_urls(&request.peer_ur_ls)?;
+        let members = self.member.members().map_err(ServerError::from)?;
+        if members.iter().any(|m| {
+            m.id != request.id && m.peer_urls.iter().any(|u| request.peer_ur_ls.contains(u))
+        }) {
+            return Err(errors::PEER_URL_EXIST.status());
+        }
+        let update = MemberRecord {
+            id: request.id,
+            peer_urls: request.peer_ur_ls,
+            ..MemberRecord::default()
+        };
+        match self.member.propose(Request::MemberUpdate(update)).await? {
+            Response::Member(_) => {}
+            other => return Err(unexpected(&other).into()),
+        }
+        Ok(tonic::Response::new(MemberUpdateResponse {
+            header: self.header(),
+            members: self.members_now()?,
+        }))
     }
 
     async fn member_list(
@@ -309,8 +457,23 @@ impl Cluster for ClusterService {
 
     async fn member_promote(
         &self,
-        _request: tonic::Request<MemberPromoteRequest>,
+        request: tonic::Request<MemberPromoteRequest>,
     ) -> Result<tonic::Response<MemberPromoteResponse>, Status> {
-        Err(Status::unimplemented(NO_PEER_TRANSPORT))
+        let request = request.into_inner();
+        if !is_leader(&self.member) {
+            let mut leader = leader_cluster_client(&self.member).await?;
+            return leader.member_promote(request).await;
+        }
+        let record = MemberRecord {
+            id: request.id,
+            ..MemberRecord::default()
+        };
+        self.member
+            .change_member(MemberChangeKind::Promote, record)
+            .await?;
+        Ok(tonic::Response::new(MemberPromoteResponse {
+            header: self.header(),
+            members: self.members_now()?,
+        }))
     }
 }

@@ -13,16 +13,16 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use prost::Message;
-use raft::eraftpb::ConfState;
+use prost::Message as _;
+use raft::eraftpb::{ConfChangeType, ConfState, Message, Snapshot};
 use sha1::Digest;
 use synod_api::etcdserverpb::{AlarmType, ResponseHeader};
-use synod_api::synodpb::{InternalRequest, MemberRecord, internal_request::Request};
+use synod_api::synodpb::{InternalRequest, MemberChange, MemberRecord, internal_request::Request};
 use synod_core::apply::{Alarms, Response, StateMachine};
 use synod_core::backend::Backend;
 use synod_core::lease::Lessor;
 use synod_core::mvcc::kv_store::KvStore;
-use synod_core::node::{Node, NodeConfig, NodeStatus, Output};
+use synod_core::node::{Node, NodeConfig, NodeStatus, Output, SnapshotJob};
 use synod_core::raft_log::RaftLog;
 use synod_core::watch::WatchHub;
 use synod_core::{RequestError, StorageError};
@@ -30,6 +30,7 @@ use tokio::sync::oneshot;
 
 use crate::config::Config;
 use crate::error::ServerError;
+use crate::peer::Transport;
 
 /// Commands queued for the node loop before it refuses more ("too many requests").
 const COMMAND_QUEUE_MAX: usize = 16 * 1024;
@@ -59,7 +60,37 @@ pub enum Command {
     Defragment {
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// A Raft message from a peer.
+    Step(Message),
+    /// A peer could not be reached.
+    Unreachable(u64),
+    /// How sending a snapshot to a peer ended.
+    SnapshotStatus(u64, bool),
+    /// A snapshot asked for by Raft was written (or writing it failed).
+    SnapshotReady(Option<Snapshot>),
+    /// A membership change, checked against the cluster's health before it is proposed.
+    ConfChange {
+        id: u64,
+        change: MemberChangeKind,
+        member: MemberRecord,
+    },
+    /// A peer says this member was removed from the cluster.
+    Removed,
+    /// Hand leadership to a member.
+    TransferLeader {
+        to: u64,
+        reply: oneshot::Sender<Result<(), ServerError>>,
+    },
     Shutdown,
+}
+
+/// A membership change a client asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChangeKind {
+    AddVoter,
+    AddLearner,
+    Promote,
+    Remove,
 }
 
 /// Waiters for proposals and reads, shared by handlers and the node loop.
@@ -106,6 +137,7 @@ pub struct Member {
     next_id: AtomicU64,
     stopped: AtomicBool,
     request_timeout: Duration,
+    transport: Arc<Transport>,
 }
 
 /// The node loop, ready to run on its own thread.
@@ -116,6 +148,8 @@ pub struct NodeLoop {
     tick: Duration,
     data_dir: PathBuf,
     snapshots_taken: u64,
+    transport: Arc<Transport>,
+    commands_back: SyncSender<Command>,
 }
 
 /// etcd's member id: SHA-1 of the sorted peer URLs and the cluster token, first 8 bytes.
@@ -187,17 +221,24 @@ impl slog::Drain for TracingDrain {
 impl Member {
     /// Opens (or bootstraps) the member in `config.data_dir`. Returns the member and its node
     /// loop, which the caller runs on a thread of its own with [`NodeLoop::run`].
-    pub fn open(config: Config) -> Result<(Arc<Member>, NodeLoop), StartError> {
+    pub async fn open(config: Config) -> Result<(Arc<Member>, NodeLoop), StartError> {
         let member_dir = config.data_dir.join("member");
         std::fs::create_dir_all(member_dir.join("snap"))
             .map_err(|e| StartError::Config(format!("creating {}: {e}", member_dir.display())))?;
         let backend = Arc::new(Backend::open(&member_dir.join("db"))?);
-        let mut log = RaftLog::open(&member_dir.join("raft"))?;
-        let (member_id, cluster_id) = if log.is_new() {
-            bootstrap(&config, &backend, &mut log)?
-        } else {
-            read_identity(&backend)?
+        let log = RaftLog::open(&member_dir.join("raft"))?;
+        let (member_id, cluster_id) = match backend.identity()? {
+            (0, _) if !log.is_new() => {
+                return Err(StorageError::corrupt(
+                    "the raft log exists but the state-machine file has no member or cluster id (was member/db replaced?)",
+                )
+                .into());
+            }
+            (0, _) if config.initial_cluster_new => bootstrap(&config, &backend)?,
+            (0, _) => join(&config, &backend).await?,
+            identity => identity,
         };
+        remove_stale_snapshots(&member_dir.join("snap"));
         let tick_ms = config.heartbeat_ms;
         let machine = StateMachine::open(
             backend.clone(),
@@ -226,7 +267,23 @@ impl Member {
             revision = store.current_revision(),
             "member opened"
         );
+        let conf = node.conf_state();
+        let listed = conf.voters.contains(&member_id) || conf.learners.contains(&member_id);
+        let joining = conf.voters.is_empty() && conf.learners.is_empty();
+        if !listed && !joining {
+            return Err(StartError::Config(format!(
+                "member {member_id:x} has been removed from the cluster; it cannot serve again \
+                 (add it anew with `member add` and an empty data directory)"
+            )));
+        }
         let (sender, receiver) = std::sync::mpsc::sync_channel(COMMAND_QUEUE_MAX);
+        let transport = Transport::new(
+            cluster_id,
+            member_id,
+            backend.clone(),
+            sender.clone(),
+            tokio::runtime::Handle::current(),
+        );
         let waiters = Arc::new(Waiters::default());
         let request_timeout =
             Duration::from_secs(5) + Duration::from_millis(2 * config.election_ms);
@@ -239,8 +296,9 @@ impl Member {
             hub,
             alarms,
             backend,
-            commands: sender,
+            commands: sender.clone(),
             waiters: waiters.clone(),
+            transport: transport.clone(),
             next_id: AtomicU64::new(first_request_id(member_id)),
             stopped: AtomicBool::new(false),
             request_timeout,
@@ -253,6 +311,8 @@ impl Member {
             tick: Duration::from_millis(config.heartbeat_ms),
             data_dir: config.data_dir.clone(),
             snapshots_taken: 0,
+            transport,
+            commands_back: sender,
         };
         Ok((member, node_loop))
     }
@@ -310,14 +370,7 @@ impl Member {
             lock(&self.waiters.proposals).remove(&id);
             return Err(error);
         }
-        match tokio::time::timeout(self.request_timeout, receiver).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(ServerError::Stopped),
-            Err(_) => {
-                lock(&self.waiters.proposals).remove(&id);
-                Err(ServerError::Timeout)
-            }
-        }
+        self.wait_proposal(id, receiver).await
     }
 
     /// Waits until this member has applied everything committed when the call began, as
@@ -363,6 +416,56 @@ impl Member {
         Err(RequestError::NoSpace.into())
     }
 
+    /// Hands a peer's Raft message to the node loop; dropped when the loop is saturated (Raft
+    /// treats it as lost and sends again).
+    pub fn step(&self, message: Message) {
+        let _ = self.commands.try_send(Command::Step(message));
+    }
+
+    pub fn transport(&self) -> &Arc<Transport> {
+        &self.transport
+    }
+
+    /// Proposes a membership change and waits until it is applied here. The node loop refuses it
+    /// first if it would leave the cluster without a working quorum (etcd's strict reconfig
+    /// check) or, for a promotion, if the learner has not caught up.
+    pub async fn change_member(
+        &self,
+        change: MemberChangeKind,
+        member: MemberRecord,
+    ) -> Result<Response, ServerError> {
+        let id = self.next_id();
+        let (sender, receiver) = oneshot::channel();
+        lock(&self.waiters.proposals).insert(id, sender);
+        if let Err(error) = self.send(Command::ConfChange { id, change, member }) {
+            lock(&self.waiters.proposals).remove(&id);
+            return Err(error);
+        }
+        self.wait_proposal(id, receiver).await
+    }
+
+    async fn wait_proposal(
+        &self,
+        id: u64,
+        receiver: oneshot::Receiver<Result<Response, ServerError>>,
+    ) -> Result<Response, ServerError> {
+        match tokio::time::timeout(self.request_timeout, receiver).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(ServerError::Stopped),
+            Err(_) => {
+                lock(&self.waiters.proposals).remove(&id);
+                Err(ServerError::Timeout)
+            }
+        }
+    }
+
+    /// Asks the leader (this member) to hand leadership to `to`.
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), ServerError> {
+        let (reply, receiver) = oneshot::channel();
+        self.send(Command::TransferLeader { to, reply })?;
+        receiver.await.map_err(|_| ServerError::Stopped)?
+    }
+
     /// Asks the node loop for a consistent copy of the state-machine file.
     pub async fn snapshot_file(&self) -> Result<PathBuf, String> {
         let (reply, receiver) = oneshot::channel();
@@ -405,16 +508,11 @@ fn first_request_id(member_id: u64) -> u64 {
     ((member_id & 0xFFFF) << 48) | ((millis & 0xFF_FFFF_FFFF) << 8)
 }
 
-fn bootstrap(
-    config: &Config,
-    backend: &Backend,
-    log: &mut RaftLog,
-) -> Result<(u64, u64), StartError> {
-    if !config.initial_cluster_new {
-        return Err(StartError::Config(
-            "--initial-cluster-state existing needs the peer transport, which this build does not have yet".to_owned(),
-        ));
-    }
+/// Bootstraps a member of a new cluster: every initial member's id comes from its peer URLs and
+/// the cluster token, so all of them agree without talking. The state machine starts at index 1
+/// (the initial configuration), as if installed from a snapshot; a member that joins later
+/// therefore always catches up by snapshot, which carries the configuration.
+fn bootstrap(config: &Config, backend: &Backend) -> Result<(u64, u64), StartError> {
     let members: Vec<MemberRecord> = config
         .initial_cluster
         .iter()
@@ -432,7 +530,7 @@ fn bootstrap(
             config.name
         )));
     };
-    let mut this = this.clone();
+    let this = this.clone();
     let mut own_urls = config.advertise_peer_urls.clone();
     let mut listed = this.peer_urls.clone();
     own_urls.sort();
@@ -443,44 +541,75 @@ fn bootstrap(
             this.peer_urls, config.name, config.advertise_peer_urls
         )));
     }
-    if members.len() > 1 {
+    let mut ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+    ids.sort_unstable();
+    if ids.windows(2).any(|pair| pair[0] == pair[1]) {
         return Err(StartError::Config(
-            "a cluster of more than one member needs the peer transport, which this build does not have yet".to_owned(),
+            "--initial-cluster lists the same peer URLs twice".to_owned(),
         ));
     }
-    this.client_urls = config.advertise_client_urls.clone();
-    let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+    // Client URLs are published through Raft once the member serves (see `background`), so
+    // every member learns every member's, not only its own.
     let cluster = cluster_id(&ids);
-    // The state machine learns the identity first: if we crash before the log records the
-    // configuration, the next start bootstraps again and writes the same values.
-    let records: Vec<MemberRecord> = members
-        .iter()
-        .map(|member| {
-            if member.id == this.id {
-                this.clone()
-            } else {
-                member.clone()
-            }
-        })
-        .collect();
-    backend.write_bootstrap(cluster, this.id, &records)?;
-    log.bootstrap(ConfState {
+    let records = members.clone();
+    let conf_state = ConfState {
         voters: ids,
         ..ConfState::default()
-    })?;
-    tracing::info!(member_id = %format!("{:x}", this.id), cluster_id = %format!("{cluster:x}"), "bootstrapped a new cluster");
+    };
+    let conf_bytes = protobuf::Message::write_to_bytes(&conf_state)
+        .map_err(|e| StartError::Config(format!("encoding the configuration: {e}")))?;
+    // The raft log records the same point when the node opens (it finishes an install that the
+    // log has not recorded), so a crash anywhere here is safe to repeat.
+    backend.write_bootstrap(cluster, this.id, &records, Some(&conf_bytes))?;
+    tracing::info!(member_id = %format!("{:x}", this.id), cluster_id = %format!("{cluster:x}"), members = members.len(), "bootstrapped a new cluster");
     Ok((this.id, cluster))
 }
 
-fn read_identity(backend: &Backend) -> Result<(u64, u64), StartError> {
-    let (member, cluster) = backend.identity()?;
-    if member == 0 || cluster == 0 {
-        return Err(StorageError::corrupt(
-            "the raft log exists but the state-machine file has no member or cluster id (was member/db replaced?)",
-        )
-        .into());
+/// Joins an existing cluster (`--initial-cluster-state existing`): asks the other members listed
+/// in `--initial-cluster` who the cluster is and finds this member (already added with
+/// `member add`) by its peer URLs. The log starts empty; the leader sends a snapshot.
+async fn join(config: &Config, backend: &Backend) -> Result<(u64, u64), StartError> {
+    let mut own_urls = config.advertise_peer_urls.clone();
+    own_urls.sort();
+    let others: Vec<String> = config
+        .initial_cluster
+        .iter()
+        .flat_map(|(_, urls)| urls.iter().cloned())
+        .filter(|url| !own_urls.contains(url))
+        .collect();
+    let cluster = crate::peer::fetch_cluster(&others).await.map_err(|error| {
+        StartError::Config(format!(
+            "--initial-cluster-state existing: cannot reach the cluster ({error})"
+        ))
+    })?;
+    let Some(this) = cluster
+        .members
+        .iter()
+        .find(|m| {
+            let mut urls = m.peer_urls.clone();
+            urls.sort();
+            urls == own_urls
+        })
+        .cloned()
+    else {
+        return Err(StartError::Config(format!(
+            "the cluster has no member with peer URLs {own_urls:?}: add it first (`synod member add {} --peer-urls ...`)",
+            config.name
+        )));
+    };
+    backend.write_bootstrap(cluster.cluster_id, this.id, &cluster.members, None)?;
+    tracing::info!(member_id = %format!("{:x}", this.id), cluster_id = %format!("{:x}", cluster.cluster_id), "joining an existing cluster");
+    Ok((this.id, cluster.cluster_id))
+}
+
+/// Snapshot files left by an earlier run (sent or received) are never needed again.
+fn remove_stale_snapshots(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let _ = std::fs::remove_file(entry.path());
     }
-    Ok((member, cluster))
 }
 
 impl NodeLoop {
@@ -517,6 +646,7 @@ impl NodeLoop {
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             let mut shutdown = false;
+            let mut removed = false;
             let mut handled = 0;
             let mut proposed_bytes = 0;
             let mut next = first;
@@ -541,6 +671,25 @@ impl NodeLoop {
                     Command::Defragment { reply } => {
                         let _ = reply.send(self.defragment());
                     }
+                    Command::Step(message) => {
+                        if let Err(error) = self.node.step(message) {
+                            tracing::debug!(%error, "raft refused a peer message");
+                        }
+                    }
+                    Command::Unreachable(peer) => self.node.report_unreachable(peer),
+                    Command::SnapshotStatus(peer, delivered) => {
+                        self.node.report_snapshot(peer, delivered)
+                    }
+                    Command::SnapshotReady(snapshot) => self.offer_snapshot(snapshot),
+                    Command::ConfChange { id, change, member } => {
+                        if let Err(error) = self.propose_member_change(id, change, member) {
+                            self.waiters.finish_proposal(id, Err(error));
+                        }
+                    }
+                    Command::TransferLeader { to, reply } => {
+                        let _ = reply.send(self.transfer_leader(to));
+                    }
+                    Command::Removed => removed = true,
                     Command::Shutdown => shutdown = true,
                 }
                 handled += 1;
@@ -569,6 +718,16 @@ impl NodeLoop {
             if let Err(error) = self.node.advance(&mut out) {
                 fail_stop(&error);
             }
+            if out.removed || removed {
+                if let Err(error) = self.node.sync() {
+                    fail_stop(&error);
+                }
+                tracing::error!(
+                    "this member has been permanently removed from the cluster; stopping"
+                );
+                eprintln!("synod: the member has been permanently removed from the cluster");
+                std::process::exit(REMOVED_EXIT_CODE);
+            }
             self.dispatch(out);
             if shutdown {
                 break;
@@ -580,8 +739,13 @@ impl NodeLoop {
         tracing::info!("node loop stopped; state machine is durable");
     }
 
-    fn dispatch(&self, out: Output) {
+    fn dispatch(&mut self, out: Output) {
         for (id, result) in out.applied {
+            if matches!(result, Ok(Response::Member(_))) {
+                // Links follow the member list: a removed member's link closes, a changed URL
+                // reconnects.
+                self.transport.refresh();
+            }
             if id == 0 {
                 continue;
             }
@@ -598,14 +762,179 @@ impl NodeLoop {
             self.waiters
                 .finish_read(token, Err(ServerError::LeaderChanged));
         }
-        if !out.messages.is_empty() {
-            // A single member has no peers; messages appear only if the configuration lists
-            // others, which bootstrap refuses until the peer transport exists.
-            tracing::debug!(
-                count = out.messages.len(),
-                "dropping raft messages: no peer transport"
-            );
+        if let Some(job) = out.snapshot_job {
+            self.write_snapshot(job);
         }
+        if !out.messages.is_empty() {
+            for peer in self.transport.send(out.messages) {
+                self.node.report_unreachable(peer);
+            }
+        }
+    }
+
+    /// Writes a follower snapshot from a consistent view on a thread of its own, so the node
+    /// keeps ticking and applying meanwhile; the result comes back as a command.
+    fn write_snapshot(&mut self, job: SnapshotJob) {
+        // A name never used before: an older snapshot may still be streaming to a follower.
+        self.snapshots_taken += 1;
+        let path = self.data_dir.join("member/snap").join(format!(
+            "{:016x}-{:016x}-{}.snap.db",
+            job.metadata.term, job.metadata.index, self.snapshots_taken
+        ));
+        let commands = self.commands_back.clone();
+        let spawned = std::thread::Builder::new()
+            .name("synod-snapshot".to_owned())
+            .spawn(move || {
+                let started = Instant::now();
+                let outcome = synod_core::backend::export(&job.view, &path);
+                drop(job.view);
+                let snapshot = match outcome {
+                    Ok(()) => {
+                        tracing::info!(
+                            index = job.metadata.index,
+                            file = %path.display(),
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "snapshot written"
+                        );
+                        let mut snapshot = Snapshot::default();
+                        snapshot.set_metadata(job.metadata);
+                        snapshot.data = path.display().to_string().into_bytes().into();
+                        Some(snapshot)
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "writing a snapshot failed");
+                        None
+                    }
+                };
+                // A blocking send: the node loop must learn that the job ended.
+                let _ = commands.send(Command::SnapshotReady(snapshot));
+            });
+        if spawned.is_err() {
+            tracing::error!("cannot start the snapshot thread");
+        }
+    }
+
+    fn offer_snapshot(&mut self, snapshot: Option<Snapshot>) {
+        let previous = self
+            .node
+            .available_snapshot()
+            .map(|s| String::from_utf8_lossy(&s.data).into_owned());
+        let fresh = snapshot.is_some();
+        self.node.offer_snapshot(snapshot);
+        // The older file is no longer offered; a transfer still reading it keeps its open handle.
+        let current = self
+            .node
+            .available_snapshot()
+            .map(|s| String::from_utf8_lossy(&s.data).into_owned());
+        if let (true, Some(previous)) = (fresh, previous)
+            && Some(&previous) != current.as_ref()
+        {
+            let _ = std::fs::remove_file(previous);
+        }
+    }
+
+    fn transfer_leader(&mut self, to: u64) -> Result<(), ServerError> {
+        if !self.node.status().is_leader.load(Ordering::Relaxed) {
+            return Err(ServerError::NotLeader);
+        }
+        if !self.node.conf_state().voters.contains(&to) {
+            return Err(ServerError::BadLeaderTransferee);
+        }
+        self.node.transfer_leader(to);
+        Ok(())
+    }
+
+    /// etcd's strict reconfiguration checks, then the proposal.
+    fn propose_member_change(
+        &mut self,
+        id: u64,
+        change: MemberChangeKind,
+        mut member: MemberRecord,
+    ) -> Result<(), ServerError> {
+        let conf = self.node.conf_state();
+        let is_voter = conf.voters.contains(&member.id);
+        let is_learner = conf.learners.contains(&member.id);
+        let active = self.node.recently_active();
+        if active.is_empty() {
+            // Only the leader knows who is up; a follower cannot check the change safely.
+            return Err(ServerError::NotLeader);
+        }
+        let active_voters = |exclude: u64| {
+            conf.voters
+                .iter()
+                .filter(|v| **v != exclude && active.contains(v))
+                .count()
+        };
+        let quorum = |voters: usize| voters / 2 + 1;
+        let change_type = match change {
+            MemberChangeKind::AddVoter | MemberChangeKind::AddLearner => {
+                if is_voter || is_learner {
+                    return Err(RequestError::MemberExists.into());
+                }
+                if change == MemberChangeKind::AddVoter {
+                    if active_voters(0) < quorum(conf.voters.len() + 1) {
+                        return Err(RequestError::NotEnoughStarted.into());
+                    }
+                    ConfChangeType::AddNode
+                } else {
+                    if !conf.learners.is_empty() {
+                        return Err(RequestError::TooManyLearners.into());
+                    }
+                    ConfChangeType::AddLearnerNode
+                }
+            }
+            MemberChangeKind::Promote => {
+                if is_voter {
+                    return Err(RequestError::MemberNotLearner.into());
+                }
+                if !is_learner {
+                    return Err(RequestError::MemberNotFound.into());
+                }
+                match self.node.replication(member.id) {
+                    // etcd: the learner's log must be within 10% of the leader's.
+                    Some((matched, last)) if matched as f64 >= last as f64 * 0.9 => {}
+                    _ => return Err(RequestError::LearnerNotReady.into()),
+                }
+                ConfChangeType::AddNode
+            }
+            MemberChangeKind::Remove => {
+                if !is_voter && !is_learner {
+                    return Err(RequestError::MemberNotFound.into());
+                }
+                if is_voter && active_voters(member.id) < quorum(conf.voters.len() - 1) {
+                    return Err(RequestError::NotEnoughStarted.into());
+                }
+                ConfChangeType::RemoveNode
+            }
+        };
+        let adding = matches!(
+            change,
+            MemberChangeKind::AddVoter | MemberChangeKind::AddLearner
+        );
+        if !adding
+            && let Some(record) = self
+                .node
+                .machine()
+                .backend()
+                .members()
+                .map_err(ServerError::from)?
+                .into_iter()
+                .find(|m| m.id == member.id)
+        {
+            // The context carries the whole record, so a removal can report whom it removed.
+            member = record;
+        }
+        let context = MemberChange {
+            id,
+            member: Some(member.clone()),
+        }
+        .encode_to_vec();
+        self.node
+            .propose_conf_change(change_type, member.id, context)
+            .map_err(|error| match error {
+                synod_core::node::ProposeError::NoLeader => ServerError::NoLeader,
+                synod_core::node::ProposeError::Dropped => ServerError::LeaderChanged,
+            })
     }
 
     fn copy_state_machine(&mut self) -> Result<PathBuf, String> {
@@ -645,6 +974,9 @@ fn copy_file(source: &Path, target: &Path) -> std::io::Result<()> {
     std::fs::copy(source, target)?;
     std::fs::File::open(target)?.sync_all()
 }
+
+/// Exit code of a member that was removed from its cluster.
+pub const REMOVED_EXIT_CODE: i32 = 0;
 
 /// Exit code of a member stopped by a storage failure (EX_SOFTWARE would hide the cause; 70 is
 /// what operators and the tests look for).

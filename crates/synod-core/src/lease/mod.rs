@@ -68,37 +68,58 @@ impl Lessor {
         tick_ms: u64,
         ttl_min_seconds: i64,
     ) -> Result<Lessor, StorageError> {
-        let tx = backend.begin_read()?;
-        let table = tx.open_table(LEASE).map_err(StorageError::backend)?;
-        let mut state = LessorState::default();
-        for entry in table.iter().map_err(StorageError::backend)? {
-            let (id, value) = entry.map_err(StorageError::backend)?;
-            let record = LeaseRecord::decode(value.value())
-                .map_err(|e| StorageError::corrupt(format!("lease {}: {e}", id.value())))?;
-            state.leases.insert(
-                record.id,
-                Lease {
-                    ttl_seconds: record.ttl,
-                    remaining_seconds: (record.remaining_ttl > 0).then_some(record.remaining_ttl),
-                    deadline_tick: None,
-                    revoking: false,
-                    keys: BTreeSet::new(),
-                },
-            );
-        }
-        for (key, id) in leased_keys {
-            if let Some(lease) = state.leases.get_mut(&id) {
-                lease.keys.insert(key.clone());
-                state.attached.insert(key, id);
-            }
-        }
         Ok(Lessor {
-            state: Mutex::new(state),
+            state: Mutex::new(load(backend, leased_keys)?),
             tick_ms: tick_ms.max(1),
             ttl_min_seconds,
         })
     }
 
+    /// Replaces every lease with those stored in `backend` (after a snapshot was installed).
+    /// Only a follower installs snapshots, so no deadline is set.
+    pub fn reload(
+        &self,
+        backend: &Backend,
+        leased_keys: Vec<(Vec<u8>, i64)>,
+    ) -> Result<(), StorageError> {
+        let mut fresh = load(backend, leased_keys)?;
+        let mut state = self.lock();
+        fresh.now_tick = state.now_tick;
+        fresh.primary = state.primary;
+        *state = fresh;
+        Ok(())
+    }
+}
+
+fn load(backend: &Backend, leased_keys: Vec<(Vec<u8>, i64)>) -> Result<LessorState, StorageError> {
+    let tx = backend.begin_read()?;
+    let table = tx.open_table(LEASE).map_err(StorageError::backend)?;
+    let mut state = LessorState::default();
+    for entry in table.iter().map_err(StorageError::backend)? {
+        let (id, value) = entry.map_err(StorageError::backend)?;
+        let record = LeaseRecord::decode(value.value())
+            .map_err(|e| StorageError::corrupt(format!("lease {}: {e}", id.value())))?;
+        state.leases.insert(
+            record.id,
+            Lease {
+                ttl_seconds: record.ttl,
+                remaining_seconds: (record.remaining_ttl > 0).then_some(record.remaining_ttl),
+                deadline_tick: None,
+                revoking: false,
+                keys: BTreeSet::new(),
+            },
+        );
+    }
+    for (key, id) in leased_keys {
+        if let Some(lease) = state.leases.get_mut(&id) {
+            lease.keys.insert(key.clone());
+            state.attached.insert(key, id);
+        }
+    }
+    Ok(state)
+}
+
+impl Lessor {
     fn lock(&self) -> MutexGuard<'_, LessorState> {
         // A panic while holding this lock is a bug that already stops the member; recovering the
         // guard keeps the remaining readers answering instead of cascading panics.

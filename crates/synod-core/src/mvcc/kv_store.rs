@@ -71,58 +71,28 @@ impl KvStore {
     /// Opens the store over `backend`, rebuilding the key index from the key table. Also returns
     /// every live key that carries a lease, with its lease, for the lessor.
     pub fn open(backend: Arc<Backend>) -> Result<(KvStore, Vec<LeasedKey>), StorageError> {
-        let tx = backend.begin_read()?;
-        let meta = tx.open_table(META).map_err(StorageError::backend)?;
-        // -1 until the first compaction, as in etcd: `Compact(0)` on a new store succeeds, and
-        // HashKV reports -1 until then.
-        let compact = match meta
-            .get(backend::META_COMPACT_REVISION)
-            .map_err(StorageError::backend)?
-        {
-            None => -1,
-            Some(_) => backend::read_meta_u64(&meta, backend::META_COMPACT_REVISION)? as i64,
-        };
-        let table = tx.open_table(KEY).map_err(StorageError::backend)?;
-        let mut index = TreeIndex::default();
-        // A new store is at revision 1, as in etcd: the first write makes revision 2.
-        let mut current = compact.max(1);
-        let mut leased: std::collections::HashMap<Vec<u8>, i64> = std::collections::HashMap::new();
-        for entry in table.iter().map_err(StorageError::backend)? {
-            let (rev_bytes, value) = entry.map_err(StorageError::backend)?;
-            let (rev, tombstone) = Revision::from_bytes(rev_bytes.value()).ok_or_else(|| {
-                StorageError::corrupt(format!(
-                    "key table holds a malformed revision {:?}",
-                    rev_bytes.value()
-                ))
-            })?;
-            let kv = KeyValue::decode(value.value()).map_err(|e| {
-                StorageError::corrupt(format!(
-                    "key table value at revision {}/{}: {e}",
-                    rev.main, rev.sub
-                ))
-            })?;
-            if tombstone {
-                index.tombstone(&kv.key, rev);
-                leased.remove(&kv.key);
-            } else {
-                index.restore(&kv.key, rev, kv.create_revision, kv.version);
-                if kv.lease != 0 {
-                    leased.insert(kv.key.clone(), kv.lease);
-                } else {
-                    leased.remove(&kv.key);
-                }
-            }
-            current = current.max(rev.main);
-        }
+        let (state, leased) = load(&backend)?;
         let store = KvStore {
             backend,
-            state: RwLock::new(IndexState {
-                index,
-                current,
-                compact,
-            }),
+            state: RwLock::new(state),
         };
-        Ok((store, leased.into_iter().collect()))
+        Ok((store, leased))
+    }
+
+    /// Replaces the whole store with the snapshot file at `path` (a follower catching up from
+    /// the leader's snapshot) and rebuilds the index. Readers see the old store or the new one,
+    /// never a mix: the index lock is held across the replacement. `conf_state` (an encoded
+    /// `ConfState`) is recorded with it. Returns the leased keys.
+    pub fn restore_from(
+        &self,
+        path: &std::path::Path,
+        conf_state: &[u8],
+    ) -> Result<Vec<LeasedKey>, StorageError> {
+        let mut state = self.write_state()?;
+        self.backend.restore_from(path, conf_state)?;
+        let (fresh, leased) = load(&self.backend)?;
+        *state = fresh;
+        Ok(leased)
     }
 
     fn read_state(&self) -> Result<RwLockReadGuard<'_, IndexState>, StorageError> {
@@ -564,4 +534,59 @@ impl RevisionTxn<'_, '_> {
         }
         self.batch.current
     }
+}
+
+/// Reads the key table and meta keys of `backend` into a fresh index.
+fn load(backend: &Backend) -> Result<(IndexState, Vec<LeasedKey>), StorageError> {
+    let tx = backend.begin_read()?;
+    let meta = tx.open_table(META).map_err(StorageError::backend)?;
+    // -1 until the first compaction, as in etcd: `Compact(0)` on a new store succeeds, and
+    // HashKV reports -1 until then.
+    let compact = match meta
+        .get(backend::META_COMPACT_REVISION)
+        .map_err(StorageError::backend)?
+    {
+        None => -1,
+        Some(_) => backend::read_meta_u64(&meta, backend::META_COMPACT_REVISION)? as i64,
+    };
+    let table = tx.open_table(KEY).map_err(StorageError::backend)?;
+    let mut index = TreeIndex::default();
+    // A new store is at revision 1, as in etcd: the first write makes revision 2.
+    let mut current = compact.max(1);
+    let mut leased: std::collections::HashMap<Vec<u8>, i64> = std::collections::HashMap::new();
+    for entry in table.iter().map_err(StorageError::backend)? {
+        let (rev_bytes, value) = entry.map_err(StorageError::backend)?;
+        let (rev, tombstone) = Revision::from_bytes(rev_bytes.value()).ok_or_else(|| {
+            StorageError::corrupt(format!(
+                "key table holds a malformed revision {:?}",
+                rev_bytes.value()
+            ))
+        })?;
+        let kv = KeyValue::decode(value.value()).map_err(|e| {
+            StorageError::corrupt(format!(
+                "key table value at revision {}/{}: {e}",
+                rev.main, rev.sub
+            ))
+        })?;
+        if tombstone {
+            index.tombstone(&kv.key, rev);
+            leased.remove(&kv.key);
+        } else {
+            index.restore(&kv.key, rev, kv.create_revision, kv.version);
+            if kv.lease != 0 {
+                leased.insert(kv.key.clone(), kv.lease);
+            } else {
+                leased.remove(&kv.key);
+            }
+        }
+        current = current.max(rev.main);
+    }
+    Ok((
+        IndexState {
+            index,
+            current,
+            compact,
+        },
+        leased.into_iter().collect(),
+    ))
 }

@@ -288,6 +288,28 @@ impl WatchHub {
         // revision ahead of the store), and the filter above reads it that way.
     }
 
+    /// The store was replaced by a snapshot at `revision`: every watcher has missed the events
+    /// between what it was sent and `revision`, so each becomes unsynced and is replayed from the
+    /// new key table (or canceled as compacted) by [`WatchHub::sync_unsynced`].
+    pub fn restore(&self, revision: i64) {
+        let mut state = self.lock();
+        let seen = state.notified_revision;
+        let synced: Vec<WatcherKey> = state
+            .watchers
+            .keys()
+            .copied()
+            .filter(|key| !state.unsynced.contains(key))
+            .collect();
+        for key in synced {
+            if let Some(watcher) = state.watchers.get_mut(&key) {
+                // A synced watcher has had everything up to what was notified.
+                watcher.next_revision = watcher.next_revision.max(seen + 1);
+            }
+            state.make_unsynced(key);
+        }
+        state.notified_revision = state.notified_revision.max(revision);
+    }
+
     /// Replays history to unsynced watchers whose streams have room; moves those that caught up
     /// to the synced group, and cancels those whose history is compacted. Returns how many
     /// watchers are still unsynced.
