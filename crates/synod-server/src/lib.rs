@@ -15,6 +15,7 @@
 pub mod background;
 pub mod config;
 pub mod error;
+pub mod faults;
 pub mod gateway;
 pub mod http;
 pub mod kv;
@@ -71,10 +72,15 @@ pub fn client_router(member: Arc<Member>) -> axum::Router {
     .add_service(ClusterServer::from_arc(services.cluster.clone()))
     .add_service(LockServer::from_arc(services.lock.clone()))
     .add_service(ElectionServer::from_arc(services.election.clone()));
-    routes
+    let router = routes
         .into_axum_router()
         .merge(gateway::router(services))
-        .merge(http::router(member))
+        .merge(http::router(member.clone()));
+    #[cfg(feature = "fault-injection")]
+    let router = router.merge(faults::router(member));
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = member;
+    router
 }
 
 /// Runs a member until `shutdown` resolves, then stops it gracefully: the listeners close, the

@@ -68,6 +68,8 @@ pub struct Transport {
     commands: SyncSender<Command>,
     runtime: tokio::runtime::Handle,
     links: Mutex<HashMap<u64, Link>>,
+    /// Faults switched on by tests (nothing, in a build without `fault-injection`).
+    pub faults: crate::faults::Faults,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -113,6 +115,7 @@ impl Transport {
             commands,
             runtime,
             links: Mutex::new(HashMap::new()),
+            faults: crate::faults::Faults::default(),
         })
     }
 
@@ -123,7 +126,7 @@ impl Transport {
         let mut links = lock(&self.links);
         for message in messages {
             let to = message.to;
-            if to == self.member_id {
+            if to == self.member_id || self.faults.is_blocked(to) {
                 continue;
             }
             let link = match links.entry(to) {
@@ -181,6 +184,9 @@ impl Transport {
 
     /// A client for `peer`'s peer service, for requests forwarded to the leader.
     pub fn client(self: &Arc<Self>, peer: u64) -> Option<PeerClient<Channel>> {
+        if self.faults.is_blocked(peer) {
+            return None;
+        }
         let mut links = lock(&self.links);
         if let Some(link) = links.get(&peer) {
             return Some(link.client.clone());
@@ -398,6 +404,9 @@ impl Peer for PeerService {
         while let Some(batch) = batches.next().await {
             let batch = batch?;
             self.check_cluster(batch.cluster_id)?;
+            if self.member.transport().faults.is_blocked(batch.from) {
+                continue;
+            }
             if self.member.backend.is_removed(batch.from).unwrap_or(false) {
                 // The sender missed its own removal (it was cut off before the entry reached
                 // it): tell it, so it stops (etcd answers 410 Gone).
@@ -426,6 +435,9 @@ impl Peer for PeerService {
         };
         let first = first?;
         self.check_cluster(first.cluster_id)?;
+        if self.member.transport().faults.is_blocked(first.from) {
+            return Err(Status::unavailable("partitioned"));
+        }
         let mut message = decode(&first.message)?;
         let index = message.get_snapshot().get_metadata().index;
         let path = self

@@ -33,18 +33,46 @@ pub struct Member {
 impl Member {
     /// Starts a single-member cluster in a fresh directory under `root`.
     pub fn start(root: &Path, extra_args: &[&str]) -> Member {
+        let mut member = Member::prepare(root, extra_args.iter().map(|s| s.to_string()).collect());
+        member.spawn();
+        member.wait_ready();
+        member
+    }
+
+    /// A member whose ports are picked and arguments fixed, not started yet.
+    pub fn prepare(root: &Path, extra_args: Vec<String>) -> Member {
         std::fs::create_dir_all(root).expect("create the member's directory");
-        let mut member = Member {
+        Member {
             child: None,
             data_dir: root.join("data"),
             client_port: free_port(),
             peer_port: free_port(),
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            extra_args,
             log_path: root.join("server.log"),
-        };
-        member.spawn();
-        member.wait_ready();
-        member
+        }
+    }
+
+    /// Starts the process without waiting for it to serve.
+    pub fn launch(&mut self) {
+        assert!(self.child.is_none(), "member is still running");
+        self.spawn();
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|child| child.id())
+    }
+
+    /// Replaces the arguments used by the next start (for example to join as `existing`).
+    pub fn set_args(&mut self, extra_args: Vec<String>) {
+        self.extra_args = extra_args;
     }
 
     pub fn endpoint(&self) -> String {
@@ -66,6 +94,8 @@ impl Member {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--listen-client-urls")
+            .arg(self.url())
+            .arg("--advertise-client-urls")
             .arg(self.url())
             .arg("--listen-peer-urls")
             .arg(format!("http://127.0.0.1:{}", self.peer_port))
@@ -400,5 +430,149 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A cluster of member processes on loopback, each in its own directory under `root`.
+pub struct Cluster {
+    pub members: Vec<Member>,
+    pub root: PathBuf,
+    pub initial_cluster: String,
+}
+
+impl Cluster {
+    /// Starts `size` members of a new cluster and waits until every one serves.
+    pub fn start(root: &Path, size: usize, extra_args: &[&str]) -> Cluster {
+        let mut members: Vec<Member> = (0..size)
+            .map(|i| Member::prepare(&root.join(format!("m{i}")), Vec::new()))
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("m{i}={}", m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        for (i, member) in members.iter_mut().enumerate() {
+            let mut args = vec![
+                "--name".to_owned(),
+                format!("m{i}"),
+                "--initial-cluster".to_owned(),
+                initial_cluster.clone(),
+                "--initial-cluster-token".to_owned(),
+                "e2e".to_owned(),
+            ];
+            args.extend(extra_args.iter().map(|s| s.to_string()));
+            member.set_args(args);
+            member.launch();
+        }
+        for member in &mut members {
+            member.wait_ready();
+        }
+        Cluster {
+            members,
+            root: root.to_path_buf(),
+            initial_cluster,
+        }
+    }
+
+    /// Client URLs of the members that are running.
+    pub fn urls(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.is_running())
+            .map(|m| m.url())
+            .collect()
+    }
+
+    /// The index of the member that leads, as the running members see it; waits up to 20 s for
+    /// one that every running member agrees on.
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(leader) = self.agreed_leader().await {
+                return leader;
+            }
+            assert!(Instant::now() < deadline, "the cluster elected no leader");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn agreed_leader(&self) -> Option<usize> {
+        let mut ids = Vec::new();
+        let mut leaders = Vec::new();
+        for member in &self.members {
+            if !member.is_running() {
+                ids.push(0);
+                continue;
+            }
+            let mut client = etcd_client::Client::connect([member.url()], None)
+                .await
+                .ok()?;
+            let status = tokio::time::timeout(Duration::from_secs(2), client.status())
+                .await
+                .ok()?
+                .ok()?;
+            ids.push(status.header()?.member_id());
+            leaders.push(status.leader());
+        }
+        let first = *leaders.first()?;
+        if first == 0 || leaders.iter().any(|l| *l != first) {
+            return None;
+        }
+        ids.iter().position(|id| *id == first)
+    }
+
+    /// Member ids by index (from each running member's status).
+    pub async fn member_id(&self, index: usize) -> u64 {
+        let mut client = self.members[index].etcd_client().await;
+        client
+            .status()
+            .await
+            .expect("status")
+            .header()
+            .expect("header")
+            .member_id()
+    }
+
+    /// Cuts member `index` off from every other member (both directions), through the
+    /// test-only fault routes; `heal` undoes it.
+    pub async fn isolate(&self, index: usize) {
+        let mut ids = Vec::new();
+        for i in 0..self.members.len() {
+            ids.push(format!("{:x}", self.member_id(i).await));
+        }
+        for (i, member) in self.members.iter().enumerate() {
+            let peers: Vec<&String> = if i == index {
+                ids.iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != index)
+                    .map(|(_, id)| id)
+                    .collect()
+            } else {
+                vec![&ids[index]]
+            };
+            let body = serde_json::json!({ "peers": peers }).to_string();
+            let (code, _) = http_request(
+                member.client_port,
+                "POST",
+                "/synod/test/partition",
+                Some(&body),
+            )
+            .expect("partition request");
+            assert_eq!(code, 200);
+        }
+    }
+
+    pub fn heal(&self) {
+        for member in self.members.iter().filter(|m| m.is_running()) {
+            let (code, _) = http_request(
+                member.client_port,
+                "POST",
+                "/synod/test/partition",
+                Some(r#"{"peers": []}"#),
+            )
+            .expect("heal request");
+            assert_eq!(code, 200);
+        }
     }
 }
