@@ -19,13 +19,15 @@ use raft::eraftpb::{
     Message, Snapshot, SnapshotMetadata,
 };
 use raft::{RawNode, StateRole};
-use synod_api::etcdserverpb::LeaseRevokeRequest;
+use synod_api::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
 use synod_api::synodpb::{InternalRequest, internal_request::Request};
 
 use crate::apply::{ApplyResult, StateMachine};
 use crate::error::StorageError;
 use crate::raft_log::RaftLog;
 
+/// Lease checkpoints in one Raft entry (etcd batches 1000 too).
+const CHECKPOINTS_PER_ENTRY_MAX: usize = 1000;
 /// Ticks after which an unanswered ReadIndex request is sent again.
 const READ_RETRY_TICKS: u64 = 3;
 
@@ -235,6 +237,24 @@ impl Node {
                     request: Some(Request::LeaseRevoke(LeaseRevokeRequest { id })),
                 };
                 // A dropped revoke is retried by the lessor after its retry interval.
+                let _ = self.propose(&request);
+            }
+            let due = self
+                .machine
+                .lessor()
+                .due_checkpoints(self.config.election_ticks as u64);
+            for batch in due.chunks(CHECKPOINTS_PER_ENTRY_MAX) {
+                let checkpoints = batch
+                    .iter()
+                    .map(|&(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl })
+                    .collect();
+                let request = InternalRequest {
+                    id: 0,
+                    request: Some(Request::LeaseCheckpoint(LeaseCheckpointRequest {
+                        checkpoints,
+                    })),
+                };
+                // A dropped checkpoint is proposed again after the lessor's retry interval.
                 let _ = self.propose(&request);
             }
         }

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use futures::{Stream, StreamExt};
+use synod_api::errors;
 use synod_api::etcdserverpb::lease_server::Lease;
 use synod_api::etcdserverpb::{
-    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
-    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
-    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    LeaseCheckpoint, LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse,
 };
 use synod_api::synodpb::internal_request::Request;
 use synod_core::apply::Response;
@@ -48,11 +50,10 @@ impl LeaseService {
         let member = self.member.clone();
         tokio::spawn(async move {
             while let Some(Ok(request)) = requests.next().await {
-                let ttl = match member.lessor.renew(request.id) {
+                let ttl = match renew_on_leader(&member, request.id).await {
                     Ok(ttl) => ttl,
-                    Err(RenewError::NotFound) => 0,
                     // Only the leader keeps deadlines: a follower forwards the renewal.
-                    Err(RenewError::NotPrimary) => {
+                    Err(status) if status.message() == errors::NOT_LEADER.message => {
                         match crate::peer::forward_renew(&member, request.id).await {
                             Ok(ttl) => ttl,
                             Err(status) => {
@@ -60,6 +61,10 @@ impl LeaseService {
                                 break;
                             }
                         }
+                    }
+                    Err(status) => {
+                        let _ = output.send(Err(status)).await;
+                        break;
                     }
                 };
                 let response = LeaseKeepAliveResponse {
@@ -73,6 +78,28 @@ impl LeaseService {
             }
         });
         ReceiverStream::new(receiver)
+    }
+}
+
+/// Renews a lease on this member, which must lead; returns the TTL, 0 for an unknown lease (as
+/// etcd answers), or etcd's "not leader". A renewal that makes a checkpointed remaining TTL stale
+/// clears it through Raft before answering, so a new leader cannot cut the lease short.
+pub async fn renew_on_leader(member: &Member, id: i64) -> Result<i64, Status> {
+    match member.lessor.renew(id) {
+        Ok(renewed) => {
+            if renewed.clear_checkpoint {
+                let clear = LeaseCheckpointRequest {
+                    checkpoints: vec![LeaseCheckpoint {
+                        id,
+                        remaining_ttl: 0,
+                    }],
+                };
+                member.propose(Request::LeaseCheckpoint(clear)).await?;
+            }
+            Ok(renewed.ttl_seconds)
+        }
+        Err(RenewError::NotFound) => Ok(0),
+        Err(RenewError::NotPrimary) => Err(errors::NOT_LEADER.status()),
     }
 }
 

@@ -28,7 +28,6 @@ use synod_api::synodpb::{
     PeerAck, RaftBatch, SnapshotChunk,
 };
 use synod_core::backend::Backend;
-use synod_core::lease::RenewError;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -474,10 +473,9 @@ impl Peer for PeerService {
         let request = request.into_inner();
         self.check_cluster(request.cluster_id)?;
         self.check_leader()?;
-        let ttl = match self.member.lessor.renew(request.id) {
-            Ok(ttl) => ttl,
-            Err(RenewError::NotFound) => return Err(errors::LEASE_NOT_FOUND.status()),
-            Err(RenewError::NotPrimary) => return Err(errors::NOT_LEADER.status()),
+        let ttl = match crate::lease::renew_on_leader(&self.member, request.id).await? {
+            0 => return Err(errors::LEASE_NOT_FOUND.status()),
+            ttl => ttl,
         };
         Ok(tonic::Response::new(LeaseRenewResponse { ttl }))
     }

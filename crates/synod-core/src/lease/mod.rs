@@ -32,7 +32,25 @@ struct Lease {
     /// The primary has reported the lease expired and its revoke is on its way: keep-alives
     /// no longer renew it.
     revoking: bool,
+    /// This member's tick when the checkpoint in `remaining_seconds` was applied: a new leader
+    /// subtracts the time since then, measured on its own clock.
+    checkpoint_tick: Option<u64>,
+    /// On the primary: the tick of the last renewal (or of the promotion).
+    renewed_tick: u64,
+    /// On the primary: when a checkpoint of this lease was last proposed, if one is in flight.
+    checkpoint_proposed_tick: Option<u64>,
     keys: BTreeSet<Vec<u8>>,
+}
+
+/// A renewal granted by the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renewed {
+    /// The TTL the lease has again, in seconds.
+    pub ttl_seconds: i64,
+    /// The lease carries a checkpointed remaining TTL, which the renewal makes stale: the caller
+    /// must clear it through Raft (a checkpoint of 0) before answering, or a new leader could
+    /// expire the lease before the TTL just granted runs out.
+    pub clear_checkpoint: bool,
 }
 
 #[derive(Debug, Default)]
@@ -86,6 +104,11 @@ impl Lessor {
         let mut state = self.lock();
         fresh.now_tick = state.now_tick;
         fresh.primary = state.primary;
+        for lease in fresh.leases.values_mut() {
+            if lease.checkpoint_tick.is_some() {
+                lease.checkpoint_tick = Some(fresh.now_tick);
+            }
+        }
         *state = fresh;
         Ok(())
     }
@@ -106,6 +129,11 @@ fn load(backend: &Backend, leased_keys: Vec<(Vec<u8>, i64)>) -> Result<LessorSta
                 remaining_seconds: (record.remaining_ttl > 0).then_some(record.remaining_ttl),
                 deadline_tick: None,
                 revoking: false,
+                // Counted from when this member loaded it: later than the real checkpoint, so a
+                // new leader errs on the long side.
+                checkpoint_tick: (record.remaining_ttl > 0).then_some(0),
+                renewed_tick: 0,
+                checkpoint_proposed_tick: None,
                 keys: BTreeSet::new(),
             },
         );
@@ -169,6 +197,7 @@ impl Lessor {
             .insert(id, record.encode_to_vec().as_slice())
             .map_err(StorageError::backend)?;
         let deadline_tick = state.primary.then(|| state.now_tick + self.ticks(ttl));
+        let now = state.now_tick;
         state.leases.insert(
             id,
             Lease {
@@ -176,6 +205,9 @@ impl Lessor {
                 remaining_seconds: None,
                 deadline_tick,
                 revoking: false,
+                checkpoint_tick: None,
+                renewed_tick: now,
+                checkpoint_proposed_tick: None,
                 keys: BTreeSet::new(),
             },
         );
@@ -228,10 +260,13 @@ impl Lessor {
         remaining_seconds: i64,
     ) -> Result<(), StorageError> {
         let mut state = self.lock();
+        let now = state.now_tick;
         let Some(lease) = state.leases.get_mut(&id) else {
             return Ok(());
         };
         lease.remaining_seconds = (remaining_seconds > 0).then_some(remaining_seconds);
+        lease.checkpoint_tick = lease.remaining_seconds.map(|_| now);
+        lease.checkpoint_proposed_tick = None;
         let record = LeaseRecord {
             id,
             ttl: lease.ttl_seconds,
@@ -244,8 +279,8 @@ impl Lessor {
         Ok(())
     }
 
-    /// Renews a lease on keep-alive; returns its TTL. Only the primary renews.
-    pub fn renew(&self, id: i64) -> Result<i64, RenewError> {
+    /// Renews a lease on keep-alive. Only the primary renews.
+    pub fn renew(&self, id: i64) -> Result<Renewed, RenewError> {
         let mut state = self.lock();
         if !state.primary {
             return Err(RenewError::NotPrimary);
@@ -257,8 +292,48 @@ impl Lessor {
             return Err(RenewError::NotFound);
         }
         lease.deadline_tick = Some(now + self.ticks(lease.ttl_seconds));
-        lease.remaining_seconds = None;
-        Ok(lease.ttl_seconds)
+        lease.renewed_tick = now;
+        lease.checkpoint_proposed_tick = None;
+        Ok(Renewed {
+            ttl_seconds: lease.ttl_seconds,
+            clear_checkpoint: lease.remaining_seconds.is_some(),
+        })
+    }
+
+    /// On the primary: leases that nobody renewed for half their TTL (and at least
+    /// `quiet_ticks_min`), with their remaining TTL in seconds (rounded up), to be checkpointed
+    /// through Raft. A lease kept alive normally is never checkpointed; one whose holder went
+    /// away is, so a leader change cannot give it a fresh TTL.
+    pub fn due_checkpoints(&self, quiet_ticks_min: u64) -> Vec<(i64, i64)> {
+        let retry_ticks = EXPIRED_RETRY_MS.div_ceil(self.tick_ms);
+        let tick_ms = self.tick_ms;
+        let mut state = self.lock();
+        if !state.primary {
+            return Vec::new();
+        }
+        let now = state.now_tick;
+        let mut due = Vec::new();
+        for (id, lease) in state.leases.iter_mut() {
+            let Some(deadline) = lease.deadline_tick else {
+                continue;
+            };
+            let quiet = (self.ticks(lease.ttl_seconds) / 2).max(quiet_ticks_min);
+            let in_flight = lease
+                .checkpoint_proposed_tick
+                .is_some_and(|at| now - at < retry_ticks);
+            if lease.revoking
+                || lease.remaining_seconds.is_some()
+                || in_flight
+                || now.saturating_sub(lease.renewed_tick) < quiet
+                || deadline <= now
+            {
+                continue;
+            }
+            let remaining_ms = (deadline - now) * tick_ms;
+            due.push((*id, remaining_ms.div_ceil(1000) as i64));
+            lease.checkpoint_proposed_tick = Some(now);
+        }
+        due
     }
 
     /// Returns what `TimeToLive` reports, or `None` for an unknown lease.
@@ -310,10 +385,21 @@ impl Lessor {
         state.primary = true;
         let tick_ms = self.tick_ms;
         for lease in state.leases.values_mut() {
-            // A checkpointed remaining TTL wins over the full TTL (etcd's lease checkpoints).
-            let seconds = lease.remaining_seconds.unwrap_or(lease.ttl_seconds).max(0) as u64;
-            let ticks = seconds.saturating_mul(1000).div_ceil(tick_ms);
+            // A checkpointed remaining TTL wins over the full TTL (etcd's lease checkpoints),
+            // less the time this member has seen pass since it applied the checkpoint: no
+            // keep-alive came since (a renewal clears the checkpoint), so that time was spent.
+            let ticks = match (lease.remaining_seconds, lease.checkpoint_tick) {
+                (Some(seconds), Some(at)) => (seconds.max(0) as u64)
+                    .saturating_mul(1000)
+                    .div_ceil(tick_ms)
+                    .saturating_sub(now.saturating_sub(at)),
+                _ => (lease.ttl_seconds.max(0) as u64)
+                    .saturating_mul(1000)
+                    .div_ceil(tick_ms),
+            };
             lease.deadline_tick = Some(now + ticks + extend_ticks);
+            lease.renewed_tick = now;
+            lease.checkpoint_proposed_tick = None;
             lease.revoking = false;
         }
     }

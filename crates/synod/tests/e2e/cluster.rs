@@ -902,3 +902,111 @@ async fn leases_through_a_follower() {
         "the leader expired the lease once keep-alives stopped"
     );
 }
+
+/// Goal: a lease whose holder went away is checkpointed through Raft, so killing the leader does
+/// not give it a fresh TTL: the new leader expires it about when the old one would have (plus at
+/// most an election timeout and rounding), not a whole TTL later. And it never expires early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_change_does_not_renew_an_abandoned_lease() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut cluster = Cluster::start(root.path(), 3, &[]);
+    let leader = cluster.leader().await;
+    let mut client = cluster.members[leader].etcd_client().await;
+    let ttl = 6;
+    let lease = client.lease_grant(ttl, None).await.expect("grant").id();
+    client
+        .put(
+            "abandoned",
+            "v",
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .expect("put with lease");
+    let (mut keeper, mut responses) = client.lease_keep_alive(lease).await.expect("keep alive");
+    keeper.keep_alive().await.expect("keep-alive");
+    responses.message().await.expect("stream").expect("renewed");
+    let renewed = Instant::now();
+    let deadline = renewed + Duration::from_secs(ttl as u64);
+    drop(keeper);
+    drop(responses);
+    // Silent for more than half the TTL: the leader has checkpointed the remaining TTL.
+    tokio::time::sleep(Duration::from_millis(4_000)).await;
+    cluster.members[leader].kill9();
+    let survivor = cluster.members[(leader + 1) % 3].url();
+    let mut reader = etcd_client::Client::connect(
+        [survivor],
+        Some(etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(2))),
+    )
+    .await
+    .expect("connect to a survivor");
+    let mut expired_at = None;
+    while renewed.elapsed() < Duration::from_secs(20) {
+        if let Ok(response) = reader.get("abandoned", None).await
+            && response.kvs().is_empty()
+        {
+            expired_at = Some(Instant::now());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let expired_at = expired_at.expect("the lease expired after the leader change");
+    assert!(
+        expired_at + Duration::from_millis(200) >= deadline,
+        "the lease expired {:?} before its deadline",
+        deadline - expired_at
+    );
+    // One election timeout (1 s), rounding of the checkpoint to whole seconds, and slack for the
+    // election itself; without checkpoints it would be a full TTL (6 s) later than the deadline.
+    assert!(
+        expired_at <= deadline + Duration::from_millis(3_500),
+        "the lease outlived its deadline by {:?}",
+        expired_at - deadline
+    );
+}
+
+/// Goal: a keep-alive after a checkpoint clears it through Raft before it is answered, so a new
+/// leader gives the lease the whole TTL the keep-alive promised, not the stale checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_after_a_checkpoint_survives_a_leader_change() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut cluster = Cluster::start(root.path(), 3, &[]);
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let mut client = cluster.members[follower].etcd_client().await;
+    let ttl = 4;
+    let lease = client.lease_grant(ttl, None).await.expect("grant").id();
+    client
+        .put(
+            "renewed",
+            "v",
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .expect("put with lease");
+    // Quiet past half the TTL, so the leader checkpoints about 1-2 s of remaining TTL...
+    tokio::time::sleep(Duration::from_millis(2_600)).await;
+    // ...then a keep-alive (through the follower) promises 4 s more, and the leader dies.
+    let (mut keeper, mut responses) = client.lease_keep_alive(lease).await.expect("keep alive");
+    keeper.keep_alive().await.expect("keep-alive");
+    let response = responses.message().await.expect("stream").expect("renewed");
+    assert_eq!(response.ttl(), ttl);
+    let promised = Instant::now() + Duration::from_secs(ttl as u64);
+    drop(keeper);
+    drop(responses);
+    cluster.members[leader].kill9();
+    // Until the promised time the key must stay (reads may fail during the election).
+    while Instant::now() + Duration::from_millis(300) < promised {
+        if let Ok(response) = client
+            .get("renewed", Some(GetOptions::new().with_serializable()))
+            .await
+        {
+            assert_eq!(
+                response.kvs().len(),
+                1,
+                "the lease expired {:?} before the TTL its keep-alive promised",
+                promised - Instant::now()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
