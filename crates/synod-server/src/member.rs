@@ -641,6 +641,7 @@ impl NodeLoop {
         }
         let mut next_tick = Instant::now() + self.tick;
         let mut reads = Vec::new();
+        let mut removed_at: Option<Instant> = None;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             let first = match self.commands.recv_timeout(wait) {
@@ -721,17 +722,22 @@ impl NodeLoop {
             if let Err(error) = self.node.advance(&mut out) {
                 fail_stop(&error);
             }
-            if out.removed || removed {
-                if let Err(error) = self.node.sync() {
-                    fail_stop(&error);
-                }
+            if (out.removed || removed) && removed_at.is_none() {
+                // Stop after a moment, as etcd does: the reply to the request that removed this
+                // member (it may be the leader) and the commit to the others still go out.
                 tracing::error!(
                     "this member has been permanently removed from the cluster; stopping"
                 );
+                removed_at = Some(Instant::now());
+            }
+            self.dispatch(out);
+            if removed_at.is_some_and(|at| at.elapsed() >= REMOVED_STOP_DELAY) {
+                if let Err(error) = self.node.sync() {
+                    fail_stop(&error);
+                }
                 eprintln!("synod: the member has been permanently removed from the cluster");
                 std::process::exit(REMOVED_EXIT_CODE);
             }
-            self.dispatch(out);
             if shutdown {
                 break;
             }
@@ -978,6 +984,8 @@ fn copy_file(source: &Path, target: &Path) -> std::io::Result<()> {
     std::fs::File::open(target)?.sync_all()
 }
 
+/// How long a removed member keeps running before it stops (etcd: one second).
+const REMOVED_STOP_DELAY: Duration = Duration::from_secs(1);
 /// Exit code of a member that was removed from its cluster.
 pub const REMOVED_EXIT_CODE: i32 = 0;
 

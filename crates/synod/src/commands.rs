@@ -57,6 +57,15 @@ pub enum ClientCommand {
     Elect(crate::recipes::ElectArgs),
     /// Check a fencing token: exit 0 if it belongs to the lock's current holder, 1 if stale.
     Fence(crate::recipes::FenceArgs),
+    /// Hand leadership to another member (asked of the current leader).
+    MoveLeader {
+        /// The hex id of the member to lead.
+        #[arg(value_parser = parse_member_id)]
+        target: u64,
+    },
+    /// Run a local cluster of N members on loopback in the foreground (Ctrl-C stops it).
+    #[command(subcommand)]
+    Cluster(crate::local_cluster::ClusterCommand),
 }
 
 #[derive(Debug, Args)]
@@ -201,15 +210,66 @@ pub enum LeaseCommand {
 #[derive(Debug, Subcommand)]
 pub enum EndpointCommand {
     /// Status of each endpoint.
-    Status,
+    Status(ClusterFlag),
     /// Health of each endpoint.
-    Health,
+    Health(ClusterFlag),
+    /// HashKV of each endpoint at one revision; fails if the members disagree (a consistency
+    /// check across the cluster).
+    Hashkv {
+        #[command(flatten)]
+        cluster: ClusterFlag,
+        /// Revision to hash at [default: the current revision of the first endpoint].
+        #[arg(long)]
+        rev: Option<i64>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Args)]
+pub struct ClusterFlag {
+    /// Use every member's client URL (from the member list) instead of --endpoints.
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum MemberCommand {
     /// List the members.
-    List,
+    List {
+        /// l (linearizable, confirmed with the leader) or s (serializable, this member's view).
+        #[arg(long, default_value = "s")]
+        consistency: String,
+    },
+    /// Add a member (then start it with --initial-cluster-state existing).
+    Add {
+        name: String,
+        /// The new member's peer URLs, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        peer_urls: Vec<String>,
+        /// Add it as a learner (a non-voting member), to promote once it has caught up.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a member by its hex id.
+    Remove {
+        #[arg(value_parser = parse_member_id)]
+        id: u64,
+    },
+    /// Promote a learner that has caught up to a voting member.
+    Promote {
+        #[arg(value_parser = parse_member_id)]
+        id: u64,
+    },
+    /// Change a member's peer URLs.
+    Update {
+        #[arg(value_parser = parse_member_id)]
+        id: u64,
+        #[arg(long, value_delimiter = ',', required = true)]
+        peer_urls: Vec<String>,
+    },
+}
+
+fn parse_member_id(text: &str) -> Result<u64, String> {
+    u64::from_str_radix(text, 16).map_err(|_| format!("{text:?} is not a hex member id"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -267,6 +327,7 @@ pub async fn run(
                 .await
                 .map(|()| std::process::ExitCode::SUCCESS);
         }
+        ClientCommand::Cluster(command) => return crate::local_cluster::run(command).await,
         ClientCommand::Watch(args) => {
             let client = Client::connect_any(&global.endpoints, global.dial_timeout).await?;
             return watch(global, &client, args)
@@ -318,14 +379,16 @@ async fn unary(
             }
         }
         ClientCommand::Lease(command) => lease(global, client, command).await,
-        ClientCommand::Member(MemberCommand::List) => member_list(global, client).await,
+        ClientCommand::Member(command) => member(global, client, command).await,
+        ClientCommand::MoveLeader { target } => move_leader(global, target).await,
         ClientCommand::Alarm(command) => alarm(global, client, command).await,
         ClientCommand::Endpoint(_)
         | ClientCommand::Watch(_)
         | ClientCommand::Snapshot(_)
         | ClientCommand::Lock(_)
         | ClientCommand::Elect(_)
-        | ClientCommand::Fence(_) => {
+        | ClientCommand::Fence(_)
+        | ClientCommand::Cluster(_) => {
             unreachable!("streaming commands are dispatched in run")
         }
     }
@@ -664,10 +727,123 @@ async fn keep_alive(
     }
 }
 
+/// The endpoints a command talks to: `--endpoints`, or with `--cluster` every member's first
+/// client URL as the member list reports it.
+async fn endpoints(global: &Global, cluster: ClusterFlag) -> Result<Vec<String>, ClientError> {
+    if !cluster.cluster {
+        return Ok(global.endpoints.clone());
+    }
+    let client = Client::connect_any(&global.endpoints, global.dial_timeout).await?;
+    let members = with_timeout(global, async {
+        Ok(client
+            .cluster()
+            .member_list(MemberListRequest {
+                linearizable: false,
+            })
+            .await?
+            .into_inner()
+            .members)
+    })
+    .await?;
+    Ok(members
+        .into_iter()
+        .filter_map(|m| m.client_ur_ls.into_iter().next())
+        .collect())
+}
+
+async fn hashkv(
+    global: &Global,
+    cluster: ClusterFlag,
+    revision: Option<i64>,
+) -> Result<(), ClientError> {
+    let endpoints = endpoints(global, cluster).await?;
+    let revision = match revision {
+        Some(revision) => revision,
+        None => {
+            let client = Client::connect_any(&endpoints, global.dial_timeout).await?;
+            with_timeout(global, async {
+                Ok(client
+                    .kv()
+                    .range(RangeRequest {
+                        key: vec![0],
+                        limit: 1,
+                        ..RangeRequest::default()
+                    })
+                    .await?
+                    .into_inner()
+                    .header
+                    .unwrap_or_default()
+                    .revision)
+            })
+            .await?
+        }
+    };
+    let mut rows = Vec::new();
+    let mut hashes = std::collections::BTreeSet::new();
+    let mut failed = false;
+    for endpoint in &endpoints {
+        let result = with_timeout(global, async {
+            let client = Client::connect(endpoint, global.dial_timeout).await?;
+            Ok(client
+                .maintenance()
+                .hash_kv(synod_client::etcdserverpb::HashKvRequest { revision })
+                .await?
+                .into_inner())
+        })
+        .await;
+        match result {
+            Ok(response) => {
+                hashes.insert(response.hash);
+                if global.write_out == Format::Json {
+                    let value = serde_json::json!({ "Endpoint": endpoint, "HashKV": response });
+                    output::json(&value).map_err(bad)?;
+                    continue;
+                }
+                rows.push(vec![
+                    endpoint.clone(),
+                    response.hash.to_string(),
+                    response.hash_revision.to_string(),
+                    response.compact_revision.to_string(),
+                ]);
+            }
+            Err(error) => {
+                eprintln!("Failed to get the hash of endpoint {endpoint} ({error})");
+                failed = true;
+            }
+        }
+    }
+    match global.write_out {
+        Format::Json => {}
+        Format::Table => output::table(
+            &["ENDPOINT", "HASH", "HASH REVISION", "COMPACT REVISION"],
+            &rows,
+        ),
+        Format::Simple => {
+            for row in &rows {
+                println!("{}", row.join(", "));
+            }
+        }
+    }
+    if hashes.len() > 1 {
+        return Err(bad(format!(
+            "members disagree on HashKV at revision {revision}: the cluster is inconsistent"
+        )));
+    }
+    if failed {
+        return Err(bad("unhealthy cluster"));
+    }
+    Ok(())
+}
+
 async fn endpoint(global: &Global, command: EndpointCommand) -> Result<(), ClientError> {
+    let cluster = match command {
+        EndpointCommand::Status(flag) | EndpointCommand::Health(flag) => flag,
+        EndpointCommand::Hashkv { cluster, rev } => return hashkv(global, cluster, rev).await,
+    };
+    let endpoints = endpoints(global, cluster).await?;
     let mut failed = false;
     let mut rows = Vec::new();
-    for endpoint in &global.endpoints {
+    for endpoint in &endpoints {
         let client = match Client::connect(endpoint, global.dial_timeout).await {
             Ok(client) => client,
             Err(error) => {
@@ -677,7 +853,7 @@ async fn endpoint(global: &Global, command: EndpointCommand) -> Result<(), Clien
             }
         };
         match command {
-            EndpointCommand::Status => {
+            EndpointCommand::Status(_) => {
                 let status = with_timeout(global, async {
                     Ok(client
                         .maintenance()
@@ -714,7 +890,7 @@ async fn endpoint(global: &Global, command: EndpointCommand) -> Result<(), Clien
                     }
                 }
             }
-            EndpointCommand::Health => {
+            EndpointCommand::Health(_) => {
                 // etcdctl's check: a linearizable read of "health", then the alarm list.
                 let started = Instant::now();
                 let check = with_timeout(global, async {
@@ -757,6 +933,7 @@ async fn endpoint(global: &Global, command: EndpointCommand) -> Result<(), Clien
                     }
                 }
             }
+            EndpointCommand::Hashkv { .. } => unreachable!("answered above"),
         }
     }
     if !rows.is_empty() {
@@ -790,12 +967,153 @@ async fn endpoint(global: &Global, command: EndpointCommand) -> Result<(), Clien
     }
 }
 
-async fn member_list(global: &Global, client: &Client) -> Result<(), ClientError> {
+async fn member(
+    global: &Global,
+    client: &Client,
+    command: MemberCommand,
+) -> Result<(), ClientError> {
+    use synod_client::etcdserverpb::{
+        MemberAddRequest, MemberPromoteRequest, MemberRemoveRequest, MemberUpdateRequest,
+    };
+    let cluster_id = |header: &Option<synod_client::etcdserverpb::ResponseHeader>| {
+        header.as_ref().map(|h| h.cluster_id).unwrap_or(0)
+    };
+    match command {
+        MemberCommand::List { consistency } => {
+            let linearizable = match consistency.as_str() {
+                "l" => true,
+                "s" => false,
+                other => return Err(bad(format!("unknown consistency {other:?} (l or s)"))),
+            };
+            member_list(global, client, linearizable).await
+        }
+        MemberCommand::Add {
+            name,
+            peer_urls,
+            learner,
+        } => {
+            let response = client
+                .cluster()
+                .member_add(MemberAddRequest {
+                    peer_ur_ls: peer_urls.clone(),
+                    is_learner: learner,
+                })
+                .await?
+                .into_inner();
+            if global.write_out == Format::Json {
+                return output::json(&response).map_err(bad);
+            }
+            let id = response.member.as_ref().map(|m| m.id).unwrap_or(0);
+            let kind = if learner { "Learner" } else { "Member" };
+            println!(
+                "{kind} {id:x} added to cluster {:x}",
+                cluster_id(&response.header)
+            );
+            let initial: Vec<String> = response
+                .members
+                .iter()
+                .flat_map(|m| {
+                    let name = if m.id == id {
+                        name.clone()
+                    } else {
+                        m.name.clone()
+                    };
+                    m.peer_ur_ls.iter().map(move |url| format!("{name}={url}"))
+                })
+                .collect();
+            println!();
+            println!("SYNOD_NAME=\"{name}\"");
+            println!("SYNOD_INITIAL_CLUSTER=\"{}\"", initial.join(","));
+            println!(
+                "SYNOD_INITIAL_ADVERTISE_PEER_URLS=\"{}\"",
+                peer_urls.join(",")
+            );
+            println!("SYNOD_INITIAL_CLUSTER_STATE=\"existing\"");
+            Ok(())
+        }
+        MemberCommand::Remove { id } => {
+            let response = client
+                .cluster()
+                .member_remove(MemberRemoveRequest { id })
+                .await?
+                .into_inner();
+            if global.write_out == Format::Json {
+                return output::json(&response).map_err(bad);
+            }
+            println!(
+                "Member {id:x} removed from cluster {:x}",
+                cluster_id(&response.header)
+            );
+            Ok(())
+        }
+        MemberCommand::Promote { id } => {
+            let response = client
+                .cluster()
+                .member_promote(MemberPromoteRequest { id })
+                .await?
+                .into_inner();
+            if global.write_out == Format::Json {
+                return output::json(&response).map_err(bad);
+            }
+            println!(
+                "Member {id:x} promoted in cluster {:x}",
+                cluster_id(&response.header)
+            );
+            Ok(())
+        }
+        MemberCommand::Update { id, peer_urls } => {
+            let response = client
+                .cluster()
+                .member_update(MemberUpdateRequest {
+                    id,
+                    peer_ur_ls: peer_urls,
+                })
+                .await?
+                .into_inner();
+            if global.write_out == Format::Json {
+                return output::json(&response).map_err(bad);
+            }
+            println!(
+                "Member {id:x} updated in cluster {:x}",
+                cluster_id(&response.header)
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Asks the leader (found among the endpoints) to hand leadership to `target`.
+async fn move_leader(global: &Global, target: u64) -> Result<(), ClientError> {
+    for endpoint in &global.endpoints {
+        let Ok(client) = Client::connect(endpoint, global.dial_timeout).await else {
+            continue;
+        };
+        let Ok(status) = client.maintenance().status(StatusRequest {}).await else {
+            continue;
+        };
+        let status = status.into_inner();
+        let id = status.header.map(|h| h.member_id).unwrap_or(0);
+        if status.leader != id {
+            continue;
+        }
+        client
+            .maintenance()
+            .move_leader(synod_client::etcdserverpb::MoveLeaderRequest { target_id: target })
+            .await?;
+        println!("Leadership transferred from {id:x} to {target:x}");
+        return Ok(());
+    }
+    Err(bad("no leader endpoint given in --endpoints"))
+}
+
+async fn member_list(
+    global: &Global,
+    client: &Client,
+    linearizable: bool,
+) -> Result<(), ClientError> {
     let response = client
         .cluster()
-        .member_list(MemberListRequest {
-            linearizable: false,
-        })
+        .member_list(MemberListRequest { linearizable })
         .await?
         .into_inner();
     let rows: Vec<Vec<String>> = response

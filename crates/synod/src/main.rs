@@ -3,6 +3,7 @@
 //! output. This file only parses arguments and calls the libraries.
 
 mod commands;
+mod local_cluster;
 mod output;
 mod recipes;
 mod txn;

@@ -1010,3 +1010,187 @@ async fn renewal_after_a_checkpoint_survives_a_leader_change() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Goal: the CLI runs a cluster's life: lists members, checks status, health and HashKV across
+/// every member (`--cluster`), adds a learner that then joins, promotes it, moves leadership to
+/// it, updates and removes members, and reports etcd's errors for bad requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_manages_the_cluster() {
+    use crate::harness::synod_cli;
+    let root = tempfile::tempdir().expect("temp dir");
+    let cluster = Cluster::start(root.path(), 3, &[]);
+    let leader = cluster.leader().await;
+    let endpoint = cluster.members[(leader + 1) % 3].endpoint();
+
+    let (ok, out, err) = synod_cli(&endpoint, &["endpoint", "status", "--cluster"], None);
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert_eq!(
+        out.matches(", true, false,").count(),
+        1,
+        "one leader: {out}"
+    );
+    let (ok, out, err) = synod_cli(&endpoint, &["endpoint", "health", "--cluster"], None);
+    assert!(ok && out.matches("is healthy").count() == 3, "{out}{err}");
+    let (ok, out, err) = synod_cli(&endpoint, &["endpoint", "hashkv", "--cluster"], None);
+    assert!(ok, "{out}{err}");
+    let hashes: std::collections::BTreeSet<&str> = out
+        .lines()
+        .map(|line| line.split(", ").nth(1).expect("hash column"))
+        .collect();
+    assert_eq!(hashes.len(), 1, "one hash across the cluster: {out}");
+
+    // Add a learner; its printed settings start it.
+    let mut joiner = crate::harness::Member::prepare(&cluster.root.join("m3"), Vec::new());
+    let peer_url = joiner.peer_url();
+    let (ok, out, err) = synod_cli(
+        &endpoint,
+        &["member", "add", "m3", "--peer-urls", &peer_url, "--learner"],
+        None,
+    );
+    assert!(ok, "{out}{err}");
+    assert!(out.starts_with("Learner "), "{out}");
+    let id = out.split_whitespace().nth(1).expect("id").to_owned();
+    let setting = |name: &str| {
+        out.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}=\"")))
+            .and_then(|rest| rest.strip_suffix('"'))
+            .expect("setting printed")
+            .to_owned()
+    };
+    assert!(setting("SYNOD_INITIAL_CLUSTER").contains(&format!("m3={peer_url}")));
+    joiner.set_args(vec![
+        "--name".to_owned(),
+        setting("SYNOD_NAME"),
+        "--initial-cluster".to_owned(),
+        setting("SYNOD_INITIAL_CLUSTER"),
+        "--initial-cluster-state".to_owned(),
+        setting("SYNOD_INITIAL_CLUSTER_STATE"),
+    ]);
+    joiner.launch();
+    joiner.wait_ready();
+    let promoted = eventually(Duration::from_secs(20), async || {
+        synod_cli(&endpoint, &["member", "promote", &id], None).0
+    })
+    .await;
+    assert!(promoted, "the learner was promoted");
+    // It publishes its name and client URL once it serves.
+    let listed = eventually(Duration::from_secs(10), async || {
+        let (ok, out, _) = synod_cli(&endpoint, &["member", "list", "--consistency", "l"], None);
+        ok && out.contains(&format!("{id}, started, m3, {peer_url}"))
+    })
+    .await;
+    assert!(listed, "the new member is listed as started");
+
+    // Move leadership to the new member.
+    let all: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| m.endpoint())
+        .chain([joiner.endpoint()])
+        .collect();
+    let (ok, out, err) = synod_cli(&all.join(","), &["move-leader", &id], None);
+    assert!(ok, "{out}{err}");
+    let mut on_joiner = joiner.etcd_client().await;
+    let status = on_joiner.status().await.expect("status");
+    assert_eq!(format!("{:x}", status.leader()), id, "the new member leads");
+
+    // Errors are etcd's.
+    let (ok, _, err) = synod_cli(&endpoint, &["member", "remove", "abcdef"], None);
+    assert!(!ok && err.contains("etcdserver: member not found"), "{err}");
+    let (ok, _, err) = synod_cli(&endpoint, &["member", "promote", &id], None);
+    assert!(
+        !ok && err.contains("etcdserver: can only promote a learner member"),
+        "{err}"
+    );
+    let (ok, _, err) = synod_cli(
+        &endpoint,
+        &["member", "add", "dup", "--peer-urls", &peer_url],
+        None,
+    );
+    assert!(
+        !ok && err.contains("etcdserver: Peer URLs already exists"),
+        "{err}"
+    );
+    let (ok, _, err) = synod_cli(
+        &endpoint,
+        &["member", "add", "bad", "--peer-urls", "not-a-url"],
+        None,
+    );
+    assert!(
+        !ok && err.contains("etcdserver: given member URLs are invalid"),
+        "{err}"
+    );
+
+    // Update keeps the member; removing it makes it stop.
+    let (ok, out, err) = synod_cli(
+        &endpoint,
+        &["member", "update", &id, "--peer-urls", &peer_url],
+        None,
+    );
+    assert!(ok && out.contains("updated"), "{out}{err}");
+    let (ok, out, err) = synod_cli(&endpoint, &["member", "remove", &id], None);
+    assert!(ok && out.contains("removed"), "{out}{err}");
+    assert!(
+        joiner.wait_exit(Duration::from_secs(20)).is_some(),
+        "the removed member stopped"
+    );
+}
+
+/// Goal: `synod cluster up` runs a working local cluster in one command, with every member's log
+/// prefixed by its name, and Ctrl-C stops all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_up_runs_a_local_cluster() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let base = crate::harness::free_port().min(60_000);
+    let log = std::fs::File::create(root.path().join("up.log")).expect("log");
+    let mut up = std::process::Command::new(crate::harness::synod_binary())
+        .args([
+            "cluster",
+            "up",
+            "--size",
+            "3",
+            "--base-port",
+            &base.to_string(),
+            "--dir",
+        ])
+        .arg(root.path().join("data"))
+        .stdout(log.try_clone().expect("clone"))
+        .stderr(log)
+        .spawn()
+        .expect("start synod cluster up");
+    let endpoints: Vec<String> = (0..3)
+        .map(|i| format!("127.0.0.1:{}", base + 2 * i))
+        .collect();
+    let joined = endpoints.join(",");
+    let healthy = eventually(Duration::from_secs(30), async || {
+        crate::harness::synod_cli(&joined, &["endpoint", "health"], None).0
+    })
+    .await;
+    let output = || std::fs::read_to_string(root.path().join("up.log")).unwrap_or_default();
+    assert!(healthy, "the local cluster became healthy:\n{}", output());
+    let (ok, _, err) = crate::harness::synod_cli(&endpoints[1], &["put", "hello", "world"], None);
+    assert!(ok, "{err}");
+    let (ok, out, _) = crate::harness::synod_cli(&endpoints[2], &["get", "hello"], None);
+    assert!(ok && out == "hello\nworld\n", "{out}");
+    signal(up.id(), "INT");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while up.try_wait().expect("wait").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "cluster up did not stop on Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = output();
+    for name in ["m1 | ", "m2 | ", "m3 | "] {
+        assert!(log.contains(name), "{name} logs are shown:\n{log}");
+    }
+    // Every member stopped with it.
+    for endpoint in &endpoints {
+        assert!(
+            std::net::TcpStream::connect(endpoint).is_err(),
+            "{endpoint} still serves"
+        );
+    }
+}

@@ -468,10 +468,39 @@ impl Cluster {
         for member in &mut members {
             member.wait_ready();
         }
-        Cluster {
+        let cluster = Cluster {
             members,
             root: root.to_path_buf(),
             initial_cluster,
+        };
+        cluster.wait_published();
+        cluster
+    }
+
+    /// Waits until every member has published its client URLs (through Raft, after it starts).
+    fn wait_published(&self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let size = self.members.len();
+        loop {
+            let (ok, out, _) = run_tool(
+                "etcdctl",
+                &["--endpoints", &self.members[0].endpoint()],
+                &["member", "list"],
+                None,
+            );
+            let published = out
+                .lines()
+                .filter(|line| line.contains(", started, ") && line.contains("127.0.0.1"))
+                .filter(|line| line.split(", ").nth(4).is_some_and(|urls| !urls.is_empty()))
+                .count();
+            if ok && published == size {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members did not publish their client URLs: {out}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
