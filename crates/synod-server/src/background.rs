@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use synod_api::etcdserverpb::CompactionRequest;
+use synod_api::etcdserverpb::{AlarmType, CompactionRequest};
 use synod_api::synodpb::MemberRecord;
 use synod_api::synodpb::internal_request::Request;
 
@@ -47,12 +47,53 @@ async fn publish(member: Arc<Member>) {
     }
 }
 
+/// How often free disk space is checked.
+const DISK_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Raises the NOSPACE alarm for the cluster when the data directory's disk runs low, so writes
+/// stop everywhere (with etcd's "database space exceeded") before this member's log or
+/// state-machine write can fail, which would stop the member (see `member::fail_stop`).
+async fn watch_disk_space(member: Arc<Member>) {
+    let reserve = member.config.disk_space_reserve_bytes;
+    let mut interval = tokio::time::interval(DISK_CHECK_INTERVAL);
+    while !member.is_stopped() {
+        interval.tick().await;
+        let Ok(free) = fs2::available_space(&member.config.data_dir) else {
+            continue;
+        };
+        let raised = member
+            .alarms
+            .list()
+            .contains(&(member.member_id, AlarmType::Nospace as i32));
+        if free >= reserve || raised {
+            continue;
+        }
+        tracing::warn!(
+            free_bytes = free,
+            reserve_bytes = reserve,
+            data_dir = %member.config.data_dir.display(),
+            "the data directory's disk is nearly full; raising the NOSPACE alarm"
+        );
+        let alarm = synod_api::etcdserverpb::AlarmRequest {
+            action: synod_api::etcdserverpb::alarm_request::AlarmAction::Activate as i32,
+            member_id: member.member_id,
+            alarm: AlarmType::Nospace as i32,
+        };
+        if let Err(error) = member.propose(Request::Alarm(alarm)).await {
+            tracing::warn!(%error, "could not raise the NOSPACE alarm; will retry");
+        }
+    }
+}
+
 /// How often unsynced watchers are caught up (etcd: 100 ms).
 const WATCH_SYNC_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Spawns the member's periodic tasks on the current runtime.
 pub fn spawn(member: Arc<Member>) {
     tokio::spawn(publish(member.clone()));
+    if member.config.disk_space_reserve_bytes > 0 {
+        tokio::spawn(watch_disk_space(member.clone()));
+    }
     let watch_member = member.clone();
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(WATCH_SYNC_INTERVAL);

@@ -75,6 +75,14 @@ pub struct ServerArgs {
     /// Interval of progress notifications to watchers that asked for them (e.g. `10m`, `5s`).
     #[arg(long, env = "SYNOD_WATCH_PROGRESS_NOTIFY_INTERVAL")]
     pub watch_progress_notify_interval: Option<String>,
+    /// How often the leader compares every member's HashKV and raises the CORRUPT alarm on a
+    /// mismatch (e.g. `30s`; `0` turns it off).
+    #[arg(long, env = "SYNOD_CORRUPT_CHECK_INTERVAL")]
+    pub corrupt_check_interval: Option<String>,
+    /// Free bytes on the data directory's disk below which this member raises the NOSPACE alarm
+    /// for the whole cluster, before a write can fail (`0` turns the check off).
+    #[arg(long, env = "SYNOD_DISK_SPACE_RESERVE_BYTES")]
+    pub disk_space_reserve_bytes: Option<u64>,
 }
 
 impl ServerArgs {
@@ -106,6 +114,10 @@ impl ServerArgs {
             watch_progress_notify_interval: self
                 .watch_progress_notify_interval
                 .or(other.watch_progress_notify_interval),
+            corrupt_check_interval: self.corrupt_check_interval.or(other.corrupt_check_interval),
+            disk_space_reserve_bytes: self
+                .disk_space_reserve_bytes
+                .or(other.disk_space_reserve_bytes),
         }
     }
 }
@@ -141,6 +153,10 @@ pub struct Config {
     pub txn_ops_max: usize,
     pub auto_compaction: AutoCompaction,
     pub watch_progress_notify_interval: Duration,
+    /// Interval of the leader's cross-member HashKV check; `None` when off.
+    pub corrupt_check_interval: Option<Duration>,
+    /// Free disk bytes below which the member raises NOSPACE; 0 when off.
+    pub disk_space_reserve_bytes: u64,
 }
 
 /// A setting that cannot be used.
@@ -298,6 +314,8 @@ impl Config {
                 .as_deref()
                 .unwrap_or("10m"),
         )?;
+        let corrupt_check =
+            parse_duration(args.corrupt_check_interval.as_deref().unwrap_or("30s"))?;
         for url in listen_client_urls.iter().chain(&listen_peer_urls) {
             socket_address(url)?;
         }
@@ -321,6 +339,9 @@ impl Config {
             txn_ops_max: args.max_txn_ops.unwrap_or(128) as usize,
             auto_compaction,
             watch_progress_notify_interval: progress.max(Duration::from_millis(100)),
+            corrupt_check_interval: (!corrupt_check.is_zero())
+                .then(|| corrupt_check.max(Duration::from_millis(100))),
+            disk_space_reserve_bytes: args.disk_space_reserve_bytes.unwrap_or(64 << 20),
         })
     }
 

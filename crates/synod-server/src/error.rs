@@ -24,6 +24,8 @@ pub enum ServerError {
     Storage,
     #[error("not leader")]
     NotLeader,
+    #[error("corrupt cluster")]
+    Corrupt,
     #[error("bad leader transferee")]
     BadLeaderTransferee,
 }
@@ -84,6 +86,7 @@ impl ServerError {
             ServerError::RequestTooLarge => errors::REQUEST_TOO_LARGE,
             ServerError::Storage => errors::CORRUPT,
             ServerError::NotLeader => errors::NOT_LEADER,
+            ServerError::Corrupt => errors::CORRUPT,
             ServerError::BadLeaderTransferee => errors::BAD_LEADER_TRANSFEREE,
         }
     }

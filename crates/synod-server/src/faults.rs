@@ -6,7 +6,9 @@
 //! Tests drive them over HTTP on the client port:
 //! - `POST /synod/test/partition` with `{"peers": ["<hex id>", ...]}` drops every message to and
 //!   from those peers (an empty list heals);
-//! - `POST /synod/test/unsafe-local-reads` with `{"on": true}`.
+//! - `POST /synod/test/unsafe-local-reads` with `{"on": true}`;
+//! - `POST /synod/test/corrupt` with `{"key": "k", "value": "v"}` rewrites a value in this
+//!   member's state-machine file behind Raft's back.
 //!
 //! Without the feature, every query answers "no fault" and the routes do not exist.
 
@@ -104,7 +106,54 @@ pub fn router(member: std::sync::Arc<crate::member::Member>) -> axum::Router {
         Json(serde_json::json!({"ok": true}))
     }
 
+    #[derive(serde::Deserialize)]
+    struct Corrupt {
+        key: String,
+        value: String,
+    }
+
+    /// Rewrites the value of `key`'s latest version in this member's state-machine file behind
+    /// Raft's back: a state-machine file that went bad in a way no checksum notices.
+    async fn corrupt(
+        State(member): State<std::sync::Arc<crate::member::Member>>,
+        Json(request): Json<Corrupt>,
+    ) -> Json<serde_json::Value> {
+        use prost::Message as _;
+        let outcome = (|| -> Result<(), String> {
+            let found = member
+                .store
+                .range(
+                    request.key.as_bytes(),
+                    &[],
+                    synod_core::mvcc::kv_store::RangeOptions::default(),
+                )
+                .map_err(|e| e.to_string())?;
+            let mut kv = found.kvs.into_iter().next().ok_or("no such key")?;
+            kv.value = request.value.into_bytes();
+            let revision = synod_core::mvcc::revision::Revision::new(kv.mod_revision, 0);
+            let tx = member.backend.begin_write().map_err(|e| e.to_string())?;
+            {
+                let mut table = tx
+                    .open_table(synod_core::backend::KEY)
+                    .map_err(|e| e.to_string())?;
+                table
+                    .insert(
+                        revision.to_bytes(false).as_slice(),
+                        kv.encode_to_vec().as_slice(),
+                    )
+                    .map_err(|e| e.to_string())?;
+            }
+            tx.commit().map_err(|e| e.to_string())
+        })();
+        tracing::warn!(
+            ?outcome,
+            "fault injection: corrupted a value in the state machine"
+        );
+        Json(serde_json::json!({ "ok": outcome.is_ok(), "error": outcome.err() }))
+    }
+
     axum::Router::new()
+        .route("/synod/test/corrupt", post(corrupt))
         .route("/synod/test/partition", post(partition))
         .route("/synod/test/unsafe-local-reads", post(unsafe_local_reads))
         .with_state(member)

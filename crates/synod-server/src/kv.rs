@@ -33,6 +33,7 @@ impl Kv for KvService {
         &self,
         request: tonic::Request<RangeRequest>,
     ) -> Result<tonic::Response<RangeResponse>, Status> {
+        self.member.check_corrupt()?;
         let request = request.into_inner();
         validate::check_range(&request).map_err(ServerError::from)?;
         if !request.serializable {
@@ -48,6 +49,7 @@ impl Kv for KvService {
         &self,
         request: tonic::Request<PutRequest>,
     ) -> Result<tonic::Response<PutResponse>, Status> {
+        self.member.check_corrupt()?;
         let request = request.into_inner();
         validate::check_put(&request).map_err(ServerError::from)?;
         self.member.check_quota(request.encoded_len()).await?;
@@ -64,6 +66,7 @@ impl Kv for KvService {
         &self,
         request: tonic::Request<DeleteRangeRequest>,
     ) -> Result<tonic::Response<DeleteRangeResponse>, Status> {
+        self.member.check_corrupt()?;
         let request = request.into_inner();
         validate::check_delete(&request).map_err(ServerError::from)?;
         match self.member.propose(Request::DeleteRange(request)).await? {
@@ -79,6 +82,7 @@ impl Kv for KvService {
         &self,
         request: tonic::Request<TxnRequest>,
     ) -> Result<tonic::Response<TxnResponse>, Status> {
+        self.member.check_corrupt()?;
         let request = request.into_inner();
         validate::check_txn(&request, self.member.config.txn_ops_max).map_err(ServerError::from)?;
         if txn_puts(&request) {
@@ -97,6 +101,7 @@ impl Kv for KvService {
         &self,
         request: tonic::Request<CompactionRequest>,
     ) -> Result<tonic::Response<CompactionResponse>, Status> {
+        self.member.check_corrupt()?;
         let request = request.into_inner();
         match self.member.propose(Request::Compaction(request)).await? {
             Response::Compaction(mut response) => {

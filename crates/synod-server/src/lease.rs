@@ -129,6 +129,7 @@ impl Lease for LeaseService {
         &self,
         request: tonic::Request<LeaseGrantRequest>,
     ) -> Result<tonic::Response<LeaseGrantResponse>, Status> {
+        self.member.check_corrupt()?;
         let mut request = request.into_inner();
         if request.id == 0 {
             // Chosen before proposing, so every member applies the same id.
@@ -148,6 +149,7 @@ impl Lease for LeaseService {
         &self,
         request: tonic::Request<LeaseRevokeRequest>,
     ) -> Result<tonic::Response<LeaseRevokeResponse>, Status> {
+        self.member.check_corrupt()?;
         match self
             .member
             .propose(Request::LeaseRevoke(request.into_inner()))

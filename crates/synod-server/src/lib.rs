@@ -14,6 +14,7 @@
 
 pub mod background;
 pub mod config;
+pub mod corrupt;
 pub mod error;
 pub mod faults;
 pub mod gateway;
@@ -112,28 +113,10 @@ pub async fn run(
         .name("synod-node".to_owned())
         .spawn(move || node_loop.run())?;
     background::spawn(member.clone());
+    corrupt::spawn_periodic(member.clone());
 
     let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
-    for listener in client_listeners {
-        let router = client_router(member.clone());
-        let mut stop = stop_receiver.clone();
-        tracing::info!(address = %listener.local_addr()?, "serving clients (gRPC and HTTP)");
-        // Without TCP_NODELAY, a small unary response that follows a watch event on the same
-        // connection waits for the client's delayed ACK (about 40 ms on Linux).
-        let listener = listener.tap_io(|stream| {
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::warn!(%error, "cannot set TCP_NODELAY on a client connection");
-            }
-        });
-        servers.push(tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|stopped| *stopped).await;
-                })
-                .await
-        }));
-    }
     for listener in peer_listeners {
         // Raft between members (the `synodpb.Peer` service), and `/version` as on etcd's port.
         let router = tonic::service::Routes::new(
@@ -149,6 +132,33 @@ pub async fn run(
         tracing::info!(address = %listener.local_addr()?, "listening for peers");
         let listener = listener.tap_io(|stream| {
             let _ = stream.set_nodelay(true);
+        });
+        servers.push(tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                })
+                .await
+        }));
+    }
+    // Peers are served first: they need this member to catch up, and it must not serve clients
+    // before it has compared its data with theirs.
+    if let Err(reason) = corrupt::check_at_start(&member).await {
+        let _ = stop_sender.send(true);
+        member.shutdown();
+        let _ = tokio::task::spawn_blocking(move || node_thread.join()).await;
+        anyhow::bail!("{reason}");
+    }
+    for listener in client_listeners {
+        let router = client_router(member.clone());
+        let mut stop = stop_receiver.clone();
+        tracing::info!(address = %listener.local_addr()?, "serving clients (gRPC and HTTP)");
+        // Without TCP_NODELAY, a small unary response that follows a watch event on the same
+        // connection waits for the client's delayed ACK (about 40 ms on Linux).
+        let listener = listener.tap_io(|stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::warn!(%error, "cannot set TCP_NODELAY on a client connection");
+            }
         });
         servers.push(tokio::spawn(async move {
             axum::serve(listener, router)

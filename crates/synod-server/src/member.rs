@@ -396,6 +396,15 @@ impl Member {
         }
     }
 
+    /// Refuses every read and write while the CORRUPT alarm is raised: some member's data
+    /// disagrees with the others', and serving it could hand out wrong data (etcd does the same).
+    pub fn check_corrupt(&self) -> Result<(), ServerError> {
+        if self.alarms.is_raised(AlarmType::Corrupt) {
+            return Err(ServerError::Corrupt);
+        }
+        Ok(())
+    }
+
     /// Refuses a write that would take the state machine over its quota, raising the NOSPACE
     /// alarm the first time (etcd's quota check happens before the proposal, too).
     pub async fn check_quota(&self, cost_bytes: usize) -> Result<(), ServerError> {

@@ -20,12 +20,12 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use raft::eraftpb::{Message, MessageType};
 use synod_api::errors;
-use synod_api::etcdserverpb::{LeaseTimeToLiveRequest, LeaseTimeToLiveResponse};
+use synod_api::etcdserverpb::{HashKvResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse};
 use synod_api::synodpb::peer_client::PeerClient;
 use synod_api::synodpb::peer_server::Peer;
 use synod_api::synodpb::{
     ClusterRequest, ClusterResponse, LeaseRenewRequest, LeaseRenewResponse, LeaseTimeToLiveForward,
-    PeerAck, RaftBatch, SnapshotChunk,
+    PeerAck, PeerHashKvRequest, RaftBatch, SnapshotChunk,
 };
 use synod_core::backend::Backend;
 use tokio::io::AsyncReadExt;
@@ -492,6 +492,32 @@ impl Peer for PeerService {
             &self.member,
             &request,
         )))
+    }
+
+    async fn hash_kv(
+        &self,
+        request: tonic::Request<PeerHashKvRequest>,
+    ) -> Result<tonic::Response<HashKvResponse>, Status> {
+        let request = request.into_inner();
+        self.check_cluster(request.cluster_id)?;
+        // Answer once this member has applied the revision (a follower may be a little behind).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while self.member.store.current_revision() < request.revision
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (hash, compact_revision, hash_revision) =
+            self.member
+                .store
+                .hash_kv(request.revision)
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(tonic::Response::new(HashKvResponse {
+            header: Some(self.member.header(self.member.store.current_revision())),
+            hash,
+            compact_revision,
+            hash_revision,
+        }))
     }
 }
 

@@ -134,6 +134,13 @@ pub struct LeaseTimeToLiveForward {
     #[prost(message, optional, tag = "2")]
     pub request: ::core::option::Option<super::etcdserverpb::LeaseTimeToLiveRequest>,
 }
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PeerHashKvRequest {
+    #[prost(uint64, tag = "1")]
+    pub cluster_id: u64,
+    #[prost(int64, tag = "2")]
+    pub revision: i64,
+}
 /// Generated client implementations.
 pub mod peer_client {
     #![allow(
@@ -321,6 +328,29 @@ pub mod peer_client {
                 .insert(GrpcMethod::new("synodpb.Peer", "LeaseTimeToLive"));
             self.inner.unary(req, path, codec).await
         }
+        /// HashKV at a revision, once this member has applied it: the corruption checks compare
+        /// members with it.
+        pub async fn hash_kv(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PeerHashKvRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::super::etcdserverpb::HashKvResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/synodpb.Peer/HashKv");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("synodpb.Peer", "HashKv"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -365,6 +395,15 @@ pub mod peer_server {
             request: tonic::Request<super::LeaseTimeToLiveForward>,
         ) -> std::result::Result<
             tonic::Response<super::super::etcdserverpb::LeaseTimeToLiveResponse>,
+            tonic::Status,
+        >;
+        /// HashKV at a revision, once this member has applied it: the corruption checks compare
+        /// members with it.
+        async fn hash_kv(
+            &self,
+            request: tonic::Request<super::PeerHashKvRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::super::etcdserverpb::HashKvResponse>,
             tonic::Status,
         >;
     }
@@ -650,6 +689,49 @@ pub mod peer_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = LeaseTimeToLiveSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/synodpb.Peer/HashKv" => {
+                    #[allow(non_camel_case_types)]
+                    struct HashKvSvc<T: Peer>(pub Arc<T>);
+                    impl<T: Peer> tonic::server::UnaryService<super::PeerHashKvRequest>
+                    for HashKvSvc<T> {
+                        type Response = super::super::etcdserverpb::HashKvResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PeerHashKvRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Peer>::hash_kv(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = HashKvSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
