@@ -16,12 +16,22 @@ use crate::member::Member;
 /// Publishes this member's name and client URLs to the cluster through Raft, so every member
 /// can list them (etcd's `publish`); retried until it lands.
 async fn publish(member: Arc<Member>) {
-    let attributes = MemberRecord {
+    let mut attributes = MemberRecord {
         id: member.member_id,
         name: member.config.name.clone(),
         client_urls: member.config.advertise_client_urls.clone(),
         ..MemberRecord::default()
     };
+    // Restarted from its data directory without --name, a member keeps the name it has.
+    if !member.config.name_given
+        && let Some(recorded) = member
+            .members()
+            .ok()
+            .and_then(|all| all.into_iter().find(|m| m.id == member.member_id))
+        && !recorded.name.is_empty()
+    {
+        attributes.name = recorded.name;
+    }
     while !member.is_stopped() {
         let published = member.members().ok().and_then(|all| {
             all.into_iter()

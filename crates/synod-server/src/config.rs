@@ -136,6 +136,8 @@ pub enum AutoCompaction {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub name: String,
+    /// Whether `--name` was given (a member restarted without it keeps its recorded name).
+    pub name_given: bool,
     pub data_dir: PathBuf,
     pub listen_client_urls: Vec<String>,
     pub advertise_client_urls: Vec<String>,
@@ -255,6 +257,7 @@ impl Config {
             }
             None => args,
         };
+        let name_given = args.name.is_some();
         let name = args.name.unwrap_or_else(|| "default".to_owned());
         let data_dir = args
             .data_dir
@@ -321,6 +324,7 @@ impl Config {
         }
         Ok(Config {
             name,
+            name_given,
             data_dir,
             listen_client_urls,
             advertise_client_urls,

@@ -1358,3 +1358,29 @@ async fn low_disk_on_one_member_raises_nospace_for_the_cluster() {
         );
     }
 }
+
+/// Goal: a member restarts from its data directory alone: no --name, no --initial-cluster; it
+/// rejoins, catches up, serves, and keeps its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_restarts_from_its_data_directory_alone() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut cluster = Cluster::start(root.path(), 3, &[]);
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    cluster.members[follower].kill9();
+    let mut client = cluster.members[leader].etcd_client().await;
+    client.put("while-down", "1", None).await.expect("put");
+    cluster.members[follower].set_args(Vec::new());
+    cluster.members[follower].restart();
+    let mut on_follower = cluster.members[follower].etcd_client().await;
+    let read = on_follower.get("while-down", None).await.expect("read");
+    assert_eq!(read.kvs().len(), 1, "it caught up");
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let listed = on_follower.member_list().await.expect("member list");
+    let names: Vec<&str> = listed.members().iter().map(|m| m.name()).collect();
+    assert!(
+        names.contains(&format!("m{follower}").as_str()),
+        "{names:?}"
+    );
+    assert!(!names.contains(&"default"), "{names:?}");
+}
