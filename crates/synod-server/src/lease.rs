@@ -81,10 +81,17 @@ impl LeaseService {
     }
 }
 
-/// Renews a lease on this member, which must lead; returns the TTL, 0 for an unknown lease (as
-/// etcd answers), or etcd's "not leader". A renewal that makes a checkpointed remaining TTL stale
+/// Renews a lease on this member, which must lead (confirmed through Raft); returns the TTL, 0
+/// for an unknown lease (as etcd answers), or etcd's "not leader". A renewal that makes a checkpointed remaining TTL stale
 /// clears it through Raft before answering, so a new leader cannot cut the lease short.
 pub async fn renew_on_leader(member: &Member, id: i64) -> Result<i64, Status> {
+    if !member.status.is_leader.load(Ordering::Relaxed) {
+        return Err(errors::NOT_LEADER.status());
+    }
+    // A leader cut off from the others still believes it leads until CheckQuorum deposes it;
+    // renewing there would promise a TTL the real leader never hears of. A ReadIndex round
+    // (shared with the turn's other reads) confirms leadership first, as etcd does.
+    member.read_barrier().await?;
     match member.lessor.renew(id) {
         Ok(renewed) => {
             if renewed.clear_checkpoint {

@@ -1384,3 +1384,84 @@ async fn member_restarts_from_its_data_directory_alone() {
     );
     assert!(!names.contains(&"default"), "{names:?}");
 }
+
+/// Goal: a leader cut off from the others does not renew leases: it still believes it leads for
+/// a moment, but it confirms leadership through Raft before renewing, so a holder talking to it
+/// is told no rather than promised a TTL the real leader never hears of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_leader_does_not_renew_leases() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let cluster = Cluster::start(root.path(), 3, &[]);
+    let leader = cluster.leader().await;
+    let mut client = cluster.members[leader].etcd_client().await;
+    let lease = client.lease_grant(30, None).await.expect("grant").id();
+    cluster.isolate(leader).await;
+    // etcd-client sends the first keep-alive when it opens the stream and waits for its answer.
+    let opened = tokio::time::timeout(Duration::from_secs(15), client.lease_keep_alive(lease))
+        .await
+        .expect("the keep-alive got an answer");
+    let Ok((mut keeper, mut responses)) = opened else {
+        // Refused outright ("leader changed", "no leader"...): what we want.
+        cluster.heal();
+        return;
+    };
+    keeper.keep_alive().await.expect("send keep-alive");
+    let answer = tokio::time::timeout(Duration::from_secs(15), responses.message()).await;
+    match answer {
+        Ok(Ok(Some(response))) => {
+            assert!(
+                response.ttl() <= 0,
+                "a cut-off leader renewed the lease: TTL {}",
+                response.ttl()
+            )
+        }
+        Ok(Ok(None)) | Ok(Err(_)) => {}
+        Err(_) => panic!("the keep-alive got no answer at all"),
+    }
+    cluster.heal();
+}
+
+/// Goal: a 5-member cluster keeps serving with two members down (the leader among them), stops
+/// accepting writes without a quorum (with an error, not a hang), and recovers when members
+/// return; a removed member can be added back afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_members_tolerate_two_failures() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut cluster = Cluster::start(root.path(), 5, &[]);
+    let leader = cluster.leader().await;
+    let other = (leader + 1) % 5;
+    cluster.members[leader].kill9();
+    cluster.members[other].kill9();
+    let alive: Vec<usize> = (0..5).filter(|i| *i != leader && *i != other).collect();
+    let options = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(10));
+    let mut client =
+        etcd_client::Client::connect([cluster.members[alive[0]].url()], Some(options.clone()))
+            .await
+            .expect("connect");
+    let written = eventually(Duration::from_secs(15), async || {
+        client.put("five", "two-down", None).await.is_ok()
+    })
+    .await;
+    assert!(written, "three of five members serve writes");
+    // A third failure leaves no quorum: writes fail with an error.
+    cluster.members[alive[2]].kill9();
+    let started = Instant::now();
+    let refused = client.put("five", "no-quorum", None).await;
+    assert!(refused.is_err(), "a write succeeded without a quorum");
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "the refusal took {:?}",
+        started.elapsed()
+    );
+    // Members come back; the cluster serves again and has every acknowledged write.
+    cluster.members[leader].restart_in_background();
+    cluster.members[other].restart_in_background();
+    cluster.members[alive[2]].restart_in_background();
+    for member in &mut cluster.members {
+        member.wait_ready();
+    }
+    let value = client.get("five", None).await.expect("read");
+    assert_eq!(value.kvs()[0].value_str().expect("utf8"), "two-down");
+    let revision = value.header().expect("header").revision();
+    assert_same_hash(&cluster, revision).await;
+}

@@ -142,6 +142,13 @@ impl Member {
         self.wait_ready();
     }
 
+    /// Starts the process again on the same ports and data, without waiting for it to serve
+    /// (a member of a cluster without quorum cannot serve alone).
+    pub fn restart_in_background(&mut self) {
+        assert!(self.child.is_none(), "member is still running");
+        self.spawn();
+    }
+
     /// Starts the process again and returns its exit status and log if it fails to start.
     pub fn start_expecting_failure(&mut self) -> (std::process::ExitStatus, String) {
         self.spawn();
