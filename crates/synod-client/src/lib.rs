@@ -148,6 +148,8 @@ fn source_chain(error: &dyn std::error::Error) -> String {
 
 pub use synod_api::prefix_range_end;
 
+pub mod recipes;
+
 #[cfg(test)]
 mod tests {
     use super::*;

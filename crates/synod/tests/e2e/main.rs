@@ -5,6 +5,7 @@
 mod harness;
 
 mod cli;
+mod client_recipes;
 mod cluster;
 mod crash;
 mod differential;
