@@ -220,6 +220,20 @@ async fn created_before(
     Ok((response.kvs, at))
 }
 
+/// How a holder's key went away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Departure {
+    /// Its holder released it through a recipe (it marked the key released first).
+    Released,
+    /// It went some other way: its session expired (its lease was revoked with it), or someone
+    /// deleted it directly.
+    Vanished,
+}
+
+/// The value a recipe writes into its key just before deleting it, so waiters can tell a
+/// release from an expired session (for lock-delay).
+const RELEASED: &[u8] = b"\0synod:released";
+
 /// Waits until a key in `[key, range_end)` (just `key` when `range_end` is empty) is deleted,
 /// watching from `after + 1` so no deletion is missed.
 async fn wait_deleted(
@@ -227,7 +241,7 @@ async fn wait_deleted(
     key: &[u8],
     range_end: &[u8],
     after: i64,
-) -> Result<(), ClientError> {
+) -> Result<Departure, ClientError> {
     let (requests, receiver) = tokio::sync::mpsc::channel(1);
     let create = WatchRequest {
         request_union: Some(watch_request::RequestUnion::CreateRequest(
@@ -248,17 +262,23 @@ async fn wait_deleted(
         .watch(tokio_stream::wrappers::ReceiverStream::new(receiver))
         .await?
         .into_inner();
+    let mut released: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
     while let Some(response) = events.next().await {
         let response = response?;
         if response.canceled {
             return Err(other(format!("watch canceled: {}", response.cancel_reason)));
         }
-        if response
-            .events
-            .iter()
-            .any(|event| event.r#type == EventType::Delete as i32)
-        {
-            return Ok(());
+        for event in &response.events {
+            let Some(kv) = &event.kv else { continue };
+            if event.r#type == EventType::Put as i32 && kv.value == RELEASED {
+                released.insert(kv.key.clone());
+            } else if event.r#type == EventType::Delete as i32 {
+                return Ok(if released.contains(&kv.key) {
+                    Departure::Released
+                } else {
+                    Departure::Vanished
+                });
+            }
         }
     }
     drop(requests);
@@ -266,12 +286,14 @@ async fn wait_deleted(
 }
 
 /// Waits until fewer than `ahead_max` keys accepted by `blocks` were created under `prefix`
-/// before `revision`.
+/// before `revision`. With a `lock_delay`, a holder whose key vanished without being released
+/// (its session expired) keeps everyone out for that long (Consul's lock-delay).
 async fn wait_turn(
     client: &Client,
     prefix: &[u8],
     revision: i64,
     ahead_max: usize,
+    lock_delay: Duration,
     blocks: impl Fn(&KeyValue) -> bool,
 ) -> Result<(), ClientError> {
     loop {
@@ -280,14 +302,17 @@ async fn wait_turn(
         if blocking.len() < ahead_max {
             return Ok(());
         }
-        if ahead_max == 1 {
+        let departure = if ahead_max == 1 {
             // Wait for the newest of the keys that must go (etcd's recipes wait for the last
             // one), then look again.
             let last = blocking.last().expect("not empty");
-            wait_deleted(client, &last.key, &[], at).await?;
+            wait_deleted(client, &last.key, &[], at).await?
         } else {
             // Any of them going may be enough: wait for any deletion under the prefix.
-            wait_deleted(client, prefix, &prefix_range_end(prefix), at).await?;
+            wait_deleted(client, prefix, &prefix_range_end(prefix), at).await?
+        };
+        if departure == Departure::Vanished && !lock_delay.is_zero() {
+            tokio::time::sleep(lock_delay).await;
         }
     }
 }
@@ -295,24 +320,27 @@ async fn wait_turn(
 /// A mutual-exclusion lock, laid out as etcd's `concurrency.Mutex` (and the Lock service):
 /// `NAME/<lease hex>`; the oldest key holds the lock.
 pub struct Mutex {
-    prefix: Vec<u8>,
+    semaphore: Semaphore,
 }
 
 impl Mutex {
     pub fn new(name: &str) -> Mutex {
         Mutex {
-            prefix: format!("{name}/").into_bytes(),
+            semaphore: Semaphore::new(name, 1),
         }
+    }
+
+    /// After a holder's session expires (rather than it releasing the lock), nobody may take
+    /// the lock for `delay` (Consul's lock-delay): time for a holder that was paused or cut off
+    /// to notice it lost the lock before a successor acts.
+    pub fn with_lock_delay(mut self, delay: Duration) -> Mutex {
+        self.semaphore.lock_delay = delay;
+        self
     }
 
     /// Waits for the lock; returns the holder's key and fencing token.
     pub async fn lock(&self, session: &Session) -> Result<Held, ClientError> {
-        Semaphore {
-            prefix: self.prefix.clone(),
-            permits: 1,
-        }
-        .acquire(session)
-        .await
+        self.semaphore.acquire(session).await
     }
 
     /// Releases the lock (deletes the holder's key).
@@ -321,7 +349,18 @@ impl Mutex {
     }
 }
 
+/// Releases a holder's key: marks it released (for waiters using lock-delay), then deletes it.
 async fn release(session: &Session, held: Held) -> Result<(), ClientError> {
+    session
+        .client
+        .kv()
+        .put(PutRequest {
+            key: held.key.clone(),
+            value: RELEASED.to_vec(),
+            lease: session.lease,
+            ..PutRequest::default()
+        })
+        .await?;
     session
         .client
         .kv()
@@ -338,6 +377,7 @@ async fn release(session: &Session, held: Held) -> Result<(), ClientError> {
 pub struct Semaphore {
     prefix: Vec<u8>,
     permits: usize,
+    lock_delay: Duration,
 }
 
 impl Semaphore {
@@ -345,7 +385,14 @@ impl Semaphore {
         Semaphore {
             prefix: format!("{name}/").into_bytes(),
             permits: permits.max(1),
+            lock_delay: Duration::ZERO,
         }
+    }
+
+    /// See [`Mutex::with_lock_delay`].
+    pub fn with_lock_delay(mut self, delay: Duration) -> Semaphore {
+        self.lock_delay = delay;
+        self
     }
 
     /// Waits for a permit; returns the holder's key and fencing token.
@@ -353,7 +400,7 @@ impl Semaphore {
         let key = holder_key(&self.prefix, session.lease);
         let (token, _) = create_or_get(&session.client, &key, b"", session.lease).await?;
         let waited = tokio::select! {
-            waited = wait_turn(&session.client, &self.prefix, token, self.permits, |_| true) => waited,
+            waited = wait_turn(&session.client, &self.prefix, token, self.permits, self.lock_delay, |_| true) => waited,
             _ = session.lost() => Err(other("the session was lost while waiting")),
         };
         if let Err(error) = waited {
@@ -405,7 +452,7 @@ impl RwLock {
         let key = holder_key(&[self.prefix.as_slice(), kind].concat(), session.lease);
         let (token, _) = create_or_get(&session.client, &key, b"", session.lease).await?;
         let waited = tokio::select! {
-            waited = wait_turn(&session.client, &self.prefix, token, 1, blocks) => waited,
+            waited = wait_turn(&session.client, &self.prefix, token, 1, Duration::ZERO, blocks) => waited,
             _ = session.lost() => Err(other("the session was lost while waiting")),
         };
         if let Err(error) = waited {
@@ -571,7 +618,7 @@ impl Barrier {
             return Ok(());
         }
         let at = response.header.map(|h| h.revision).unwrap_or(0);
-        wait_deleted(client, &self.key, &[], at).await
+        wait_deleted(client, &self.key, &[], at).await.map(|_| ())
     }
 }
 

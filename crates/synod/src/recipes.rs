@@ -12,13 +12,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use futures::StreamExt;
-use synod_client::etcdserverpb::{
-    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, RangeRequest,
-};
+use synod_client::etcdserverpb::RangeRequest;
+use synod_client::recipes::{Semaphore, Session};
 use synod_client::v3electionpb::{CampaignRequest, LeaderKey, LeaderRequest, ResignRequest};
-use synod_client::v3lockpb::{LockRequest, UnlockRequest};
 use synod_client::{Client, ClientError};
-use tokio::sync::watch;
 
 use crate::output;
 
@@ -32,6 +29,13 @@ pub struct LockArgs {
     /// Seconds between SIGTERM and SIGKILL when the lock is lost under a running command.
     #[arg(long, default_value_t = 10)]
     kill_after: u64,
+    /// Hold one of N permits (a semaphore, as `consul lock -n`) instead of the lock.
+    #[arg(long, default_value_t = 1)]
+    max: usize,
+    /// After a holder's session expires (instead of it releasing), nobody may acquire for this
+    /// long (Consul's lock-delay), e.g. `15s`.
+    #[arg(long, default_value = "0s", value_parser = crate::parse_duration)]
+    lock_delay: Duration,
     /// The command to run while holding the lock; without one, hold it until interrupted.
     #[arg(last = true)]
     command: Vec<String>,
@@ -55,46 +59,6 @@ fn bad(message: impl Into<String>) -> ClientError {
     ClientError::Other(message.into())
 }
 
-/// Grants a lease and keeps it alive in the background; the watch turns true when it is lost.
-async fn session(client: &Client, ttl: i64) -> Result<(i64, watch::Receiver<bool>), ClientError> {
-    let lease = client
-        .lease()
-        .lease_grant(LeaseGrantRequest { ttl, id: 0 })
-        .await?
-        .into_inner();
-    let (lost_sender, lost) = watch::channel(false);
-    let (requests, receiver) = tokio::sync::mpsc::channel(1);
-    let mut responses = client
-        .lease()
-        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(receiver))
-        .await?
-        .into_inner();
-    let (id, granted) = (lease.id, lease.ttl.max(1));
-    tokio::spawn(async move {
-        loop {
-            let renewed = async {
-                requests.send(LeaseKeepAliveRequest { id }).await.ok()?;
-                let response =
-                    tokio::time::timeout(Duration::from_secs(granted as u64), responses.next())
-                        .await
-                        .ok()??
-                        .ok()?;
-                (response.ttl > 0).then_some(())
-            };
-            if renewed.await.is_none() {
-                let _ = lost_sender.send(true);
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis((granted as u64 * 1000 / 3).max(300))).await;
-        }
-    });
-    Ok((id, lost))
-}
-
-async fn lost(mut receiver: watch::Receiver<bool>) {
-    let _ = receiver.wait_for(|lost| *lost).await;
-}
-
 /// Sends a signal by name with kill(1): the workspace forbids unsafe code, so no libc calls.
 fn signal(pid: u32, name: &str) {
     let _ = std::process::Command::new("kill")
@@ -104,26 +68,10 @@ fn signal(pid: u32, name: &str) {
 }
 
 pub async fn lock(client: &Client, args: LockArgs) -> Result<ExitCode, ClientError> {
-    let (lease, lost_receiver) = session(client, args.ttl).await?;
-    let mut lock_client = client.lock();
-    let acquired = tokio::select! {
-        acquired = lock_client.lock(LockRequest { name: args.name.clone().into_bytes(), lease }) => acquired?.into_inner(),
-        _ = lost(lost_receiver.clone()) => return Err(bad("lock lost: the session lease expired while waiting")),
-    };
-    let key = acquired.key;
-    let found = client
-        .kv()
-        .range(RangeRequest {
-            key: key.clone(),
-            ..RangeRequest::default()
-        })
-        .await?
-        .into_inner();
-    let token = found
-        .kvs
-        .first()
-        .map(|kv| kv.create_revision)
-        .ok_or_else(|| bad("lock lost right after it was acquired"))?;
+    let session = Session::new(client, args.ttl).await?;
+    let semaphore = Semaphore::new(&args.name, args.max).with_lock_delay(args.lock_delay);
+    let held = semaphore.acquire(&session).await?;
+    let (key, token) = (held.key.clone(), held.token);
     eprintln!(
         "synod: holding lock {} with fencing token {token}",
         output::bytes(&key, false)
@@ -132,17 +80,14 @@ pub async fn lock(client: &Client, args: LockArgs) -> Result<ExitCode, ClientErr
         println!("{}", output::bytes(&key, false));
         tokio::select! {
             _ = tokio::signal::ctrl_c() => Ok(ExitCode::SUCCESS),
-            _ = lost(lost_receiver) => Err(bad("lock lost: the session lease expired")),
+            _ = session.lost() => Err(bad("lock lost: the session lease expired")),
         }
     } else {
-        run_holding(&args, &key, token, lost_receiver).await
+        run_holding(&args, &key, token, &session).await
     };
-    // Release: the key first (the next holder may go at once), then the lease.
-    let _ = client.lock().unlock(UnlockRequest { key }).await;
-    let _ = client
-        .lease()
-        .lease_revoke(LeaseRevokeRequest { id: lease })
-        .await;
+    // Release: the key first (marked released, so lock-delay does not apply), then the lease.
+    let _ = semaphore.release(&session, held).await;
+    let _ = session.close().await;
     outcome
 }
 
@@ -150,7 +95,7 @@ async fn run_holding(
     args: &LockArgs,
     key: &[u8],
     token: i64,
-    lost_receiver: watch::Receiver<bool>,
+    session: &Session,
 ) -> Result<ExitCode, ClientError> {
     let mut child = tokio::process::Command::new(&args.command[0])
         .args(&args.command[1..])
@@ -165,7 +110,7 @@ async fn run_holding(
             let status = status.map_err(|e| bad(format!("waiting for the command: {e}")))?;
             Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
         }
-        _ = lost(lost_receiver) => {
+        _ = session.lost() => {
             eprintln!("synod: lock lost (the session lease expired); terminating the command");
             if let Some(pid) = pid {
                 signal(pid, "TERM");
@@ -204,16 +149,16 @@ pub async fn elect(client: &Client, args: ElectArgs) -> Result<ExitCode, ClientE
     let value = args
         .value
         .ok_or_else(|| bad("synod elect NAME VALUE campaigns; use --listen to observe"))?;
-    let (lease, lost_receiver) = session(client, args.ttl).await?;
+    let session = Session::new(client, args.ttl).await?;
     let campaign = CampaignRequest {
         name,
-        lease,
+        lease: session.lease(),
         value: value.clone().into_bytes(),
     };
     let mut election_client = client.election();
     let elected = tokio::select! {
         elected = election_client.campaign(campaign) => elected?.into_inner(),
-        _ = lost(lost_receiver.clone()) => return Err(bad("leadership lost: the session lease expired while campaigning")),
+        _ = session.lost() => return Err(bad("leadership lost: the session lease expired while campaigning")),
     };
     let leader: LeaderKey = elected
         .leader
@@ -227,7 +172,7 @@ pub async fn elect(client: &Client, args: ElectArgs) -> Result<ExitCode, ClientE
     println!("{value}");
     let outcome = tokio::select! {
         _ = tokio::signal::ctrl_c() => Ok(ExitCode::SUCCESS),
-        _ = lost(lost_receiver) => Err(bad("leadership lost: the session lease expired")),
+        _ = session.lost() => Err(bad("leadership lost: the session lease expired")),
     };
     let _ = client
         .election()
@@ -235,10 +180,7 @@ pub async fn elect(client: &Client, args: ElectArgs) -> Result<ExitCode, ClientE
             leader: Some(leader),
         })
         .await;
-    let _ = client
-        .lease()
-        .lease_revoke(LeaseRevokeRequest { id: lease })
-        .await;
+    let _ = session.close().await;
     outcome
 }
 

@@ -286,3 +286,130 @@ async fn stale_fencing_tokens_are_rejected_everywhere() {
     .expect("bad check");
     assert_eq!(code, 400);
 }
+
+/// Starts `synod lock` with arguments, output discarded.
+fn synod_lock(member: &Member, args: &[&str]) -> std::process::Child {
+    Command::new(crate::harness::synod_binary())
+        .args(["--endpoints", &member.endpoint(), "lock"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("synod lock")
+}
+
+/// Waits for a child to exit; returns its status and when it exited.
+fn wait_child(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> (std::process::ExitStatus, std::time::Instant) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return (status, std::time::Instant::now());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the process did not finish in time"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Goal: `synod lock --max N` is a semaphore: N commands run at once, not more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synod_lock_max_is_a_semaphore() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    let inside = root.path().join("inside");
+    std::fs::create_dir_all(&inside).expect("dir");
+    let script = format!(
+        "touch {dir}/$$; sleep 0.8; rm {dir}/$$",
+        dir = inside.display()
+    );
+    let mut holders: Vec<std::process::Child> = (0..4)
+        .map(|_| synod_lock(&member, &["--max", "2", "sem", "--", "sh", "-c", &script]))
+        .collect();
+    let mut most = 0;
+    let started = std::time::Instant::now();
+    while holders
+        .iter_mut()
+        .any(|h| h.try_wait().expect("wait").is_none())
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the holders did not finish"
+        );
+        let now = std::fs::read_dir(&inside).expect("dir").count();
+        most = most.max(now);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for holder in &mut holders {
+        assert!(holder.wait().expect("wait").success());
+    }
+    assert_eq!(most, 2, "two commands at once, never three");
+}
+
+/// Goal: lock-delay. When a holder's session expires (it was killed), a waiter with
+/// `--lock-delay D` acquires only D after the expiry; when the holder releases cleanly, the
+/// waiter acquires at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_delay_applies_after_an_expiry_not_after_a_release() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    let mut client = member.etcd_client().await;
+    let held = async |client: &mut etcd_client::Client| {
+        crate::harness::eventually(Duration::from_secs(10), async || {
+            client
+                .get(
+                    "delayed/",
+                    Some(
+                        etcd_client::GetOptions::new()
+                            .with_prefix()
+                            .with_count_only(),
+                    ),
+                )
+                .await
+                .is_ok_and(|r| r.count() == 1)
+        })
+        .await
+    };
+
+    // Expiry: the holder is killed; its 2 s lease expires; then 3 s of lock-delay.
+    let mut holder = synod_lock(&member, &["--ttl", "2", "delayed"]);
+    assert!(held(&mut client).await, "the first holder took the lock");
+    let mut waiter = synod_lock(&member, &["--lock-delay", "3s", "delayed", "--", "true"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.kill().expect("kill -9 the holder");
+    let killed = std::time::Instant::now();
+    let _ = holder.wait();
+    let (status, finished) = wait_child(&mut waiter, Duration::from_secs(20));
+    assert!(status.success());
+    let waited = finished - killed;
+    // The lease was last renewed up to a third of its TTL before the kill, so it expired 1.3 to
+    // 2 s after; without the delay the waiter would go then.
+    assert!(
+        waited >= Duration::from_millis(4_000),
+        "acquired {waited:?} after the holder died: before its lease (1.3-2 s) and the delay (3 s) ran out"
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "acquired only after {waited:?}"
+    );
+
+    // Release: the holder exits cleanly (Ctrl-C); no delay.
+    let mut holder = synod_lock(&member, &["--ttl", "2", "delayed"]);
+    assert!(held(&mut client).await, "the holder took the lock");
+    let mut waiter = synod_lock(&member, &["--lock-delay", "3s", "delayed", "--", "true"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    crate::harness::signal(holder.id(), "INT");
+    let released = std::time::Instant::now();
+    let _ = holder.wait();
+    let (status, finished) = wait_child(&mut waiter, Duration::from_secs(20));
+    assert!(status.success());
+    assert!(
+        finished - released < Duration::from_millis(2_500),
+        "a clean release still delayed the next holder by {:?}",
+        finished - released
+    );
+}
