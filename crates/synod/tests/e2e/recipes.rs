@@ -413,3 +413,65 @@ async fn lock_delay_applies_after_an_expiry_not_after_a_release() {
         finished - released
     );
 }
+
+/// Goal: `etcdctl elect`, the Election service and `synod elect` take part in one election:
+/// each sees the leader the others elected, and leadership passes between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_elect_synod_elect_and_the_service_agree() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    let mut client = member.etcd_client().await;
+    let leader_value = async |client: &mut etcd_client::Client| -> Option<String> {
+        let response = client.leader("mixed").await.ok()?;
+        Some(response.kv()?.value_str().ok()?.to_owned())
+    };
+    let mut etcdctl = Command::new("etcdctl")
+        .args(["--endpoints", &member.endpoint(), "elect", "mixed", "alice"])
+        .env("ETCDCTL_API", "3")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("etcdctl elect");
+    let alice = crate::harness::eventually(Duration::from_secs(10), async || {
+        leader_value(&mut client).await.as_deref() == Some("alice")
+    })
+    .await;
+    assert!(alice, "the service sees etcdctl's leader");
+    // synod elect campaigns behind alice...
+    let mut synod = Command::new(crate::harness::synod_binary())
+        .args(["--endpoints", &member.endpoint(), "elect", "mixed", "bob"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("synod elect");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(leader_value(&mut client).await.as_deref(), Some("alice"));
+    // ...and `etcdctl elect -l` observes the hand-over when alice resigns.
+    let mut observer = Command::new("etcdctl")
+        .args(["--endpoints", &member.endpoint(), "elect", "-l", "mixed"])
+        .env("ETCDCTL_API", "3")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("etcdctl elect -l");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    crate::harness::signal(etcdctl.id(), "INT");
+    let _ = etcdctl.wait();
+    let bob = crate::harness::eventually(Duration::from_secs(10), async || {
+        leader_value(&mut client).await.as_deref() == Some("bob")
+    })
+    .await;
+    assert!(bob, "synod elect took over when etcdctl resigned");
+    let _ = observer.kill();
+    let observed = observer.wait_with_output().expect("observer output");
+    let observed = String::from_utf8_lossy(&observed.stdout);
+    assert!(
+        observed.contains("alice") && observed.contains("bob"),
+        "{observed}"
+    );
+    crate::harness::signal(synod.id(), "INT");
+    let _ = synod.wait();
+    let gone = crate::harness::eventually(Duration::from_secs(10), async || {
+        leader_value(&mut client).await.is_none()
+    })
+    .await;
+    assert!(gone, "synod elect resigned when interrupted");
+}
