@@ -63,6 +63,8 @@ pub enum ClientCommand {
         #[arg(value_parser = parse_member_id)]
         target: u64,
     },
+    /// Measure throughput and latency (etcd's benchmark, on etcd's wire: aim it at etcd too).
+    Bench(crate::bench::BenchArgs),
     /// Run a local cluster of N members on loopback in the foreground (Ctrl-C stops it).
     #[command(subcommand)]
     Cluster(crate::local_cluster::ClusterCommand),
@@ -328,6 +330,7 @@ pub async fn run(
                 .map(|()| std::process::ExitCode::SUCCESS);
         }
         ClientCommand::Cluster(command) => return crate::local_cluster::run(command).await,
+        ClientCommand::Bench(args) => return crate::bench::run(&global.endpoints, args).await,
         ClientCommand::Watch(args) => {
             let client = Client::connect_any(&global.endpoints, global.dial_timeout).await?;
             return watch(global, &client, args)
@@ -388,7 +391,8 @@ async fn unary(
         | ClientCommand::Lock(_)
         | ClientCommand::Elect(_)
         | ClientCommand::Fence(_)
-        | ClientCommand::Cluster(_) => {
+        | ClientCommand::Cluster(_)
+        | ClientCommand::Bench(_) => {
             unreachable!("streaming commands are dispatched in run")
         }
     }

@@ -2,6 +2,7 @@
 //! that talks to `--endpoints` over etcd's wire protocol, with etcdctl's command names and
 //! output. This file only parses arguments and calls the libraries.
 
+mod bench;
 mod commands;
 mod local_cluster;
 mod output;
@@ -77,10 +78,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Server(args) => run_server(*args),
         Command::Client(command) => {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            // The benchmark drives many connections at once: it gets every core.
+            let mut builder = if matches!(command, commands::ClientCommand::Bench(_)) {
+                tokio::runtime::Builder::new_multi_thread()
+            } else {
+                tokio::runtime::Builder::new_current_thread()
+            };
+            let runtime = match builder.enable_all().build() {
                 Ok(runtime) => runtime,
                 Err(error) => {
                     eprintln!("Error: cannot start the runtime: {error}");

@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod bench;
 mod cli;
 mod client_recipes;
 mod cluster;

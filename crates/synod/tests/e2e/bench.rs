@@ -1,0 +1,68 @@
+//! `synod bench` in smoke mode: every workload runs against a Synod member and against etcd
+//! (it speaks only etcd's wire), and reports a parsable summary with no failed request. The
+//! figures themselves come from `bench/compare` on a release build (docs/PERFORMANCE.md).
+
+use crate::harness::{Etcd, Member, run_tool, synod_binary};
+
+fn bench(endpoint: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["bench", "--json"];
+    all.extend_from_slice(args);
+    let (ok, out, err) = run_tool(synod_binary(), &["--endpoints", endpoint], &all, None);
+    assert!(ok, "synod bench {args:?} failed: {err}");
+    let summary: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON summary");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert!(summary["ok"].as_u64().expect("ok count") > 0, "{summary}");
+    assert!(summary["p99_ms"].as_f64().expect("p99") > 0.0, "{summary}");
+    summary
+}
+
+/// Goal: every workload of `synod bench` runs against Synod and etcd alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_workloads_run_against_synod_and_etcd() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(&root.path().join("synod"), &[]);
+    std::fs::create_dir_all(root.path().join("etcd")).expect("etcd dir");
+    let etcd = Etcd::start(&root.path().join("etcd"));
+    for endpoint in [member.endpoint(), etcd.endpoint()] {
+        let put = bench(
+            &endpoint,
+            &[
+                "--clients",
+                "4",
+                "--total",
+                "200",
+                "put",
+                "--key-space-size",
+                "50",
+            ],
+        );
+        assert_eq!(put["ok"], 200);
+        bench(
+            &endpoint,
+            &["--clients", "4", "--total", "200", "range", "foo"],
+        );
+        bench(
+            &endpoint,
+            &[
+                "--clients",
+                "2",
+                "--total",
+                "100",
+                "range",
+                "foo",
+                "--consistency",
+                "s",
+            ],
+        );
+        bench(&endpoint, &["--clients", "3", "--total", "30", "lock"]);
+        let failover = bench(
+            &endpoint,
+            &["--total", "1", "election-failover", "--ttl", "2"],
+        );
+        let seconds = failover["p50_ms"].as_f64().expect("failover") / 1000.0;
+        assert!(
+            (1.0..10.0).contains(&seconds),
+            "failover took {seconds} s with a 2 s TTL"
+        );
+    }
+}
