@@ -234,14 +234,19 @@ enum Departure {
 /// release from an expired session (for lock-delay).
 const RELEASED: &[u8] = b"\0synod:released";
 
-/// Waits until a key in `[key, range_end)` (just `key` when `range_end` is empty) is deleted,
-/// watching from `after + 1` so no deletion is missed.
-async fn wait_deleted(
+/// A watch on `[key, range_end)` from `after + 1`; keep the sender alive as long as the stream.
+async fn watch_after(
     client: &Client,
     key: &[u8],
     range_end: &[u8],
     after: i64,
-) -> Result<Departure, ClientError> {
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<WatchRequest>,
+        tonic::Streaming<crate::etcdserverpb::WatchResponse>,
+    ),
+    ClientError,
+> {
     let (requests, receiver) = tokio::sync::mpsc::channel(1);
     let create = WatchRequest {
         request_union: Some(watch_request::RequestUnion::CreateRequest(
@@ -257,11 +262,23 @@ async fn wait_deleted(
         .send(create)
         .await
         .map_err(|_| other("watch closed"))?;
-    let mut events = client
+    let events = client
         .watch()
         .watch(tokio_stream::wrappers::ReceiverStream::new(receiver))
         .await?
         .into_inner();
+    Ok((requests, events))
+}
+
+/// Waits until a key in `[key, range_end)` (just `key` when `range_end` is empty) is deleted,
+/// watching from `after + 1` so no deletion is missed.
+async fn wait_deleted(
+    client: &Client,
+    key: &[u8],
+    range_end: &[u8],
+    after: i64,
+) -> Result<Departure, ClientError> {
+    let (requests, mut events) = watch_after(client, key, range_end, after).await?;
     let mut released: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
     while let Some(response) = events.next().await {
         let response = response?;
@@ -285,17 +302,48 @@ async fn wait_deleted(
     Err(other("watch stream ended"))
 }
 
-/// Waits until fewer than `ahead_max` keys accepted by `blocks` were created under `prefix`
-/// before `revision`. With a `lock_delay`, a holder whose key vanished without being released
-/// (its session expired) keeps everyone out for that long (Consul's lock-delay).
-async fn wait_turn(
-    client: &Client,
-    prefix: &[u8],
-    revision: i64,
+/// Who goes ahead of a holder: fewer than `ahead_max` older keys under `prefix` (of those a
+/// recipe counts) let it in.
+struct Turn<'a> {
+    prefix: &'a [u8],
     ahead_max: usize,
     lock_delay: Duration,
+}
+
+/// Creates the holder's `key` on the session's lease and waits for its turn; on failure (or
+/// the session lost while waiting) the key is released again.
+async fn take_turn(
+    session: &Session,
+    key: Vec<u8>,
+    turn: Turn<'_>,
+    blocks: impl Fn(&KeyValue) -> bool,
+) -> Result<Held, ClientError> {
+    let (token, _) = create_or_get(&session.client, &key, b"", session.lease).await?;
+    let waited = tokio::select! {
+        waited = wait_turn(&session.client, token, &turn, blocks) => waited,
+        _ = session.lost() => Err(other("the session was lost while waiting")),
+    };
+    if let Err(error) = waited {
+        let _ = release(session, Held { key, token }).await;
+        return Err(error);
+    }
+    Ok(Held { key, token })
+}
+
+/// Waits until fewer than `turn.ahead_max` keys accepted by `blocks` were created under
+/// `turn.prefix` before `revision`. With a lock-delay, a holder whose key vanished without being
+/// released (its session expired) keeps everyone out for that long (Consul's lock-delay).
+async fn wait_turn(
+    client: &Client,
+    revision: i64,
+    turn: &Turn<'_>,
     blocks: impl Fn(&KeyValue) -> bool,
 ) -> Result<(), ClientError> {
+    let Turn {
+        prefix,
+        ahead_max,
+        lock_delay,
+    } = *turn;
     loop {
         let (before, at) = created_before(client, prefix, revision).await?;
         let blocking: Vec<KeyValue> = before.into_iter().filter(|kv| blocks(kv)).collect();
@@ -398,16 +446,12 @@ impl Semaphore {
     /// Waits for a permit; returns the holder's key and fencing token.
     pub async fn acquire(&self, session: &Session) -> Result<Held, ClientError> {
         let key = holder_key(&self.prefix, session.lease);
-        let (token, _) = create_or_get(&session.client, &key, b"", session.lease).await?;
-        let waited = tokio::select! {
-            waited = wait_turn(&session.client, &self.prefix, token, self.permits, self.lock_delay, |_| true) => waited,
-            _ = session.lost() => Err(other("the session was lost while waiting")),
+        let turn = Turn {
+            prefix: &self.prefix,
+            ahead_max: self.permits,
+            lock_delay: self.lock_delay,
         };
-        if let Err(error) = waited {
-            let _ = release(session, Held { key, token }).await;
-            return Err(error);
-        }
-        Ok(Held { key, token })
+        take_turn(session, key, turn, |_| true).await
     }
 
     /// Gives a permit back.
@@ -450,16 +494,12 @@ impl RwLock {
         blocks: impl Fn(&KeyValue) -> bool,
     ) -> Result<Held, ClientError> {
         let key = holder_key(&[self.prefix.as_slice(), kind].concat(), session.lease);
-        let (token, _) = create_or_get(&session.client, &key, b"", session.lease).await?;
-        let waited = tokio::select! {
-            waited = wait_turn(&session.client, &self.prefix, token, 1, Duration::ZERO, blocks) => waited,
-            _ = session.lost() => Err(other("the session was lost while waiting")),
+        let turn = Turn {
+            prefix: &self.prefix,
+            ahead_max: 1,
+            lock_delay: Duration::ZERO,
         };
-        if let Err(error) = waited {
-            let _ = release(session, Held { key, token }).await;
-            return Err(error);
-        }
-        Ok(Held { key, token })
+        take_turn(session, key, turn, blocks).await
     }
 
     /// Releases shared or exclusive access.
@@ -706,26 +746,8 @@ impl Queue {
     }
 
     async fn wait_put(&self, client: &Client, after: i64) -> Result<(), ClientError> {
-        let (requests, receiver) = tokio::sync::mpsc::channel(1);
-        let create = WatchRequest {
-            request_union: Some(watch_request::RequestUnion::CreateRequest(
-                WatchCreateRequest {
-                    key: self.prefix.clone(),
-                    range_end: prefix_range_end(&self.prefix),
-                    start_revision: after + 1,
-                    ..WatchCreateRequest::default()
-                },
-            )),
-        };
-        requests
-            .send(create)
-            .await
-            .map_err(|_| other("watch closed"))?;
-        let mut events = client
-            .watch()
-            .watch(tokio_stream::wrappers::ReceiverStream::new(receiver))
-            .await?
-            .into_inner();
+        let range_end = prefix_range_end(&self.prefix);
+        let (requests, mut events) = watch_after(client, &self.prefix, &range_end, after).await?;
         while let Some(response) = events.next().await {
             if response?
                 .events

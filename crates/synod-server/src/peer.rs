@@ -521,16 +521,21 @@ impl Peer for PeerService {
     }
 }
 
-/// Forwards a keep-alive to the leader; returns the TTL (0 for an unknown lease, as etcd does).
-pub async fn forward_renew(member: &Member, id: i64) -> Result<i64, Status> {
+/// The leader's peer service, for a request a follower forwards; "no leader" when there is none.
+fn leader_client(member: &Member) -> Result<PeerClient<Channel>, Status> {
     let leader = member.status.leader_id.load(Ordering::Relaxed);
     if leader == 0 {
         return Err(errors::NO_LEADER.status());
     }
-    let mut client = member
+    member
         .transport()
         .client(leader)
-        .ok_or_else(|| errors::NO_LEADER.status())?;
+        .ok_or_else(|| errors::NO_LEADER.status())
+}
+
+/// Forwards a keep-alive to the leader; returns the TTL (0 for an unknown lease, as etcd does).
+pub async fn forward_renew(member: &Member, id: i64) -> Result<i64, Status> {
+    let mut client = leader_client(member)?;
     let request = LeaseRenewRequest {
         cluster_id: member.cluster_id,
         id,
@@ -548,14 +553,7 @@ pub async fn forward_time_to_live(
     member: &Member,
     request: LeaseTimeToLiveRequest,
 ) -> Result<LeaseTimeToLiveResponse, Status> {
-    let leader = member.status.leader_id.load(Ordering::Relaxed);
-    if leader == 0 {
-        return Err(errors::NO_LEADER.status());
-    }
-    let mut client = member
-        .transport()
-        .client(leader)
-        .ok_or_else(|| errors::NO_LEADER.status())?;
+    let mut client = leader_client(member)?;
     let forward = LeaseTimeToLiveForward {
         cluster_id: member.cluster_id,
         request: Some(request),

@@ -317,6 +317,27 @@ fn check_watch(
     }
 }
 
+/// The member behind `client` holds every acknowledged write at its acknowledged revision.
+async fn assert_holds_acknowledged(
+    client: &mut etcd_client::Client,
+    acked: &BTreeMap<(String, String), i64>,
+) {
+    for ((key, value), revision) in acked {
+        let at = client
+            .get(
+                key.as_str(),
+                Some(GetOptions::new().with_revision(*revision)),
+            )
+            .await
+            .expect("read at the acknowledged revision");
+        assert_eq!(
+            at.kvs().first().map(|kv| kv.value_str().expect("utf8")),
+            Some(value.as_str()),
+            "acknowledged write {key}={value} at revision {revision} is missing"
+        );
+    }
+}
+
 async fn current_revision(cluster: &Cluster) -> i64 {
     for url in cluster.urls() {
         if let Ok(mut client) = etcd_client::Client::connect([url], None).await
@@ -517,20 +538,7 @@ async fn leader_faults_under_load_keep_history_linearizable() {
     check_watch(&events, first_revision, last_revision, &acked);
     // Every acknowledged write is in the final state's history.
     let mut client = cluster.members[0].etcd_client().await;
-    for ((key, value), revision) in &acked {
-        let at = client
-            .get(
-                key.as_str(),
-                Some(GetOptions::new().with_revision(*revision)),
-            )
-            .await
-            .expect("read at the acknowledged revision");
-        assert_eq!(
-            at.kvs().first().map(|kv| kv.value_str().expect("utf8")),
-            Some(value.as_str()),
-            "acknowledged write {key}={value} at {revision} lost"
-        );
-    }
+    assert_holds_acknowledged(&mut client, &acked).await;
     assert_same_hash(&cluster, last_revision).await;
 }
 
@@ -705,20 +713,7 @@ async fn membership_changes_under_load() {
     );
     assert!(listed.members().iter().all(|m| !m.is_learner()));
     // The new member holds every acknowledged write.
-    for ((key, value), revision) in &acked {
-        let at = on_joiner
-            .get(
-                key.as_str(),
-                Some(GetOptions::new().with_revision(*revision)),
-            )
-            .await
-            .expect("read on the new member");
-        assert_eq!(
-            at.kvs().first().map(|kv| kv.value_str().expect("utf8")),
-            Some(value.as_str()),
-            "the new member lacks {key}={value}@{revision}"
-        );
-    }
+    assert_holds_acknowledged(&mut on_joiner, &acked).await;
     cluster.members.push(joiner);
     let revision = current_revision(&cluster).await;
     assert_same_hash(&cluster, revision).await;
@@ -1277,20 +1272,13 @@ async fn corrupt_member_is_detected_not_served() {
 async fn low_disk_on_one_member_raises_nospace_for_the_cluster() {
     let root = tempfile::tempdir().expect("temp dir");
     let data = root.path().join("m1/data");
-    std::fs::create_dir_all(&data).expect("mount point");
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
-        .arg(&data)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!(
-            "skipping low_disk_on_one_member_raises_nospace_for_the_cluster: mounting a tmpfs needs root"
-        );
+    let Some(_unmount) = crate::harness::Mounted::tmpfs(
+        &data,
+        "48m",
+        "low_disk_on_one_member_raises_nospace_for_the_cluster",
+    ) else {
         return;
-    }
-    let _unmount = crate::crash::Mounted(data.clone());
+    };
     // Every member gets the same reserve; only m1's disk is small enough to reach it.
     let cluster = Cluster::start(root.path(), 3, &["--disk-space-reserve-bytes", "24000000"]);
     let leader = cluster.leader().await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use etcd_client::GetOptions;
 
-use crate::harness::Member;
+use crate::harness::{Member, Mounted};
 
 /// Writers that record every acknowledged put (key → revision) until they meet an error.
 async fn write_until_killed(
@@ -207,18 +207,6 @@ async fn corruption_elsewhere_refuses_to_start() {
     );
 }
 
-/// Unmounts a tmpfs the test mounted, whatever happens to the test.
-pub struct Mounted(pub PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// Goal: when the disk fills up, the member stops (it never continues after a failed log or
 /// state-machine write), and every write it acknowledged is there when it restarts with room.
 /// Needs root to mount a small tmpfs as the data directory; skips with a message otherwise.
@@ -226,20 +214,13 @@ impl Drop for Mounted {
 async fn full_disk_stops_the_member_and_loses_nothing_acknowledged() {
     let root = tempfile::tempdir().expect("temp dir");
     let data = root.path().join("data");
-    std::fs::create_dir_all(&data).expect("mount point");
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
-        .arg(&data)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!(
-            "skipping full_disk_stops_the_member_and_loses_nothing_acknowledged: mounting a tmpfs needs root"
-        );
+    let Some(_unmount) = Mounted::tmpfs(
+        &data,
+        "8m",
+        "full_disk_stops_the_member_and_loses_nothing_acknowledged",
+    ) else {
         return;
-    }
-    let _unmount = Mounted(data.clone());
+    };
     // The free-space alarm would stop writes before the disk fills; this test is about the
     // write that fails anyway.
     let mut member = Member::start(root.path(), &["--disk-space-reserve-bytes", "0"]);

@@ -612,3 +612,31 @@ impl Cluster {
         }
     }
 }
+
+/// A small tmpfs mounted for a test, unmounted whatever happens to the test.
+pub struct Mounted(PathBuf);
+
+impl Mounted {
+    /// Mounts a tmpfs of `size` (such as `8m`) at `path`; `None`, after saying so, when this
+    /// process may not mount (not root): the calling test `test` is then skipped.
+    pub fn tmpfs(path: &Path, size: &str, test: &str) -> Option<Mounted> {
+        std::fs::create_dir_all(path).expect("mount point");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipping {test}: mounting a tmpfs needs root");
+            return None;
+        }
+        Some(Mounted(path.to_path_buf()))
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
