@@ -5,9 +5,10 @@
 //! transport.
 //!
 //! [`Node::advance`] handles one Ready in the order raft-rs requires: the leader's messages go out
-//! first, committed entries are applied, new entries and the hard state are written in one fsync'd
-//! batch, and only then are `persisted_messages` (votes, acks) released; the LightReady's commit
-//! and committed entries follow.
+//! first (handed to the caller's `send` before the log write, so followers persist in parallel
+//! with the leader), committed entries are applied, new entries and the hard state are written in
+//! one fsync'd batch, and only then are `persisted_messages` (votes, acks) released; the
+//! LightReady's commit and committed entries follow.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -57,11 +58,10 @@ pub struct NodeStatus {
     pub is_leader: AtomicBool,
 }
 
-/// What one [`Node::advance`] produced for the shell to act on.
+/// What one [`Node::advance`] produced for the shell to act on (messages for peers go out
+/// through the `send` callback as soon as they may, not here).
 #[derive(Debug, Default)]
 pub struct Output {
-    /// Messages for peers; the shell sends them.
-    pub messages: Vec<Message>,
     /// Outcomes of applied requests, by request id.
     pub applied: Vec<(u64, ApplyResult)>,
     /// Read tokens whose read index is applied: they may now read the state machine.
@@ -295,15 +295,21 @@ impl Node {
         self.raw.step(message)
     }
 
-    /// Handles one Ready, if there is one; see the module docs for the order.
-    pub fn advance(&mut self, out: &mut Output) -> Result<(), StorageError> {
+    /// Handles one Ready, if there is one; see the module docs for the order. Messages for peers
+    /// are handed to `send` the moment they may leave: the leader's before its own log write (so
+    /// followers persist in parallel with it), acknowledgements after it.
+    pub fn advance(
+        &mut self,
+        out: &mut Output,
+        send: &mut dyn FnMut(Vec<Message>),
+    ) -> Result<(), StorageError> {
         if !self.raw.has_ready() {
             self.release_reads(out);
             return Ok(());
         }
         let mut ready = self.raw.ready();
         if !ready.messages().is_empty() {
-            out.messages.extend(ready.take_messages());
+            send(ready.take_messages());
         }
         if let Some(soft) = ready.ss() {
             self.on_role_change(soft.raft_state, out);
@@ -323,12 +329,18 @@ impl Node {
             let entries = ready.entries();
             self.raw.mut_store().append(entries, ready.hs())?;
         }
-        out.messages.extend(ready.take_persisted_messages());
+        let persisted = ready.take_persisted_messages();
+        if !persisted.is_empty() {
+            send(persisted);
+        }
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
             self.raw.mut_store().set_commit(commit)?;
         }
-        out.messages.extend(light.take_messages());
+        let messages = light.take_messages();
+        if !messages.is_empty() {
+            send(messages);
+        }
         let committed = light.take_committed_entries();
         self.apply(&committed, out)?;
         self.raw.advance_apply();

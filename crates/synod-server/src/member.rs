@@ -728,8 +728,14 @@ impl NodeLoop {
                 }
             }
             let mut out = Output::default();
-            if let Err(error) = self.node.advance(&mut out) {
+            let mut unreachable = Vec::new();
+            let transport = &self.transport;
+            let mut send = |messages| unreachable.extend(transport.send(messages));
+            if let Err(error) = self.node.advance(&mut out, &mut send) {
                 fail_stop(&error);
+            }
+            for peer in unreachable {
+                self.node.report_unreachable(peer);
             }
             if (out.removed || removed) && removed_at.is_none() {
                 // Stop after a moment, as etcd does: the reply to the request that removed this
@@ -782,11 +788,6 @@ impl NodeLoop {
         }
         if let Some(job) = out.snapshot_job {
             self.write_snapshot(job);
-        }
-        if !out.messages.is_empty() {
-            for peer in self.transport.send(out.messages) {
-                self.node.report_unreachable(peer);
-            }
         }
     }
 
