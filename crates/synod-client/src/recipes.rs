@@ -58,6 +58,14 @@ impl Session {
         let (lease, ttl) = (granted.id, granted.ttl.max(1));
         let (lost_sender, lost) = watch::channel(false);
         let (requests, receiver) = tokio::sync::mpsc::channel(1);
+        let renewal = LeaseKeepAliveRequest { id: lease };
+        // The first renewal goes in before the stream is opened: etcd (grpc-go) sends the
+        // response headers only with its first answer, so opening an empty stream would wait
+        // forever.
+        requests
+            .send(renewal)
+            .await
+            .map_err(|_| other("keep-alive stream closed"))?;
         let mut responses = client
             .lease()
             .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(receiver))
@@ -66,10 +74,6 @@ impl Session {
         let keeper = tokio::spawn(async move {
             loop {
                 let renewed = async {
-                    requests
-                        .send(LeaseKeepAliveRequest { id: lease })
-                        .await
-                        .ok()?;
                     let response =
                         tokio::time::timeout(Duration::from_secs(ttl as u64), responses.next())
                             .await
@@ -82,6 +86,10 @@ impl Session {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis((ttl as u64 * 1000 / 3).max(300))).await;
+                if requests.send(renewal).await.is_err() {
+                    let _ = lost_sender.send(true);
+                    return;
+                }
             }
         });
         Ok(Session {
