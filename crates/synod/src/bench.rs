@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
-use synod_client::etcdserverpb::{
-    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest, RangeRequest,
-};
+use synod_client::etcdserverpb::{LeaseGrantRequest, PutRequest, RangeRequest};
+use synod_client::recipes::Session;
 use synod_client::v3electionpb::{CampaignRequest, LeaderRequest};
 use synod_client::v3lockpb::{LockRequest, UnlockRequest};
 use synod_client::{Client, ClientError};
@@ -117,7 +116,7 @@ pub async fn run(
                 .map_err(|e| other(e.to_string()))?;
             let mut random = Random(0x9e37_79b9_7f4a_7c15 ^ (index as u64 + 1));
             let lease = match &*workload {
-                Workload::Lock { .. } => Some(session(&client).await?),
+                Workload::Lock { .. } => Some(Session::new(&client, 30).await?),
                 _ => None,
             };
             loop {
@@ -131,7 +130,7 @@ pub async fn run(
                     &workload,
                     n,
                     &mut random,
-                    lease.as_ref().map(|s| s.0),
+                    lease.as_ref().map(Session::lease),
                 )
                 .await;
                 match outcome {
@@ -144,12 +143,8 @@ pub async fn run(
                     }
                 }
             }
-            if let Some((lease, keeper)) = lease {
-                keeper.abort();
-                let _ = client
-                    .lease()
-                    .lease_revoke(LeaseRevokeRequest { id: lease })
-                    .await;
+            if let Some(session) = lease {
+                let _ = session.close().await;
             }
             Ok::<_, ClientError>(histogram)
         }));
@@ -171,39 +166,6 @@ pub async fn run(
         args.json,
     );
     Ok(std::process::ExitCode::SUCCESS)
-}
-
-/// A lease kept alive for a lock client, and the task renewing it.
-async fn session(client: &Client) -> Result<(i64, tokio::task::JoinHandle<()>), ClientError> {
-    let lease = client
-        .lease()
-        .lease_grant(LeaseGrantRequest { ttl: 30, id: 0 })
-        .await?
-        .into_inner()
-        .id;
-    let renewer = client.clone();
-    let keeper = tokio::spawn(async move {
-        loop {
-            let (sender, receiver) = tokio::sync::mpsc::channel(1);
-            if sender
-                .send(LeaseKeepAliveRequest { id: lease })
-                .await
-                .is_err()
-            {
-                return;
-            }
-            if let Ok(mut responses) = renewer
-                .lease()
-                .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(receiver))
-                .await
-            {
-                let _ = responses.get_mut().message().await;
-            }
-            drop(sender);
-            tokio::time::sleep(Duration::from_secs(10)).await;
-        }
-    });
-    Ok((lease, keeper))
 }
 
 async fn one(
@@ -343,21 +305,16 @@ async fn election_failover(
     let started = Instant::now();
     for round in 0..rounds {
         let name = format!("bench-election-{round}-{}", std::process::id()).into_bytes();
-        let grant = |client: Client| async move {
-            Ok::<_, ClientError>(
-                client
-                    .lease()
-                    .lease_grant(LeaseGrantRequest { ttl, id: 0 })
-                    .await?
-                    .into_inner()
-                    .id,
-            )
-        };
-        let first_lease = grant(client.clone()).await?;
+        let first_lease = client
+            .lease()
+            .lease_grant(LeaseGrantRequest { ttl, id: 0 })
+            .await?
+            .into_inner()
+            .id;
         // The first campaigner renews its lease this once (the grant) and never again: it dies
-        // now, and failover is measured from here.
+        // now, and failover is measured from here. The second's session is kept alive.
         let died = Instant::now();
-        let second_lease = grant(client.clone()).await?;
+        let second = Session::new(&client, ttl).await?;
         client
             .election()
             .campaign(CampaignRequest {
@@ -366,37 +323,16 @@ async fn election_failover(
                 value: b"first".to_vec(),
             })
             .await?;
-        // The second campaigner's lease is kept alive; the first's is not: it has "died".
-        let keeper = {
-            let client = client.clone();
-            tokio::spawn(async move {
-                loop {
-                    let (sender, receiver) = tokio::sync::mpsc::channel(1);
-                    let _ = sender
-                        .send(LeaseKeepAliveRequest { id: second_lease })
-                        .await;
-                    if let Ok(mut responses) = client
-                        .lease()
-                        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(receiver))
-                        .await
-                    {
-                        let _ = responses.get_mut().message().await;
-                    }
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
-            })
-        };
-        let mut second = client.election();
-        let campaign = second.campaign(CampaignRequest {
+        let mut election = client.election();
+        let campaign = election.campaign(CampaignRequest {
             name: name.clone(),
-            lease: second_lease,
+            lease: second.lease(),
             value: b"second".to_vec(),
         });
         tokio::time::timeout(Duration::from_secs((ttl as u64) * 5 + 10), campaign)
             .await
             .map_err(|_| other("the second campaigner was never elected"))??;
         let took = died.elapsed();
-        keeper.abort();
         let leader = client
             .election()
             .leader(LeaderRequest { name })
@@ -405,10 +341,7 @@ async fn election_failover(
         if leader.kv.map(|kv| kv.value) != Some(b"second".to_vec()) {
             return Err(other("the second campaigner won but is not the leader"));
         }
-        let _ = client
-            .lease()
-            .lease_revoke(LeaseRevokeRequest { id: second_lease })
-            .await;
+        let _ = second.close().await;
         let _ = histogram.record((took.as_micros() as u64).max(1));
     }
     report(
