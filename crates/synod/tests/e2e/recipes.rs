@@ -446,10 +446,12 @@ async fn etcdctl_elect_synod_elect_and_the_service_agree() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(leader_value(&mut client).await.as_deref(), Some("alice"));
     // ...and `etcdctl elect -l` observes the hand-over when alice resigns.
+    let observed_path = root.path().join("observed");
+    let observed_file = std::fs::File::create(&observed_path).expect("observer output");
     let mut observer = Command::new("etcdctl")
         .args(["--endpoints", &member.endpoint(), "elect", "-l", "mixed"])
         .env("ETCDCTL_API", "3")
-        .stdout(Stdio::piped())
+        .stdout(observed_file)
         .spawn()
         .expect("etcdctl elect -l");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -460,13 +462,17 @@ async fn etcdctl_elect_synod_elect_and_the_service_agree() {
     })
     .await;
     assert!(bob, "synod elect took over when etcdctl resigned");
+    // The observer prints each leader as its watch delivers it, a moment after the service
+    // answers: wait for it to show both.
+    let read = || std::fs::read_to_string(&observed_path).unwrap_or_default();
+    let saw_both = crate::harness::eventually(Duration::from_secs(10), async || {
+        let observed = read();
+        observed.contains("alice") && observed.contains("bob")
+    })
+    .await;
     let _ = observer.kill();
-    let observed = observer.wait_with_output().expect("observer output");
-    let observed = String::from_utf8_lossy(&observed.stdout);
-    assert!(
-        observed.contains("alice") && observed.contains("bob"),
-        "{observed}"
-    );
+    let _ = observer.wait();
+    assert!(saw_both, "etcdctl elect -l saw the hand-over: {}", read());
     crate::harness::signal(synod.id(), "INT");
     let _ = synod.wait();
     let gone = crate::harness::eventually(Duration::from_secs(10), async || {
