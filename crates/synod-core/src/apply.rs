@@ -366,8 +366,14 @@ impl StateMachine {
         let lessor = Lessor::open(&backend, leased, tick_ms, lease_ttl_min_seconds)?;
         let tx = backend.begin_read()?;
         let meta = tx.open_table(META).map_err(StorageError::backend)?;
-        let applied_index = backend::read_meta_u64(&meta, backend::META_APPLIED_INDEX)?;
+        let mut applied_index = backend::read_meta_u64(&meta, backend::META_APPLIED_INDEX)?;
         let applied_term = backend::read_meta_u64(&meta, backend::META_APPLIED_TERM)?;
+        if crate::planted::is_planted(crate::planted::Bug::ApplyTwiceAfterRestart)
+            && applied_index > 1
+        {
+            // Wrong on purpose: the last applied entry is forgotten, so it is applied again.
+            applied_index -= 1;
+        }
         let raised = read_alarms(&tx)?;
         let hub = Arc::new(WatchHub::new(store.current_revision()));
         Ok(StateMachine {

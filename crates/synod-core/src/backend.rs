@@ -59,7 +59,26 @@ pub struct Backend {
 impl Backend {
     /// Opens (or creates) the state-machine file at `path`, creating every table.
     pub fn open(path: &Path) -> Result<Backend, StorageError> {
-        let db = open_checked(path)?;
+        let db = open_checked(path, |builder| builder.create(path))?;
+        Backend::with_tables(db, path)
+    }
+
+    /// Opens (or creates) the state machine on a storage backend of the caller's (the simulator's
+    /// disk); `path` only names it in messages.
+    pub fn open_on(
+        storage: impl redb::StorageBackend,
+        path: &Path,
+        cache_bytes: usize,
+    ) -> Result<Backend, StorageError> {
+        let db = open_checked(path, |builder| {
+            builder
+                .set_cache_size(cache_bytes)
+                .create_with_backend(storage)
+        })?;
+        Backend::with_tables(db, path)
+    }
+
+    fn with_tables(db: Database, path: &Path) -> Result<Backend, StorageError> {
         let tx = db.begin_write().map_err(StorageError::backend)?;
         {
             tx.open_table(KEY).map_err(StorageError::backend)?;
@@ -253,32 +272,35 @@ fn copy_tables(
 
 /// Opens the redb file and checks every page. redb reports some damage by panicking rather than
 /// with an error; the panic is contained here and becomes a refusal to start that names the file.
-fn open_checked(path: &Path) -> Result<Database, StorageError> {
-    let attempt = std::panic::catch_unwind(|| -> Result<Database, StorageError> {
-        let mut db = Database::builder()
-            .set_cache_size(256 << 20)
-            .create(path)
-            .map_err(|source| {
-                StorageError::open(path, format!("state-machine file is unreadable: {source}"))
-            })?;
-        // A torn last commit is rolled back to the previous intact one, which is safe: the Raft
-        // log replays everything after its applied index.
-        match db.check_integrity() {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(
-                path = %path.display(),
-                "state-machine file failed its integrity check and was repaired to its last intact commit; \
-                 the raft log replays the rest"
-            ),
-            Err(error) => {
-                return Err(StorageError::open(
-                    path,
-                    format!("state-machine file is corrupt: {error}"),
-                ));
+fn open_checked(
+    path: &Path,
+    create: impl FnOnce(&mut redb::Builder) -> Result<Database, redb::DatabaseError>,
+) -> Result<Database, StorageError> {
+    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+        || -> Result<Database, StorageError> {
+            let mut db =
+                create(Database::builder().set_cache_size(256 << 20)).map_err(|source| {
+                    StorageError::open(path, format!("state-machine file is unreadable: {source}"))
+                })?;
+            // A torn last commit is rolled back to the previous intact one, which is safe: the Raft
+            // log replays everything after its applied index.
+            match db.check_integrity() {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(
+                    path = %path.display(),
+                    "state-machine file failed its integrity check and was repaired to its last intact commit; \
+                     the raft log replays the rest"
+                ),
+                Err(error) => {
+                    return Err(StorageError::open(
+                        path,
+                        format!("state-machine file is corrupt: {error}"),
+                    ));
+                }
             }
-        }
-        Ok(db)
-    });
+            Ok(db)
+        },
+    ));
     match attempt {
         Ok(result) => result,
         Err(panic) => {

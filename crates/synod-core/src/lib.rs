@@ -11,8 +11,9 @@
 //!
 //! This crate must not spawn threads, read a clock, open sockets or depend on an async runtime:
 //! time arrives as ticks and the owner of the [`node::Node`] runs the loop. Disk access goes
-//! through raft-engine and redb, both of which accept a custom file system or storage backend,
-//! which is where the simulator will plug in.
+//! through raft-engine and redb, both of which accept a custom file system or storage backend:
+//! `synod-sim` runs this same code on its simulated disk. [`planted`] holds the bugs planted on
+//! purpose for the simulator to catch (compiled only with the `planted-bugs` feature).
 
 pub mod apply;
 pub mod backend;
@@ -21,6 +22,7 @@ pub mod error;
 pub mod lease;
 pub mod mvcc;
 pub mod node;
+pub mod planted;
 pub mod raft_log;
 pub mod watch;
 

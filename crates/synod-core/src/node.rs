@@ -20,6 +20,7 @@ use raft::eraftpb::{
     Message, Snapshot, SnapshotMetadata,
 };
 use raft::{RawNode, StateRole};
+use raft_engine::env::{DefaultFileSystem, FileSystem};
 use synod_api::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
 use synod_api::synodpb::{InternalRequest, internal_request::Request};
 
@@ -73,6 +74,27 @@ pub struct Output {
     /// raft-rs wants a state-machine snapshot for a follower; the shell makes it (off the node
     /// loop) and hands it back with [`Node::offer_snapshot`].
     pub snapshot_job: Option<SnapshotJob>,
+    /// Every entry applied, when [`Node::trace_applied_entries`] is on (the simulator's
+    /// state-machine safety check).
+    pub applied_entries: Vec<AppliedEntry>,
+}
+
+/// An entry as applied: its position and a checksum of its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppliedEntry {
+    pub index: u64,
+    pub term: u64,
+    pub checksum: u32,
+}
+
+/// Raft's view of this node, for checkers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftView {
+    pub term: u64,
+    pub role: StateRole,
+    pub leader_id: u64,
+    pub commit: u64,
+    pub last_index: u64,
 }
 
 /// A consistent view of the state machine to be written out as a snapshot, and the Raft metadata
@@ -100,9 +122,10 @@ pub enum ProposeError {
     Dropped,
 }
 
-/// A member's Raft node and state machine.
-pub struct Node {
-    raw: RawNode<RaftLog>,
+/// A member's Raft node and state machine; its log lives on `F` (the real file system, or the
+/// simulator's disk).
+pub struct Node<F: FileSystem = DefaultFileSystem> {
+    raw: RawNode<RaftLog<F>>,
     machine: StateMachine,
     config: NodeConfig,
     status: Arc<NodeStatus>,
@@ -115,16 +138,38 @@ pub struct Node {
     role: StateRole,
     /// A [`SnapshotJob`] was handed out and its snapshot has not come back yet.
     snapshot_in_progress: bool,
+    trace_applied: bool,
+    /// Set by the simulator: election timeouts drawn from this seed instead of a thread RNG.
+    election_seed: Option<ElectionSeed>,
 }
 
-impl Node {
+/// Draws randomized election timeouts from a seed: raft-rs draws them from `thread_rng`, which a
+/// deterministic simulation cannot replay. Whenever raft-rs resets its timer (a change of term,
+/// role or leader), the node overrides the fresh draw with the next seeded one.
+struct ElectionSeed {
+    state: u64,
+    seen: (u64, StateRole, u64, usize),
+}
+
+impl ElectionSeed {
+    fn next(&mut self) -> u64 {
+        // SplitMix64.
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+impl<F: FileSystem> Node<F> {
     /// Builds the node from what is on disk. `log` must be bootstrapped.
     pub fn new(
         config: NodeConfig,
-        mut log: RaftLog,
+        mut log: RaftLog<F>,
         machine: StateMachine,
         logger: &slog::Logger,
-    ) -> Result<Node, StorageError> {
+    ) -> Result<Node<F>, StorageError> {
         let applied = machine.applied_index();
         let applied_term = machine.applied_term();
         let log_behind = applied > log.last_index_now()
@@ -178,6 +223,9 @@ impl Node {
             .map_err(|e| StorageError::corrupt(format!("raft configuration: {e}")))?;
         let raw = RawNode::new(&raft_config, log, logger)
             .map_err(|e| StorageError::corrupt(format!("raft log: {e}")))?;
+        if crate::planted::is_planted(crate::planted::Bug::FollowerExpiresLeases) {
+            machine.lessor().promote(0);
+        }
         let status = Arc::new(NodeStatus::default());
         let node = Node {
             raw,
@@ -190,6 +238,8 @@ impl Node {
             reads_waiting: VecDeque::new(),
             role: StateRole::Follower,
             snapshot_in_progress: false,
+            trace_applied: false,
+            election_seed: None,
         };
         node.publish_status();
         Ok(node)
@@ -199,8 +249,59 @@ impl Node {
         &self.status
     }
 
+    /// Makes every randomized election timeout come from `seed` (the simulator's replayability).
+    pub fn seed_election_timeouts(&mut self, seed: u64) {
+        self.election_seed = Some(ElectionSeed {
+            state: seed,
+            seen: (u64::MAX, StateRole::Follower, 0, 0),
+        });
+        self.reseed_election_timeout();
+    }
+
+    fn reseed_election_timeout(&mut self) {
+        let Some(seed) = self.election_seed.as_mut() else {
+            return;
+        };
+        let raft = &mut self.raw.raft;
+        let now = (
+            raft.term,
+            raft.state,
+            raft.leader_id,
+            raft.randomized_election_timeout(),
+        );
+        if now == seed.seen {
+            return;
+        }
+        let base = raft.election_timeout();
+        let timeout = base + (seed.next() % base as u64) as usize;
+        raft.set_randomized_election_timeout(timeout);
+        seed.seen = (now.0, now.1, now.2, timeout);
+    }
+
+    /// Reports every applied entry in [`Output::applied_entries`] from now on.
+    pub fn trace_applied_entries(&mut self, on: bool) {
+        self.trace_applied = on;
+    }
+
+    /// Raft's current view of this node.
+    pub fn raft_view(&self) -> RaftView {
+        let raft = &self.raw.raft;
+        RaftView {
+            term: raft.term,
+            role: raft.state,
+            leader_id: raft.leader_id,
+            commit: raft.raft_log.committed,
+            last_index: raft.raft_log.last_index(),
+        }
+    }
+
     pub fn machine(&self) -> &StateMachine {
         &self.machine
+    }
+
+    /// Whether Raft has something for [`Node::advance`] to handle, or reads wait for apply.
+    pub fn has_work(&self) -> bool {
+        self.raw.has_ready() || !self.reads_waiting.is_empty()
     }
 
     /// Returns whether this node is the only voter, so it can elect itself at once.
@@ -211,13 +312,16 @@ impl Node {
 
     /// Starts an election now instead of waiting for the election timeout.
     pub fn campaign(&mut self) -> Result<(), ProposeError> {
-        self.raw.campaign().map_err(|_| ProposeError::Dropped)
+        let outcome = self.raw.campaign().map_err(|_| ProposeError::Dropped);
+        self.reseed_election_timeout();
+        outcome
     }
 
     /// Advances logical time by one tick; the leader revokes leases that expired.
     pub fn tick(&mut self) {
         self.now_tick += 1;
         self.raw.tick();
+        self.reseed_election_timeout();
         // raft-rs drops a ReadIndex that arrives before the leader has committed an entry in its
         // term (just after an election), without an answer: ask again for reads left waiting.
         let mut unanswered = Vec::new();
@@ -230,7 +334,10 @@ impl Node {
         }
         self.read_index(unanswered);
         let expired = self.machine.lessor().tick(self.now_tick);
-        if self.role == StateRole::Leader {
+        let expires_leases = self.role == StateRole::Leader
+            || (crate::planted::is_planted(crate::planted::Bug::FollowerExpiresLeases)
+                && self.raw.raft.leader_id != raft::INVALID_ID);
+        if expires_leases {
             for id in expired {
                 let request = InternalRequest {
                     id: 0,
@@ -281,6 +388,11 @@ impl Node {
         if tokens.is_empty() {
             return;
         }
+        if crate::planted::is_planted(crate::planted::Bug::ReadWithoutReadIndex) {
+            self.reads_waiting
+                .push_back((self.machine.applied_index(), tokens));
+            return;
+        }
         let context = self.next_read_context;
         self.next_read_context += 1;
         // Every attempt carries a fresh context, so an answer can never be matched to a read
@@ -292,7 +404,9 @@ impl Node {
 
     /// Feeds a message from a peer.
     pub fn step(&mut self, message: Message) -> Result<(), raft::Error> {
-        self.raw.step(message)
+        let outcome = self.raw.step(message);
+        self.reseed_election_timeout();
+        outcome
     }
 
     /// Handles one Ready, if there is one; see the module docs for the order. Messages for peers
@@ -350,6 +464,7 @@ impl Node {
             out.snapshot_job = Some(self.snapshot_job()?);
             self.snapshot_in_progress = true;
         }
+        self.reseed_election_timeout();
         self.publish_status();
         Ok(())
     }
@@ -443,6 +558,7 @@ impl Node {
     /// Asks the leader to hand leadership to `peer`.
     pub fn transfer_leader(&mut self, peer: u64) {
         self.raw.transfer_leader(peer);
+        self.reseed_election_timeout();
     }
 
     /// The current configuration: (voters, learners).
@@ -479,6 +595,19 @@ impl Node {
         if entries.is_empty() {
             return Ok(());
         }
+        if self.trace_applied {
+            let applied = self.machine.applied_index();
+            out.applied_entries
+                .extend(entries.iter().filter(|e| e.index > applied).map(|e| {
+                    let mut checksum = crate::crc32c::Hasher::new();
+                    checksum.update(&e.data);
+                    AppliedEntry {
+                        index: e.index,
+                        term: e.term,
+                        checksum: checksum.finish(),
+                    }
+                }));
+        }
         let raw = &mut self.raw;
         let applied = self.machine.apply(
             entries,
@@ -513,6 +642,10 @@ impl Node {
             self.machine
                 .lessor()
                 .promote(self.config.election_ticks as u64);
+        } else if crate::planted::is_planted(crate::planted::Bug::FollowerExpiresLeases) {
+            // Wrong on purpose: a follower keeps deadlines of its own, from when it last changed
+            // role, though keep-alives only ever reach the leader.
+            self.machine.lessor().promote(0);
         } else if role != StateRole::Leader && was_leader {
             self.machine.lessor().demote();
         }
@@ -597,7 +730,10 @@ impl Node {
 
 /// Applies a configuration-change entry to Raft. A change Raft refuses (or that does not decode)
 /// is refused the same way on every member and every replay, so it is skipped, not fatal.
-fn apply_conf_change(raw: &mut RawNode<RaftLog>, entry: &Entry) -> Result<ConfState, String> {
+fn apply_conf_change<F: FileSystem>(
+    raw: &mut RawNode<RaftLog<F>>,
+    entry: &Entry,
+) -> Result<ConfState, String> {
     let result = if entry.get_entry_type() == EntryType::EntryConfChange {
         let change: ConfChange =
             protobuf::Message::parse_from_bytes(&entry.data).map_err(|e| e.to_string())?;

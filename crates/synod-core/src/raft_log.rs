@@ -6,10 +6,13 @@
 //! the entries and hard state of one Ready as one batch with one fsync: group commit. A failed
 //! write is returned to the caller, which must stop the member; it is never retried.
 
-use std::path::Path;
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage};
+use raft_engine::env::{DefaultFileSystem, FileSystem, Handle as _, Permission};
 use raft_engine::{Config, Engine, LogBatch, MessageExt, ReadableSize, RecoveryMode};
 
 use crate::error::StorageError;
@@ -31,9 +34,10 @@ impl MessageExt for EntryCodec {
     }
 }
 
-/// The Raft log of one member.
-pub struct RaftLog {
-    engine: Engine,
+/// The Raft log of one member, in files reached through `F` (the real file system, or the
+/// simulator's disk).
+pub struct RaftLog<F: FileSystem = DefaultFileSystem> {
+    engine: Engine<F>,
     hard_state: HardState,
     conf_state: ConfState,
     /// Where the log was last compacted: entries at or below `snapshot.index` are gone.
@@ -46,7 +50,14 @@ pub struct RaftLog {
 }
 
 impl RaftLog {
-    /// Opens the log in `dir`.
+    /// Opens the log in `dir` on the real file system; see [`RaftLog::open_with`].
+    pub fn open(dir: &Path) -> Result<RaftLog, StorageError> {
+        RaftLog::open_with(dir, Arc::new(DefaultFileSystem))
+    }
+}
+
+impl<F: FileSystem> RaftLog<F> {
+    /// Opens the log in `dir`, whose files are reached through `fs`.
     ///
     /// The log is first opened in raft-engine's strict mode, which changes nothing on disk. If
     /// that finds corruption, the newest file is saved aside and the log is opened again in
@@ -54,11 +65,12 @@ impl RaftLog {
     /// no more than one write batch (a torn last write), the member starts and says so; if it
     /// removed more, the damage is not a torn write: the saved file is put back and the open
     /// fails with a message naming the file, so nothing acknowledged is silently dropped.
-    pub fn open(dir: &Path) -> Result<RaftLog, StorageError> {
-        let engine = match Engine::open(engine_config(dir, RecoveryMode::AbsoluteConsistency)) {
+    pub fn open_with(dir: &Path, fs: Arc<F>) -> Result<RaftLog<F>, StorageError> {
+        let strict = engine_config(dir, RecoveryMode::AbsoluteConsistency);
+        let engine = match Engine::open_with_file_system(strict, fs.clone()) {
             Ok(engine) => engine,
             Err(raft_engine::Error::Io(error)) => return Err(StorageError::open(dir, error)),
-            Err(corruption) => recover_torn_tail(dir, &corruption.to_string())?,
+            Err(corruption) => recover_torn_tail(dir, &fs, &corruption.to_string())?,
         };
         let hard_state: HardState = read_message(&engine, KEY_HARD_STATE)?;
         let conf_state: ConfState = read_message(&engine, KEY_CONF_STATE)?;
@@ -169,8 +181,9 @@ impl RaftLog {
                 .put_message(REGION, KEY_HARD_STATE.to_vec(), state)
                 .map_err(StorageError::log)?;
         }
+        let sync = !crate::planted::is_planted(crate::planted::Bug::AckBeforeFsync);
         self.engine
-            .write(&mut batch, true)
+            .write(&mut batch, sync)
             .map_err(StorageError::log)?;
         if let Some(state) = hard_state {
             self.hard_state = state.clone();
@@ -335,9 +348,10 @@ fn engine_config(dir: &Path, recovery_mode: RecoveryMode) -> Config {
 }
 
 /// The newest file of the append queue.
-fn newest_log_file(dir: &Path) -> Result<Option<std::path::PathBuf>, StorageError> {
+fn newest_log_file(dir: &Path) -> Result<Option<PathBuf>, StorageError> {
+    // raft-engine lists its directory on the real file system, whatever `F` is.
     let entries = std::fs::read_dir(dir).map_err(|e| StorageError::open(dir, e))?;
-    let mut files: Vec<std::path::PathBuf> = entries
+    let mut files: Vec<PathBuf> = entries
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|path| path.extension().is_some_and(|ext| ext == "raftlog"))
         .collect();
@@ -345,7 +359,28 @@ fn newest_log_file(dir: &Path) -> Result<Option<std::path::PathBuf>, StorageErro
     Ok(files.pop())
 }
 
-fn recover_torn_tail(dir: &Path, strict_error: &str) -> Result<Engine, StorageError> {
+/// Copies `from` to `to` through `fs`.
+fn copy_file<F: FileSystem>(fs: &Arc<F>, from: &Path, to: &Path) -> std::io::Result<()> {
+    let source = Arc::new(fs.open(from, Permission::ReadOnly)?);
+    let mut bytes = Vec::new();
+    fs.new_reader(source)?.read_to_end(&mut bytes)?;
+    let target = Arc::new(fs.create(to)?);
+    fs.new_writer(target.clone())?.write_all(&bytes)?;
+    target.sync()
+}
+
+fn file_len<F: FileSystem>(fs: &Arc<F>, path: &Path) -> Result<u64, StorageError> {
+    fs.open(path, Permission::ReadOnly)
+        .and_then(|handle| handle.file_size())
+        .map(|size| size as u64)
+        .map_err(|e| StorageError::open(path, e))
+}
+
+fn recover_torn_tail<F: FileSystem>(
+    dir: &Path,
+    fs: &Arc<F>,
+    strict_error: &str,
+) -> Result<Engine<F>, StorageError> {
     let refuse = |detail: String| {
         StorageError::corrupt(format!(
             "raft log in {}: {detail}; refusing to start",
@@ -356,21 +391,21 @@ fn recover_torn_tail(dir: &Path, strict_error: &str) -> Result<Engine, StorageEr
         return Err(refuse(strict_error.to_owned()));
     };
     let saved = newest.with_extension("raftlog.before-recovery");
-    std::fs::copy(&newest, &saved).map_err(|e| StorageError::open(&saved, e))?;
-    let length_before = std::fs::metadata(&newest)
-        .map_err(|e| StorageError::open(&newest, e))?
-        .len();
-    let restore = || std::fs::rename(&saved, &newest).map_err(|e| StorageError::open(&newest, e));
-    let engine = match Engine::open(engine_config(dir, RecoveryMode::TolerateTailCorruption)) {
+    copy_file(fs, &newest, &saved).map_err(|e| StorageError::open(&saved, e))?;
+    let length_before = file_len(fs, &newest)?;
+    let restore = || {
+        fs.rename(&saved, &newest)
+            .map_err(|e| StorageError::open(&newest, e))
+    };
+    let tolerant = engine_config(dir, RecoveryMode::TolerateTailCorruption);
+    let engine = match Engine::open_with_file_system(tolerant, fs.clone()) {
         Ok(engine) => engine,
         Err(error) => {
             restore()?;
             return Err(refuse(format!("{error} (strict open: {strict_error})")));
         }
     };
-    let length_after = std::fs::metadata(&newest)
-        .map_err(|e| StorageError::open(&newest, e))?
-        .len();
+    let length_after = file_len(fs, &newest)?;
     let cut = length_before.saturating_sub(length_after);
     if cut > TORN_TAIL_BYTES_MAX {
         drop(engine);
@@ -381,7 +416,8 @@ fn recover_torn_tail(dir: &Path, strict_error: &str) -> Result<Engine, StorageEr
             newest.display()
         )));
     }
-    std::fs::remove_file(&saved).map_err(|e| StorageError::open(&saved, e))?;
+    fs.delete(&saved)
+        .map_err(|e| StorageError::open(&saved, e))?;
     tracing::warn!(
         file = %newest.display(),
         cut_bytes = cut,
@@ -392,8 +428,8 @@ fn recover_torn_tail(dir: &Path, strict_error: &str) -> Result<Engine, StorageEr
     Ok(engine)
 }
 
-fn read_message<M: protobuf::Message + Default>(
-    engine: &Engine,
+fn read_message<M: protobuf::Message + Default, F: FileSystem>(
+    engine: &Engine<F>,
     key: &[u8],
 ) -> Result<M, StorageError> {
     Ok(engine
@@ -402,7 +438,7 @@ fn read_message<M: protobuf::Message + Default>(
         .unwrap_or_default())
 }
 
-impl Storage for RaftLog {
+impl<F: FileSystem> Storage for RaftLog<F> {
     fn initial_state(&self) -> raft::Result<RaftState> {
         Ok(RaftState {
             hard_state: self.hard_state.clone(),
