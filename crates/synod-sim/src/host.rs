@@ -1,0 +1,494 @@
+//! The "process" of one simulated member: a thread of its own that owns the member's
+//! [`Node`], and runs one job at a time, handed over by the simulator, which waits for it.
+//! Only one thread ever runs at once, so a run stays deterministic.
+//!
+//! Why a thread: raft-engine caches the last entry block it read in a thread-local, keyed by file
+//! number and offset, not by engine. Several engines in one thread (or a restarted member's new
+//! engine) would read each other's cached blocks. One thread per member incarnation gives each
+//! engine the cache it has in production, where a process has one engine.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use raft::eraftpb::{Message, Snapshot};
+use synod_api::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, RangeRequest};
+use synod_api::synodpb::{InternalRequest, MemberRecord, internal_request::Request};
+use synod_core::apply::{ApplyResult, StateMachine, execute_range};
+use synod_core::backend::Backend;
+use synod_core::node::{AppliedEntry, Node, NodeConfig, Output, RaftView};
+use synod_core::planted::Bug;
+use synod_core::raft_log::RaftLog;
+use synod_core::watch::{WatchNotice, WatchRequest, WatchSink};
+
+use crate::disk::{SimDisk, SimFs, SimStorage};
+
+/// Milliseconds per Raft tick (etcd's heartbeat interval, scaled down: 100 ms there).
+pub const TICK_MS: u64 = 10;
+pub const ELECTION_TICKS: usize = 10;
+
+thread_local! {
+    static IN_MEMBER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A member that panics (raft-engine panics on a failed fsync, as it should) is a crashed
+/// process, not a failed test: its panic message is not printed (unless
+/// `SYNOD_SIM_SHOW_PANICS` is set).
+pub fn quiet_member_panics() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        let show = std::env::var_os("SYNOD_SIM_SHOW_PANICS").is_some();
+        std::panic::set_hook(Box::new(move |info| {
+            if show || !IN_MEMBER.with(|flag| flag.get()) {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Collects what a member's watcher is sent.
+#[derive(Default)]
+struct Collector {
+    notices: Mutex<Vec<WatchNotice>>,
+}
+
+impl WatchSink for Collector {
+    fn try_send(&self, notice: WatchNotice) -> bool {
+        self.notices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(notice);
+        true
+    }
+}
+
+/// A read a client asked a member for.
+#[derive(Debug, Clone)]
+pub enum ReadKind {
+    /// A linearizable get of one key.
+    Kv(Vec<u8>),
+    /// A keep-alive: once the ReadIndex confirms leadership, renew on the lessor; if a checkpoint
+    /// must be cleared first, propose that under request id `clear_id`.
+    KeepAlive { lease: i64, clear_id: u64 },
+}
+
+/// How a read ended.
+#[derive(Debug, Clone)]
+pub enum ReadDone {
+    Value(Option<String>),
+    Renewed,
+    /// The renewal waits for its checkpoint-clearing proposal (answered by its request id).
+    RenewalProposed,
+    NotRenewed {
+        lease_exists: bool,
+    },
+    Failed,
+}
+
+/// Something the transport tells Raft about a peer.
+#[derive(Debug, Clone, Copy)]
+pub enum PeerReport {
+    Unreachable(u64),
+    Snapshot(u64, bool),
+}
+
+/// Everything a member does in one millisecond.
+pub struct TurnInput {
+    pub ticks: u32,
+    pub inbox: Vec<Message>,
+    pub reads: Vec<(u64, ReadKind)>,
+    pub proposals: Vec<InternalRequest>,
+    pub reports: Vec<PeerReport>,
+    /// Where a follower snapshot goes, if Raft asks for one this turn.
+    pub snapshot_path: PathBuf,
+}
+
+/// What came of it.
+#[derive(Default)]
+pub struct TurnOutput {
+    pub sent: Vec<Message>,
+    pub applied: Vec<(u64, ApplyResult)>,
+    pub applied_entries: Vec<AppliedEntry>,
+    pub reads_done: Vec<(u64, ReadDone)>,
+    /// Proposals refused before they reached the log (no leader, dropped).
+    pub refused: Vec<u64>,
+    pub notices: Vec<WatchNotice>,
+    pub state: Option<MemberState>,
+    /// The node has work left without any new input (another Ready, reads waiting for apply).
+    pub busy: bool,
+    /// The member stopped: a storage error or a panic, with what it said.
+    pub stopped: Option<String>,
+}
+
+/// A member's state as the checkers see it after a turn.
+#[derive(Debug, Clone, Copy)]
+pub struct MemberState {
+    pub view: RaftView,
+    pub applied_index: u64,
+    pub revision: i64,
+    pub probe_seen: bool,
+}
+
+struct Resident {
+    node: Node<SimFs>,
+    collector: Arc<Collector>,
+    /// Reads asked for and not answered yet (a ReadIndex round spans turns).
+    reads: std::collections::BTreeMap<u64, ReadKind>,
+}
+
+type Job = Box<dyn FnOnce(&mut Option<Resident>) + Send>;
+
+/// One incarnation of a member process.
+pub struct Host {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "panic".to_owned())
+}
+
+/// What a member is started from.
+pub struct Start {
+    pub disk: SimDisk,
+    pub dir: PathBuf,
+    pub id: u64,
+    pub members: Vec<MemberRecord>,
+    pub seed: u64,
+    pub watch_from: i64,
+    pub bug: Option<Bug>,
+}
+
+impl Host {
+    /// Starts the member's thread and opens its node from what its disk holds (bootstrapping
+    /// it on first start).
+    pub fn start(start: Start) -> Result<(Host, MemberState), String> {
+        let (jobs, receiver) = mpsc::channel::<Job>();
+        let bug = start.bug;
+        let thread = std::thread::Builder::new()
+            .name(format!("sim-m{}", start.id))
+            .spawn(move || {
+                synod_core::planted::plant(bug);
+                IN_MEMBER.with(|flag| flag.set(true));
+                let mut resident = None;
+                while let Ok(job) = receiver.recv() {
+                    job(&mut resident);
+                }
+            })
+            .map_err(|e| format!("member thread: {e}"))?;
+        let host = Host {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        };
+        let state = host.call(move |resident| {
+            let node = open_node(&start)?;
+            let collector = Arc::new(Collector::default());
+            let hub = node.machine().hub().clone();
+            let stream = hub.new_stream();
+            hub.watch(
+                stream,
+                1,
+                WatchRequest {
+                    key: vec![0],
+                    range_end: vec![0],
+                    start_revision: start.watch_from,
+                    ..WatchRequest::default()
+                },
+                collector.clone(),
+            );
+            let state = member_state(&node, false);
+            *resident = Some(Resident {
+                node,
+                collector,
+                reads: std::collections::BTreeMap::new(),
+            });
+            Ok::<MemberState, String>(state)
+        })??;
+        Ok((host, state))
+    }
+
+    /// Runs `f` on the member's thread and waits for it; a panic there is the member's crash.
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Option<Resident>) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        self.submit(f).wait()
+    }
+
+    /// Hands `f` to the member's thread; [`Pending::wait`] collects the result.
+    fn submit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Option<Resident>) -> T + Send + 'static,
+    ) -> Pending<T> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move |resident| {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(resident)))
+                .map_err(panic_message);
+            let _ = reply.send(outcome);
+        });
+        if let Some(jobs) = self.jobs.as_ref() {
+            // A closed channel shows as a closed answer.
+            let _ = jobs.send(job);
+        }
+        Pending { answer }
+    }
+
+    /// Starts one turn: peer reports, ticks, messages, proposals, reads, then one Ready. Turns of
+    /// different members may run at once: they share nothing, and the simulator collects their
+    /// outputs in member order.
+    pub fn turn(&self, input: TurnInput, probe: bool) -> Pending<TurnOutput> {
+        self.submit(move |resident| {
+            let Some(resident) = resident.as_mut() else {
+                return TurnOutput {
+                    stopped: Some("the member is not running".to_owned()),
+                    ..TurnOutput::default()
+                };
+            };
+            let mut turn = TurnOutput::default();
+            if let Err(error) = run_turn(resident, input, probe, &mut turn) {
+                turn.stopped = Some(error);
+            }
+            turn
+        })
+    }
+
+    /// (applied index, revision, HashKV) for the agreement check.
+    pub fn hash_state(&self) -> Result<(u64, i64, u32), String> {
+        self.call(|resident| {
+            let node = &resident.as_ref().ok_or("not running")?.node;
+            let (hash, _, revision) = node
+                .machine()
+                .store()
+                .hash_kv(0)
+                .map_err(|e| e.to_string())?;
+            Ok((node.machine().applied_index(), revision, hash))
+        })?
+    }
+}
+
+/// A job handed to a member's thread.
+pub struct Pending<T> {
+    answer: mpsc::Receiver<Result<T, String>>,
+}
+
+impl<T> Pending<T> {
+    /// Waits for the job; an error is its panic (or a thread that is gone).
+    pub fn wait(self) -> Result<T, String> {
+        self.answer
+            .recv()
+            .map_err(|_| "member thread stopped".to_owned())?
+    }
+}
+
+impl Pending<TurnOutput> {
+    /// The turn's output; a panic becomes a stopped member.
+    pub fn output(self) -> TurnOutput {
+        self.wait().unwrap_or_else(|panic| TurnOutput {
+            stopped: Some(panic),
+            ..TurnOutput::default()
+        })
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread, dropping the node there (its writes after a
+        // kill never reach the disk).
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn member_state(node: &Node<SimFs>, probe: bool) -> MemberState {
+    let probe_seen = probe
+        && execute_range(
+            &**node.machine().store(),
+            &RangeRequest {
+                key: b"probe".to_vec(),
+                ..RangeRequest::default()
+            },
+        )
+        .is_ok_and(|r| !r.kvs.is_empty());
+    MemberState {
+        view: node.raft_view(),
+        applied_index: node.machine().applied_index(),
+        revision: node.machine().store().current_revision(),
+        probe_seen,
+    }
+}
+
+fn run_turn(
+    resident: &mut Resident,
+    input: TurnInput,
+    probe: bool,
+    turn: &mut TurnOutput,
+) -> Result<(), String> {
+    let node = &mut resident.node;
+    for report in input.reports {
+        match report {
+            PeerReport::Unreachable(peer) => node.report_unreachable(peer),
+            PeerReport::Snapshot(peer, delivered) => node.report_snapshot(peer, delivered),
+        }
+    }
+    for _ in 0..input.ticks {
+        node.tick();
+    }
+    for message in input.inbox {
+        let _ = node.step(message);
+    }
+    for request in input.proposals {
+        if node.propose(&request).is_err() {
+            turn.refused.push(request.id);
+        }
+    }
+    let mut tokens = Vec::new();
+    for (token, kind) in input.reads {
+        tokens.push(token);
+        resident.reads.insert(token, kind);
+    }
+    node.read_index(tokens);
+    let mut out = Output::default();
+    let sent = &mut turn.sent;
+    node.advance(&mut out, &mut |messages| sent.extend(messages))
+        .map_err(|e| e.to_string())?;
+    if let Some(job) = out.snapshot_job.take() {
+        let written = synod_core::backend::export(&job.view, &input.snapshot_path);
+        drop(job.view);
+        match written {
+            Ok(()) => {
+                let mut snapshot = Snapshot::default();
+                snapshot.set_metadata(job.metadata);
+                snapshot.data = input
+                    .snapshot_path
+                    .display()
+                    .to_string()
+                    .into_bytes()
+                    .into();
+                node.offer_snapshot(Some(snapshot));
+            }
+            Err(_) => node.offer_snapshot(None),
+        }
+    }
+    for token in out.reads_ready {
+        let Some(kind) = resident.reads.remove(&token) else {
+            continue;
+        };
+        let done = match kind {
+            ReadKind::Kv(key) => {
+                let request = RangeRequest {
+                    key,
+                    ..RangeRequest::default()
+                };
+                match execute_range(&**node.machine().store(), &request) {
+                    Ok(response) => ReadDone::Value(
+                        response
+                            .kvs
+                            .first()
+                            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+                    ),
+                    Err(_) => ReadDone::Failed,
+                }
+            }
+            ReadKind::KeepAlive { lease, clear_id } => renew(node, lease, clear_id),
+        };
+        turn.reads_done.push((token, done));
+    }
+    for token in out.reads_failed {
+        resident.reads.remove(&token);
+        turn.reads_done.push((token, ReadDone::Failed));
+    }
+    turn.applied = out.applied;
+    turn.applied_entries = out.applied_entries;
+    let store = node.machine().store().clone();
+    node.machine()
+        .hub()
+        .sync_unsynced(&store)
+        .map_err(|e| e.to_string())?;
+    turn.notices = std::mem::take(
+        &mut *resident
+            .collector
+            .notices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
+    turn.state = Some(member_state(node, probe));
+    turn.busy = node.has_work();
+    Ok(())
+}
+
+/// A keep-alive whose ReadIndex confirmed this member's leadership renews on its lessor (as the
+/// server's `renew_on_leader` does).
+fn renew(node: &mut Node<SimFs>, lease: i64, clear_id: u64) -> ReadDone {
+    match node.machine().lessor().renew(lease) {
+        Ok(renewed) if renewed.clear_checkpoint => {
+            let request = InternalRequest {
+                id: clear_id,
+                request: Some(Request::LeaseCheckpoint(LeaseCheckpointRequest {
+                    checkpoints: vec![LeaseCheckpoint {
+                        id: lease,
+                        remaining_ttl: 0,
+                    }],
+                })),
+            };
+            match node.propose(&request) {
+                Ok(()) => ReadDone::RenewalProposed,
+                Err(_) => ReadDone::Failed,
+            }
+        }
+        Ok(_) => ReadDone::Renewed,
+        Err(_) => ReadDone::NotRenewed {
+            lease_exists: node.machine().lessor().contains(lease),
+        },
+    }
+}
+
+/// Opens (bootstrapping on first start) one member's node on its simulated disk.
+fn open_node(start: &Start) -> Result<Node<SimFs>, String> {
+    let db_path = start.dir.join("db");
+    let backend = Backend::open_on(SimStorage::open(&start.disk, &db_path), &db_path, 4 << 20)
+        .map_err(|e| e.to_string())?;
+    let log = RaftLog::open_with(
+        &start.dir.join("raft"),
+        Arc::new(SimFs::new(start.disk.clone())),
+    )
+    .map_err(|e| e.to_string())?;
+    let (member, _) = backend.identity().map_err(|e| e.to_string())?;
+    if member == 0 {
+        let conf_state = raft::eraftpb::ConfState {
+            voters: start.members.iter().map(|m| m.id).collect(),
+            ..raft::eraftpb::ConfState::default()
+        };
+        let conf_bytes =
+            protobuf::Message::write_to_bytes(&conf_state).map_err(|e| e.to_string())?;
+        backend
+            .write_bootstrap(1, start.id, &start.members, Some(&conf_bytes))
+            .map_err(|e| e.to_string())?;
+    }
+    let machine =
+        StateMachine::open(Arc::new(backend), TICK_MS, 1, 20).map_err(|e| e.to_string())?;
+    let config = NodeConfig {
+        id: start.id,
+        election_ticks: ELECTION_TICKS,
+        heartbeat_ticks: 1,
+        snapshot_count: 60,
+        catch_up_entries: 20,
+        uncommitted_size_max: 1 << 20,
+    };
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let mut node = Node::new(config, log, machine, &logger).map_err(|e| e.to_string())?;
+    node.seed_election_timeouts(start.seed);
+    node.trace_applied_entries(true);
+    Ok(node)
+}
+
+/// Where member `id`'s files live under the run's directory.
+pub fn member_dir(root: &Path, id: u64) -> PathBuf {
+    root.join(format!("m{id}"))
+}

@@ -1,0 +1,159 @@
+//! The simulator on the real core: fixed seed ranges must pass, a seed must replay exactly, and
+//! every planted bug must be caught within the range (this test binary builds the core with the
+//! `planted-bugs` feature; each bug is off unless a run switches it on for its member threads).
+
+use std::ops::Range;
+
+use synod_core::planted::Bug;
+use synod_sim::world::{FaultCounts, Report, SimConfig, replay_command, run};
+
+fn config(seed: u64, members: usize) -> SimConfig {
+    let mut config = SimConfig::new(seed);
+    config.members = members;
+    config
+}
+
+/// Runs every seed in `seeds`; fails naming each seed that broke an invariant and how to replay
+/// it.
+fn run_seeds(members: usize, seeds: Range<u64>) -> Vec<Report> {
+    let mut failures = Vec::new();
+    let mut reports = Vec::new();
+    for seed in seeds {
+        let config = config(seed, members);
+        let report = run(&config);
+        if let Some(violation) = &report.violation {
+            failures.push(format!(
+                "seed {seed}: {violation}\n  replay: {}",
+                replay_command(&config)
+            ));
+        }
+        reports.push(report);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    reports
+}
+
+#[test]
+fn three_members_seeds_0_to_100() {
+    run_seeds(3, 0..100);
+}
+
+#[test]
+fn three_members_seeds_100_to_200() {
+    run_seeds(3, 100..200);
+}
+
+#[test]
+fn five_members_seeds_0_to_50() {
+    run_seeds(5, 0..50);
+}
+
+#[test]
+fn every_kind_of_fault_is_injected() {
+    let reports = run_seeds(3, 1000..1020);
+    let mut faults = FaultCounts::default();
+    for report in &reports {
+        faults.add(&report.faults);
+    }
+    let kinds = [
+        ("crashes", faults.crashes),
+        ("torn writes", faults.torn_writes),
+        ("partitions", faults.partitions),
+        ("flapping links", faults.flapping_links),
+        ("slow members", faults.slow_members),
+        ("pauses", faults.pauses),
+        ("fsync failures", faults.fsync_failures),
+        ("full disks", faults.full_disks),
+        ("dropped messages", faults.dropped_messages),
+        ("duplicated messages", faults.duplicated_messages),
+    ];
+    for (kind, count) in kinds {
+        assert!(count > 0, "20 seeds injected no {kind}: {faults:?}");
+    }
+    let operations: u64 = reports.iter().map(|r| r.operations).sum();
+    let indeterminate: u64 = reports.iter().map(|r| r.indeterminate).sum();
+    assert!(
+        operations > 20 * 50,
+        "too few operations completed: {operations}"
+    );
+    assert!(
+        indeterminate > 0,
+        "faults never left an operation's outcome unknown"
+    );
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    for (seed, members) in [(3, 3), (11, 5)] {
+        let first = run(&config(seed, members));
+        let second = run(&config(seed, members));
+        assert_eq!(first.trace, second.trace, "seed {seed} did not replay");
+        assert_eq!(
+            (
+                first.operations,
+                first.indeterminate,
+                first.messages,
+                first.entries_applied
+            ),
+            (
+                second.operations,
+                second.indeterminate,
+                second.messages,
+                second.entries_applied
+            )
+        );
+        assert!(first.violation.is_none(), "{:?}", first.violation);
+        let other = run(&config(seed + 1, members));
+        assert_ne!(first.trace, other.trace, "different seeds, same run");
+    }
+}
+
+#[test]
+fn a_cluster_that_cannot_converge_in_time_fails_the_liveness_check() {
+    let mut config = config(5, 3);
+    config.liveness_ms = 1;
+    let report = run(&config);
+    let violation = report.violation.unwrap_or_default();
+    assert!(violation.contains("liveness"), "{violation}");
+}
+
+/// Runs seeds with `bug` planted until one fails; returns the first failing seed and why.
+fn catch(bug: Bug, seeds: Range<u64>) -> (u64, String) {
+    for seed in seeds.clone() {
+        let mut config = config(seed, 3);
+        config.bug = Some(bug);
+        if let Some(violation) = run(&config).violation {
+            return (seed, violation);
+        }
+    }
+    panic!(
+        "planted bug {} survived seeds {seeds:?}: the simulator cannot see it",
+        bug.name()
+    );
+}
+
+#[test]
+fn catches_acknowledging_before_fsync() {
+    let (seed, why) = catch(Bug::AckBeforeFsync, 0..20);
+    eprintln!("{}: seed {seed}: {why}", Bug::AckBeforeFsync.name());
+}
+
+#[test]
+fn catches_linearizable_reads_without_read_index() {
+    let (seed, why) = catch(Bug::ReadWithoutReadIndex, 0..20);
+    assert!(why.contains("linearizability"), "{why}");
+    eprintln!("{}: seed {seed}: {why}", Bug::ReadWithoutReadIndex.name());
+}
+
+#[test]
+fn catches_applying_an_entry_twice_after_restart() {
+    let (seed, why) = catch(Bug::ApplyTwiceAfterRestart, 0..20);
+    eprintln!("{}: seed {seed}: {why}", Bug::ApplyTwiceAfterRestart.name());
+}
+
+#[test]
+fn catches_followers_expiring_leases() {
+    let (seed, why) = catch(Bug::FollowerExpiresLeases, 0..20);
+    assert!(why.contains("lease safety"), "{why}");
+    eprintln!("{}: seed {seed}: {why}", Bug::FollowerExpiresLeases.name());
+}
