@@ -492,12 +492,20 @@ impl<F: FileSystem> Storage for RaftLog<F> {
         Ok(self.last())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         // A snapshot is usable while the log still holds every entry after it (so the follower
-        // can continue from it by appends) and it is as new as the follower asked for.
+        // can continue from it by appends), it is as new as the follower asked for, and its
+        // configuration names the follower: raft-rs ignores a snapshot that does not, so one
+        // made before the follower was added would be sent to it forever (found by the
+        // simulator, seed 97).
         if let Some(snapshot) = &self.available {
-            let index = snapshot.get_metadata().index;
-            if index >= self.snapshot.index && index >= request_index {
+            let metadata = snapshot.get_metadata();
+            let conf = metadata.get_conf_state();
+            let names_follower = conf.voters.contains(&to) || conf.learners.contains(&to);
+            if metadata.index >= self.snapshot.index
+                && metadata.index >= request_index
+                && names_follower
+            {
                 return Ok(snapshot.clone());
             }
         }
@@ -507,5 +515,49 @@ impl<F: FileSystem> Storage for RaftLog<F> {
         Err(raft::Error::Store(
             raft::StorageError::SnapshotTemporarilyUnavailable,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot_at(index: u64, voters: Vec<u64>, learners: Vec<u64>) -> Snapshot {
+        let mut metadata = SnapshotMetadata {
+            index,
+            term: 1,
+            ..SnapshotMetadata::default()
+        };
+        metadata.set_conf_state(ConfState {
+            voters,
+            learners,
+            ..ConfState::default()
+        });
+        let mut snapshot = Snapshot::default();
+        snapshot.set_metadata(metadata);
+        snapshot
+    }
+
+    #[test]
+    fn a_snapshot_is_offered_only_to_followers_its_configuration_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = RaftLog::open(dir.path()).expect("open");
+        log.bootstrap(ConfState {
+            voters: vec![1, 2, 3],
+            ..ConfState::default()
+        })
+        .expect("bootstrap");
+        log.set_available_snapshot(snapshot_at(5, vec![1, 2, 3], vec![4]));
+        assert!(log.snapshot(0, 2).is_ok(), "a voter it names");
+        assert!(log.snapshot(0, 4).is_ok(), "a learner it names");
+        assert!(!log.take_snapshot_request());
+        // Member 5 was added after the snapshot was made: raft-rs on member 5 would ignore it.
+        assert!(matches!(
+            log.snapshot(0, 5),
+            Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable
+            ))
+        ));
+        assert!(log.take_snapshot_request(), "a fresh snapshot is asked for");
     }
 }
