@@ -626,6 +626,14 @@ impl<F: FileSystem> Node<F> {
             let id = self.config.id;
             if !conf_state.voters.contains(&id) && !conf_state.learners.contains(&id) {
                 out.removed = true;
+                if self.raw.raft.state == StateRole::Leader {
+                    // A leader that removed itself steps down at once (etcd's
+                    // StepDownOnRemoval): raft-rs keeps it leading without its own progress,
+                    // and the next entries it persisted would find none (a panic, found by the
+                    // simulator, seed 62).
+                    let term = self.raw.raft.term;
+                    self.raw.raft.become_follower(term, raft::INVALID_ID);
+                }
             }
             self.raw.mut_store().set_conf_state(conf_state)?;
         }
