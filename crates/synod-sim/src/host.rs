@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use raft::eraftpb::{Message, Snapshot};
+use prost::Message as _;
+use raft::eraftpb::{ConfChangeType, Message, Snapshot};
 use synod_api::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, RangeRequest};
-use synod_api::synodpb::{InternalRequest, MemberRecord, internal_request::Request};
+use synod_api::synodpb::{InternalRequest, MemberChange, MemberRecord, internal_request::Request};
 use synod_core::apply::{ApplyResult, StateMachine, execute_range};
 use synod_core::backend::Backend;
 use synod_core::node::{AppliedEntry, Node, NodeConfig, Output, RaftView};
@@ -99,6 +100,8 @@ pub struct TurnInput {
     pub inbox: Vec<Message>,
     pub reads: Vec<(u64, ReadKind)>,
     pub proposals: Vec<InternalRequest>,
+    /// Membership changes (request id, kind, the member), as the server proposes them.
+    pub conf_changes: Vec<(u64, ConfChangeType, MemberRecord)>,
     pub reports: Vec<PeerReport>,
     /// Where a follower snapshot goes, if Raft asks for one this turn.
     pub snapshot_path: PathBuf,
@@ -115,6 +118,8 @@ pub struct TurnOutput {
     pub refused: Vec<u64>,
     pub notices: Vec<WatchNotice>,
     pub state: Option<MemberState>,
+    /// A configuration change removed this member.
+    pub removed: bool,
     /// The node has work left without any new input (another Ready, reads waiting for apply).
     pub busy: bool,
     /// The member stopped: a storage error or a panic, with what it said.
@@ -122,12 +127,14 @@ pub struct TurnOutput {
 }
 
 /// A member's state as the checkers see it after a turn.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct MemberState {
     pub view: RaftView,
     pub applied_index: u64,
     pub revision: i64,
     pub probe_seen: bool,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
 }
 
 struct Resident {
@@ -162,6 +169,8 @@ pub struct Start {
     pub seed: u64,
     pub watch_from: i64,
     pub bug: Option<Bug>,
+    /// Joins a running cluster (added with a membership change) instead of founding it.
+    pub join: bool,
 }
 
 impl Host {
@@ -316,11 +325,14 @@ fn member_state(node: &Node<SimFs>, probe: bool) -> MemberState {
             },
         )
         .is_ok_and(|r| !r.kvs.is_empty());
+    let conf = node.conf_state();
     MemberState {
         view: node.raft_view(),
         applied_index: node.machine().applied_index(),
         revision: node.machine().store().current_revision(),
         probe_seen,
+        voters: conf.voters,
+        learners: conf.learners,
     }
 }
 
@@ -346,6 +358,20 @@ fn run_turn(
     for request in input.proposals {
         if node.propose(&request).is_err() {
             turn.refused.push(request.id);
+        }
+    }
+    for (id, change_type, member) in input.conf_changes {
+        let node_id = member.id;
+        let context = MemberChange {
+            id,
+            member: Some(member),
+        }
+        .encode_to_vec();
+        if node
+            .propose_conf_change(change_type, node_id, context)
+            .is_err()
+        {
+            turn.refused.push(id);
         }
     }
     let mut tokens = Vec::new();
@@ -404,6 +430,7 @@ fn run_turn(
         resident.reads.remove(&token);
         turn.reads_done.push((token, ReadDone::Failed));
     }
+    turn.removed = out.removed;
     turn.applied = out.applied;
     turn.applied_entries = out.applied_entries;
     let store = node.machine().store().clone();
@@ -460,7 +487,13 @@ fn open_node(start: &Start) -> Result<Node<SimFs>, String> {
     )
     .map_err(|e| e.to_string())?;
     let (member, _) = backend.identity().map_err(|e| e.to_string())?;
-    if member == 0 {
+    if member == 0 && start.join {
+        // As `--initial-cluster-state existing`: the log starts empty and the leader sends a
+        // snapshot.
+        backend
+            .write_bootstrap(1, start.id, &start.members, None)
+            .map_err(|e| e.to_string())?;
+    } else if member == 0 {
         let conf_state = raft::eraftpb::ConfState {
             voters: start.members.iter().map(|m| m.id).collect(),
             ..raft::eraftpb::ConfState::default()

@@ -113,7 +113,7 @@ fn main() -> ExitCode {
         sim_ms as f64 / 1000.0
     );
     println!(
-        "  faults: {} crashes ({} torn writes), {} partitions, {} flapping links, {} slow members, {} pauses, {} fsync failures, {} full disks; {} messages dropped, {} duplicated",
+        "  faults: {} crashes ({} torn writes), {} partitions, {} flapping links, {} slow members, {} pauses, {} fsync failures, {} full disks, {} learners added, {} promoted, {} members removed; {} messages dropped, {} duplicated",
         faults.crashes,
         faults.torn_writes,
         faults.partitions,
@@ -122,6 +122,9 @@ fn main() -> ExitCode {
         faults.pauses,
         faults.fsync_failures,
         faults.full_disks,
+        faults.learners_added,
+        faults.promotions,
+        faults.removals,
         faults.dropped_messages,
         faults.duplicated_messages
     );

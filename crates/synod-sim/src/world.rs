@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use prost::Message as _;
 use raft::StateRole;
-use raft::eraftpb::{Message, MessageType};
+use raft::eraftpb::{ConfChangeType, Message, MessageType};
 use synod_api::etcdserverpb::{
     Compare, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RequestOp, TxnRequest, compare,
     request_op,
@@ -53,6 +53,8 @@ pub struct SimConfig {
     pub clients: usize,
     pub keys: usize,
     pub faults: bool,
+    /// Add learners, promote them and remove voters during the run.
+    pub membership: bool,
     /// A bug switched on in the core for this run (test builds only).
     pub bug: Option<Bug>,
 }
@@ -67,6 +69,7 @@ impl SimConfig {
             clients: 4,
             keys: 3,
             faults: true,
+            membership: true,
             bug: None,
         }
     }
@@ -83,6 +86,9 @@ pub struct FaultCounts {
     pub pauses: u64,
     pub fsync_failures: u64,
     pub full_disks: u64,
+    pub learners_added: u64,
+    pub promotions: u64,
+    pub removals: u64,
     pub dropped_messages: u64,
     pub duplicated_messages: u64,
 }
@@ -96,6 +102,9 @@ impl FaultCounts {
             + self.pauses
             + self.fsync_failures
             + self.full_disks
+            + self.learners_added
+            + self.promotions
+            + self.removals
     }
 
     pub fn add(&mut self, other: &FaultCounts) {
@@ -107,6 +116,9 @@ impl FaultCounts {
         self.pauses += other.pauses;
         self.fsync_failures += other.fsync_failures;
         self.full_disks += other.full_disks;
+        self.learners_added += other.learners_added;
+        self.promotions += other.promotions;
+        self.removals += other.removals;
         self.dropped_messages += other.dropped_messages;
         self.duplicated_messages += other.duplicated_messages;
     }
@@ -141,6 +153,7 @@ enum Waiting {
     /// clears the lease's checkpoint.
     KeepAlive(i64, u64),
     Probe,
+    Membership,
 }
 
 struct Member {
@@ -157,6 +170,7 @@ struct Member {
     inbox: Vec<Message>,
     reads: Vec<(u64, ReadKind)>,
     proposals: Vec<InternalRequest>,
+    conf_changes: Vec<(u64, ConfChangeType, MemberRecord)>,
     reports: Vec<PeerReport>,
     waiting: BTreeMap<u64, Waiting>,
     /// The last revision this member's watchers delivered, across restarts.
@@ -165,6 +179,10 @@ struct Member {
     snapshots: u64,
     /// The node had work left after its last turn.
     busy: bool,
+    /// Seen in a leader's configuration: a member of the cluster, not only started.
+    joined: bool,
+    /// Removed from the cluster: stopped for good, and no longer expected to converge.
+    removed: bool,
 }
 
 impl Member {
@@ -176,6 +194,7 @@ impl Member {
             || !self.inbox.is_empty()
             || !self.reads.is_empty()
             || !self.proposals.is_empty()
+            || !self.conf_changes.is_empty()
             || !self.reports.is_empty()
     }
 
@@ -183,6 +202,7 @@ impl Member {
         self.host.is_some()
             && self
                 .state
+                .as_ref()
                 .is_some_and(|state| state.view.role == StateRole::Leader)
     }
 }
@@ -251,6 +271,8 @@ pub struct World {
     applied: BTreeMap<u64, (u64, u32)>,
     /// Events of every revision as first delivered to any watcher: revision -> digest.
     revisions: BTreeMap<i64, u64>,
+    /// Highest commit index any member has reported: every later leader must hold it.
+    commit_max: u64,
     report: Report,
     trace: Fnv,
     violation: Option<String>,
@@ -341,33 +363,9 @@ impl World {
             .tempdir()
             .map_err(|e| format!("temporary directory: {e}"))?;
         let mut rng = Rng::new(config.seed);
-        let mut members = Vec::new();
-        for index in 0..config.members {
-            let dir = member_dir(root.path(), member_id(index));
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let drift = rng.between(1000 - DRIFT_PER_MILLE, 1000 + DRIFT_PER_MILLE);
-            members.push(Member {
-                id: member_id(index),
-                dir,
-                disk: SimDisk::new(),
-                host: None,
-                state: None,
-                tick_period_us: TICK_MS * drift,
-                next_tick_us: rng.below(TICK_MS * 1000),
-                paused_until: 0,
-                restart_at: None,
-                inbox: Vec::new(),
-                reads: Vec::new(),
-                proposals: Vec::new(),
-                reports: Vec::new(),
-                waiting: BTreeMap::new(),
-                // A new store starts at revision 1, with no events.
-                watched_revision: 1,
-                last_commit: 0,
-                snapshots: 0,
-                busy: true,
-            });
-        }
+        let members = (0..config.members)
+            .map(|index| new_member(root.path(), member_id(index), &mut rng, true))
+            .collect::<Result<Vec<Member>, String>>()?;
         let clients = (0..config.clients)
             .map(|_| Client {
                 busy: None,
@@ -399,6 +397,7 @@ impl World {
             leaders: BTreeMap::new(),
             applied: BTreeMap::new(),
             revisions: BTreeMap::new(),
+            commit_max: 0,
             trace: Fnv(0xcbf2_9ce4_8422_2325),
             violation: None,
             _root: root,
@@ -417,15 +416,16 @@ impl World {
 
     /// Starts member `index` from what its disk holds (bootstrapping it on first start).
     fn open_member(&mut self, index: usize) -> Result<(), String> {
-        let members: Vec<MemberRecord> = (0..self.members.len())
-            .map(|i| MemberRecord {
-                id: member_id(i),
-                name: format!("m{}", member_id(i)),
-                ..MemberRecord::default()
-            })
+        let founders = self.config.members;
+        let members: Vec<MemberRecord> = self
+            .members
+            .iter()
+            .filter(|m| !m.removed && (m.joined || (m.id as usize) <= founders))
+            .map(|m| record(m.id, false))
             .collect();
         let seed = self.rng.fork();
         let member = &mut self.members[index];
+        let join = member.id as usize > founders;
         let (host, state) = Host::start(Start {
             disk: member.disk.clone(),
             dir: member.dir.clone(),
@@ -434,6 +434,7 @@ impl World {
             seed,
             watch_from: member.watched_revision + 1,
             bug: self.config.bug,
+            join,
         })?;
         member.host = Some(host);
         member.state = Some(state);
@@ -454,6 +455,7 @@ impl World {
         member.inbox.clear();
         member.reads.clear();
         member.proposals.clear();
+        member.conf_changes.clear();
         member.reports.clear();
         member.waiting.clear();
         let loss = member.disk.recover(&mut self.rng, torn);
@@ -493,7 +495,8 @@ impl World {
             let views: Vec<String> = self
                 .members
                 .iter()
-                .map(|m| match (&m.host, m.state) {
+                .filter(|m| !m.removed)
+                .map(|m| match (&m.host, &m.state) {
                     (Some(_), Some(state)) => format!(
                         "m{}: {:?} term {} applied {} revision {}",
                         m.id, state.view.role, state.view.term, state.applied_index, state.revision
@@ -513,9 +516,10 @@ impl World {
     /// During the liveness phase: proposes a probe write through the leader, and reports
     /// whether every member has applied it, agrees on the state, and delivered every event.
     fn liveness_probe(&mut self, sent_at: &mut Option<u64>) -> Option<bool> {
-        if self.members.iter().any(|m| m.host.is_none()) {
+        if self.members.iter().any(|m| m.host.is_none() && !m.removed) {
             return None;
         }
+        // Members started but never added are not in the cluster: nothing waits for them.
         let leader = self.members.iter().position(Member::is_leader)?;
         if sent_at.is_none_or(|at| self.now >= at + 200) {
             *sent_at = Some(self.now);
@@ -531,16 +535,22 @@ impl World {
             });
             member.waiting.insert(id, Waiting::Probe);
         }
-        let states: Vec<MemberState> = self.members.iter().filter_map(|m| m.state).collect();
+        let live = self.members.iter().filter(|m| !m.removed && m.joined);
+        let states: Vec<&MemberState> = live.clone().filter_map(|m| m.state.as_ref()).collect();
         let seen_everywhere =
-            states.len() == self.members.len() && states.iter().all(|state| state.probe_seen);
+            states.len() == live.count() && states.iter().all(|state| state.probe_seen);
         let agree = states
             .windows(2)
             .all(|w| (w[0].applied_index, w[0].revision) == (w[1].applied_index, w[1].revision));
-        let watched = self.members.iter().all(|m| {
-            m.state
-                .is_some_and(|state| m.watched_revision == state.revision)
-        });
+        let watched = self
+            .members
+            .iter()
+            .filter(|m| !m.removed && m.joined)
+            .all(|m| {
+                m.state
+                    .as_ref()
+                    .is_some_and(|state| m.watched_revision == state.revision)
+            });
         Some(seen_everywhere && agree && watched)
     }
 
@@ -609,6 +619,7 @@ impl World {
             inbox: std::mem::take(&mut member.inbox),
             reads: std::mem::take(&mut member.reads),
             proposals: std::mem::take(&mut member.proposals),
+            conf_changes: std::mem::take(&mut member.conf_changes),
             reports: std::mem::take(&mut member.reports),
             snapshot_path: member.dir.join(format!("snap-{}.db", member.snapshots)),
         };
@@ -622,8 +633,9 @@ impl World {
         }
         self.members[index].busy = turn.busy;
         if let Some(state) = turn.state {
+            self.check_raft(index, &state);
+            self.follow_configuration(&state);
             self.members[index].state = Some(state);
-            self.check_raft(index, state);
         }
         let TurnOutput {
             sent,
@@ -632,6 +644,7 @@ impl World {
             reads_done,
             refused,
             notices,
+            removed,
             ..
         } = turn;
         for message in sent {
@@ -640,6 +653,105 @@ impl World {
         self.check_applied_entries(index, &applied_entries);
         self.dispatch(index, applied, reads_done, refused);
         self.check_watch(index, notices);
+        if removed {
+            self.remove(index);
+        }
+    }
+
+    /// A member out of the leader's configuration once it had joined has been removed: it
+    /// stops (told so by its peers, or by applying its removal), for good.
+    fn follow_configuration(&mut self, state: &MemberState) {
+        if state.view.role != StateRole::Leader {
+            return;
+        }
+        for index in 0..self.members.len() {
+            let id = self.members[index].id;
+            let listed = state.voters.contains(&id) || state.learners.contains(&id);
+            if listed {
+                self.members[index].joined = true;
+            } else if self.members[index].joined && !self.members[index].removed {
+                self.remove(index);
+            }
+        }
+    }
+
+    fn remove(&mut self, index: usize) {
+        let member = &mut self.members[index];
+        if member.removed {
+            return;
+        }
+        member.removed = true;
+        member.host = None;
+        member.state = None;
+        member.restart_at = None;
+        member.waiting.clear();
+        self.trace.add(0x5e40_0000 + member.id);
+    }
+
+    /// Changes the membership as an operator would, one step at a time and only while every
+    /// member runs (etcd's strict reconfiguration): add a learner, promote it once it caught up,
+    /// then remove a voter (perhaps the leader), so voters come back to their first count.
+    fn change_membership(&mut self) {
+        let live = self.members.iter().filter(|m| !m.removed);
+        if live.clone().any(|m| m.host.is_none()) {
+            return;
+        }
+        let Some(leader) = self.members.iter().position(Member::is_leader) else {
+            return;
+        };
+        let Some(state) = self.members[leader].state.clone() else {
+            return;
+        };
+        let id = self.next_request();
+        let change = if let Some(&learner) = state.learners.first() {
+            let caught_up = self.members.iter().any(|m| {
+                m.id == learner
+                    && m.state
+                        .as_ref()
+                        .is_some_and(|s| s.applied_index + 10 >= state.applied_index)
+            });
+            if caught_up {
+                self.report.faults.promotions += 1;
+                (ConfChangeType::AddNode, record(learner, false))
+            } else if self.rng.chance(200_000) {
+                self.report.faults.removals += 1;
+                (ConfChangeType::RemoveNode, record(learner, true))
+            } else {
+                return;
+            }
+        } else if let Some(pending) = self
+            .members
+            .iter()
+            .find(|m| !m.joined && !m.removed)
+            .map(|m| m.id)
+        {
+            // Its addition was lost (a leader change): ask again.
+            (ConfChangeType::AddLearnerNode, record(pending, true))
+        } else if state.voters.len() > self.config.members {
+            let voter = *self.rng.pick(&state.voters);
+            self.report.faults.removals += 1;
+            (ConfChangeType::RemoveNode, record(voter, false))
+        } else {
+            // A new member: started empty, then added as a learner.
+            let new_id = self.members.len() as u64 + 1;
+            match new_member(self._root.path(), new_id, &mut self.rng, false) {
+                Ok(member) => self.members.push(member),
+                Err(error) => {
+                    self.violate(format!("adding m{new_id}: {error}"));
+                    return;
+                }
+            }
+            let index = self.members.len() - 1;
+            if let Err(error) = self.open_member(index) {
+                self.violate(format!("m{new_id} could not start: {error}"));
+                return;
+            }
+            self.report.faults.learners_added += 1;
+            (ConfChangeType::AddLearnerNode, record(new_id, true))
+        };
+        let member = &mut self.members[leader];
+        member.conf_changes.push((id, change.0, change.1));
+        member.waiting.insert(id, Waiting::Membership);
     }
 
     /// A member failed a write or an fsync (or panicked): it must stop, as the real process
@@ -658,10 +770,17 @@ impl World {
         self.crash(index, restart_after);
     }
 
-    fn check_raft(&mut self, index: usize, state: MemberState) {
+    fn check_raft(&mut self, index: usize, state: &MemberState) {
         let view = state.view;
         let id = self.members[index].id;
         if view.role == StateRole::Leader {
+            if !self.leaders.contains_key(&view.term) && view.last_index < self.commit_max {
+                self.violate(format!(
+                    "leader completeness: m{id} leads term {} with entries up to {}, but {} was committed",
+                    view.term, view.last_index, self.commit_max
+                ));
+                return;
+            }
             match self.leaders.get(&view.term) {
                 Some(&leader) if leader != id => {
                     self.violate(format!(
@@ -686,6 +805,7 @@ impl World {
             return;
         }
         member.last_commit = view.commit;
+        self.commit_max = self.commit_max.max(view.commit);
         if view.commit > view.last_index {
             self.violate(format!(
                 "m{id} commits {} beyond its last entry {}",
@@ -828,7 +948,7 @@ impl World {
                     self.keeper.busy_until = 0;
                 }
                 Some(Waiting::LeaseAttach | Waiting::KeepAlive(..)) => self.keeper.busy_until = 0,
-                Some(Waiting::Probe) | None => {}
+                Some(Waiting::Probe | Waiting::Membership) | None => {}
             }
         }
         for (id, result) in applied {
@@ -863,7 +983,7 @@ impl World {
                     }
                     self.keeper.busy_until = 0;
                 }
-                Waiting::Probe => {}
+                Waiting::Probe | Waiting::Membership => {}
             }
         }
         for (token, done) in reads_done {
@@ -1053,7 +1173,7 @@ impl World {
         let id = self.next_request();
         let target = &mut self.members[member];
         if target.host.is_none() {
-            // Connection refused: a member that is down certainly did not take it.
+            // Connection refused: a member that is down (or removed) certainly did not take it.
             self.fail(op);
             return;
         }
@@ -1225,21 +1345,31 @@ impl World {
     }
 
     fn inject_faults(&mut self) {
-        let n = self.members.len();
         let now = self.now;
         if self.net.partition_until != 0 && now >= self.net.partition_until {
             self.net.blocked.clear();
             self.net.partition_until = 0;
         }
+        // Now and then (about every 300 ms), a membership change.
+        if self.config.membership && self.rng.chance(3_300) {
+            self.change_membership();
+        }
         // Roughly: a fault of some kind every 150 ms.
         if !self.rng.chance(6_500) {
             return;
         }
-        let victim = self.rng.below(n as u64) as usize;
-        let down = self.members.iter().filter(|m| m.host.is_none()).count();
+        // Indexes run over every member ever started; quorum arithmetic over those not removed.
+        let total = self.members.len();
+        let live = self.members.iter().filter(|m| !m.removed).count();
+        let down = self
+            .members
+            .iter()
+            .filter(|m| m.host.is_none() && !m.removed)
+            .count();
+        let victim = self.rng.below(total as u64) as usize;
         match self.rng.below(100) {
             0..20 => {
-                if self.members[victim].host.is_some() && down < n / 2 + 1 {
+                if self.members[victim].host.is_some() && down < live / 2 + 1 {
                     self.report.faults.crashes += 1;
                     let after = self.rng.between(20, 600);
                     self.crash(victim, after);
@@ -1250,9 +1380,9 @@ impl World {
                     self.report.faults.partitions += 1;
                     self.net.partition_until = now + self.rng.between(100, 900);
                     let one_way = self.rng.chance(300_000);
-                    let side: Vec<bool> = (0..n).map(|_| self.rng.chance(500_000)).collect();
-                    for a in 0..n {
-                        for b in 0..n {
+                    let side: Vec<bool> = (0..total).map(|_| self.rng.chance(500_000)).collect();
+                    for a in 0..total {
+                        for b in 0..total {
                             if side[a] && !side[b] {
                                 self.net.blocked.insert((a, b));
                                 if !one_way {
@@ -1264,7 +1394,7 @@ impl World {
                 }
             }
             40..50 => {
-                let other = (victim + 1 + self.rng.below(n as u64 - 1) as usize) % n;
+                let other = (victim + 1 + self.rng.below(total as u64 - 1) as usize) % total;
                 self.report.faults.flapping_links += 1;
                 self.net.flapping = Some((victim, other, now + self.rng.between(200, 800)));
             }
@@ -1296,6 +1426,7 @@ impl World {
                     member.disk.unfill();
                 }
             }
+
             _ => {
                 self.net.drop_per_million = self.rng.below(100_000);
                 self.net.duplicate_per_million = self.rng.below(50_000);
@@ -1314,7 +1445,7 @@ impl World {
         for member in &mut self.members {
             member.paused_until = 0;
             member.disk.unfill();
-            if member.host.is_none() {
+            if member.host.is_none() && !member.removed {
                 member.restart_at = Some(self.now);
             }
         }
@@ -1354,7 +1485,7 @@ impl World {
     /// same HashKV.
     fn check_agreement(&mut self) {
         let mut first: Option<(u64, u64, i64, u32)> = None;
-        for member in &self.members {
+        for member in self.members.iter().filter(|m| !m.removed && m.joined) {
             let Some(host) = &member.host else { continue };
             let (applied, revision, hash) = match host.hash_state() {
                 Ok(state) => state,
@@ -1378,4 +1509,49 @@ impl World {
             }
         }
     }
+}
+
+fn record(id: u64, is_learner: bool) -> MemberRecord {
+    MemberRecord {
+        id,
+        name: format!("m{id}"),
+        is_learner,
+        ..MemberRecord::default()
+    }
+}
+
+/// A member that has not started yet, with an empty disk and a clock of its own.
+fn new_member(
+    root: &std::path::Path,
+    id: u64,
+    rng: &mut Rng,
+    founder: bool,
+) -> Result<Member, String> {
+    let dir = member_dir(root, id);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let drift = rng.between(1000 - DRIFT_PER_MILLE, 1000 + DRIFT_PER_MILLE);
+    Ok(Member {
+        id,
+        dir,
+        disk: SimDisk::new(),
+        host: None,
+        state: None,
+        tick_period_us: TICK_MS * drift,
+        next_tick_us: rng.below(TICK_MS * 1000),
+        paused_until: 0,
+        restart_at: None,
+        inbox: Vec::new(),
+        reads: Vec::new(),
+        proposals: Vec::new(),
+        conf_changes: Vec::new(),
+        reports: Vec::new(),
+        waiting: BTreeMap::new(),
+        // A new store starts at revision 1, with no events.
+        watched_revision: 1,
+        last_commit: 0,
+        snapshots: 0,
+        busy: true,
+        joined: founder,
+        removed: false,
+    })
 }

@@ -64,6 +64,9 @@ fn every_kind_of_fault_is_injected() {
         ("pauses", faults.pauses),
         ("fsync failures", faults.fsync_failures),
         ("full disks", faults.full_disks),
+        ("learners added", faults.learners_added),
+        ("promotions", faults.promotions),
+        ("removals", faults.removals),
         ("dropped messages", faults.dropped_messages),
         ("duplicated messages", faults.duplicated_messages),
     ];
