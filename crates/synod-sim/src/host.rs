@@ -69,6 +69,8 @@ impl WatchSink for Collector {
 pub enum ReadKind {
     /// A linearizable get of one key.
     Kv(Vec<u8>),
+    /// A serializable get: served from local state at once, no ReadIndex.
+    Serializable(Vec<u8>),
     /// A keep-alive: once the ReadIndex confirms leadership, renew on the lessor; if a checkpoint
     /// must be cleared first, propose that under request id `clear_id`.
     KeepAlive { lease: i64, clear_id: u64 },
@@ -78,6 +80,8 @@ pub enum ReadKind {
 #[derive(Debug, Clone)]
 pub enum ReadDone {
     Value(Option<String>),
+    /// A serializable read's answer and the revision it was read at.
+    Local(Option<String>, i64),
     Renewed,
     /// The renewal waits for its checkpoint-clearing proposal (answered by its request id).
     RenewalProposed,
@@ -375,7 +379,12 @@ fn run_turn(
         }
     }
     let mut tokens = Vec::new();
+    let mut local = Vec::new();
     for (token, kind) in input.reads {
+        if let ReadKind::Serializable(key) = kind {
+            local.push((token, key));
+            continue;
+        }
         tokens.push(token);
         resident.reads.insert(token, kind);
     }
@@ -407,6 +416,7 @@ fn run_turn(
             continue;
         };
         let done = match kind {
+            ReadKind::Serializable(_) => continue,
             ReadKind::Kv(key) => {
                 let request = RangeRequest {
                     key,
@@ -429,6 +439,24 @@ fn run_turn(
     for token in out.reads_failed {
         resident.reads.remove(&token);
         turn.reads_done.push((token, ReadDone::Failed));
+    }
+    for (token, key) in local {
+        let request = RangeRequest {
+            key,
+            serializable: true,
+            ..RangeRequest::default()
+        };
+        let done = match execute_range(&**node.machine().store(), &request) {
+            Ok(response) => ReadDone::Local(
+                response
+                    .kvs
+                    .first()
+                    .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+                response.header.map_or(0, |header| header.revision),
+            ),
+            Err(_) => ReadDone::Failed,
+        };
+        turn.reads_done.push((token, done));
     }
     turn.removed = out.removed;
     turn.applied = out.applied;

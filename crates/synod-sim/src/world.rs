@@ -15,8 +15,8 @@ use prost::Message as _;
 use raft::StateRole;
 use raft::eraftpb::{ConfChangeType, Message, MessageType};
 use synod_api::etcdserverpb::{
-    Compare, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RequestOp, TxnRequest, compare,
-    request_op,
+    Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RequestOp,
+    TxnRequest, compare, request_op,
 };
 use synod_api::mvccpb::event::EventType;
 use synod_api::synodpb::{InternalRequest, MemberRecord, internal_request::Request};
@@ -143,7 +143,7 @@ pub struct Report {
 }
 
 /// What a member's pending request will answer.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Waiting {
     /// A key-value operation: index into the history.
     Kv(usize),
@@ -154,6 +154,9 @@ enum Waiting {
     KeepAlive(i64, u64),
     Probe,
     Membership,
+    /// A serializable get of `key` (not part of the linearizable history).
+    Serializable(String),
+    LeaseRevoke,
 }
 
 struct Member {
@@ -181,6 +184,8 @@ struct Member {
     busy: bool,
     /// Seen in a leader's configuration: a member of the cluster, not only started.
     joined: bool,
+    /// Counts starts, so checks can tell one process from the next.
+    incarnation: u64,
     /// Removed from the cluster: stopped for good, and no longer expected to converge.
     removed: bool,
 }
@@ -248,6 +253,20 @@ struct LeaseKeeper {
 #[derive(Default)]
 struct LeaseRecord {
     alive_at: Vec<u64>,
+    /// The client revoked it: its key may go any time after.
+    revoked_by_client: bool,
+}
+
+/// A key and its value after a revision (`None`: deleted).
+type KeyChange = (String, Option<String>);
+
+/// A serializable read as answered: by whom, what, at which revision.
+struct LocalRead {
+    member: u64,
+    incarnation: u64,
+    key: String,
+    revision: i64,
+    value: Option<String>,
 }
 
 pub struct World {
@@ -273,6 +292,9 @@ pub struct World {
     revisions: BTreeMap<i64, u64>,
     /// Highest commit index any member has reported: every later leader must hold it.
     commit_max: u64,
+    /// Every key's value by revision, from the events of each revision.
+    values: BTreeMap<String, BTreeMap<i64, Option<String>>>,
+    local_reads: Vec<LocalRead>,
     report: Report,
     trace: Fnv,
     violation: Option<String>,
@@ -398,6 +420,8 @@ impl World {
             applied: BTreeMap::new(),
             revisions: BTreeMap::new(),
             commit_max: 0,
+            values: BTreeMap::new(),
+            local_reads: Vec::new(),
             trace: Fnv(0xcbf2_9ce4_8422_2325),
             violation: None,
             _root: root,
@@ -438,6 +462,7 @@ impl World {
         })?;
         member.host = Some(host);
         member.state = Some(state);
+        member.incarnation += 1;
         member.last_commit = 0;
         member.restart_at = None;
         member.next_tick_us = self.now * 1000 + member.tick_period_us;
@@ -948,7 +973,13 @@ impl World {
                     self.keeper.busy_until = 0;
                 }
                 Some(Waiting::LeaseAttach | Waiting::KeepAlive(..)) => self.keeper.busy_until = 0,
-                Some(Waiting::Probe | Waiting::Membership) | None => {}
+                Some(
+                    Waiting::Probe
+                    | Waiting::Membership
+                    | Waiting::Serializable(_)
+                    | Waiting::LeaseRevoke,
+                )
+                | None => {}
             }
         }
         for (id, result) in applied {
@@ -983,7 +1014,10 @@ impl World {
                     }
                     self.keeper.busy_until = 0;
                 }
-                Waiting::Probe | Waiting::Membership => {}
+                Waiting::Probe
+                | Waiting::Membership
+                | Waiting::Serializable(_)
+                | Waiting::LeaseRevoke => {}
             }
         }
         for (token, done) in reads_done {
@@ -995,6 +1029,16 @@ impl World {
                     self.complete(op, KvOutput::Value(value))
                 }
                 (Waiting::Kv(op), _) => self.fail(op),
+                (Waiting::Serializable(key), ReadDone::Local(value, revision)) => {
+                    let member = &self.members[index];
+                    self.local_reads.push(LocalRead {
+                        member: member.id,
+                        incarnation: member.incarnation,
+                        key,
+                        revision,
+                        value,
+                    });
+                }
                 (Waiting::KeepAlive(lease, issued), ReadDone::Renewed) => {
                     self.leases.entry(lease).or_default().alive_at.push(issued);
                     self.keeper.busy_until = 0;
@@ -1097,6 +1141,20 @@ impl World {
     fn issue(&mut self, client: usize) {
         let member = self.rng.below(self.members.len() as u64) as usize;
         let key = key_name(self.rng.below(self.config.keys as u64) as usize);
+        if self.rng.chance(100_000) {
+            // A serializable read: any member answers from what it has applied; it is checked
+            // against the revision it reports, not for linearizability.
+            let id = self.next_request();
+            let target = &mut self.members[member];
+            if target.host.is_some() {
+                target
+                    .reads
+                    .push((id, ReadKind::Serializable(key.clone().into_bytes())));
+                target.waiting.insert(id, Waiting::Serializable(key));
+            }
+            self.clients[client].next_at = self.now + self.rng.between(1, 10);
+            return;
+        }
         self.clients[client].sequence += 1;
         let value = format!("c{client}-{}", self.clients[client].sequence);
         let input = match self.rng.below(100) {
@@ -1241,6 +1299,22 @@ impl World {
                     self.keeper.abandoned = true;
                     return;
                 }
+                if self.rng.chance(20_000) {
+                    // The client revokes its lease (any member takes the request).
+                    self.leases.entry(lease).or_default().revoked_by_client = true;
+                    let member = self.rng.below(self.members.len() as u64) as usize;
+                    let id = self.next_request();
+                    let target = &mut self.members[member];
+                    if target.host.is_some() {
+                        target.proposals.push(InternalRequest {
+                            id,
+                            request: Some(Request::LeaseRevoke(LeaseRevokeRequest { id: lease })),
+                        });
+                        target.waiting.insert(id, Waiting::LeaseRevoke);
+                    }
+                    self.keeper.lease = None;
+                    return;
+                }
                 self.keeper.next_keep_alive = self.now + KEEP_ALIVE_EVERY_MS;
                 let now = self.now;
                 let Some(leader) = self
@@ -1273,14 +1347,15 @@ impl World {
             let WatchNotice::Events { events, .. } = notice else {
                 continue;
             };
-            let mut by_revision: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
+            let mut by_revision: BTreeMap<i64, (Vec<u8>, Vec<KeyChange>)> = BTreeMap::new();
             for event in &events {
                 let Some(kv) = &event.kv else { continue };
                 let revision = kv.mod_revision;
-                by_revision
-                    .entry(revision)
-                    .or_default()
-                    .extend_from_slice(&event.encode_to_vec());
+                let (bytes, changes) = by_revision.entry(revision).or_default();
+                bytes.extend_from_slice(&event.encode_to_vec());
+                let value = (event.r#type == EventType::Put as i32)
+                    .then(|| String::from_utf8_lossy(&kv.value).into_owned());
+                changes.push((String::from_utf8_lossy(&kv.key).into_owned(), value));
                 if event.r#type == EventType::Delete as i32
                     && let Some(lease) = std::str::from_utf8(&kv.key)
                         .ok()
@@ -1290,7 +1365,7 @@ impl World {
                     self.lease_key_deleted(lease, revision);
                 }
             }
-            for (revision, bytes) in by_revision {
+            for (revision, (bytes, changes)) in by_revision {
                 let expected = self.members[index].watched_revision + 1;
                 if revision != expected {
                     self.violate(format!(
@@ -1311,6 +1386,9 @@ impl World {
                     Some(_) => {}
                     None => {
                         self.revisions.insert(revision, hash);
+                        for (key, value) in changes {
+                            self.values.entry(key).or_default().insert(revision, value);
+                        }
                     }
                 }
             }
@@ -1329,6 +1407,9 @@ impl World {
         let Some(record) = self.leases.get(&lease) else {
             return;
         };
+        if record.revoked_by_client {
+            return;
+        }
         let Some(&last_alive) = record.alive_at.iter().max() else {
             return;
         };
@@ -1459,6 +1540,9 @@ impl World {
             self.check_agreement();
         }
         if self.violation.is_none() {
+            self.check_local_reads();
+        }
+        if self.violation.is_none() {
             let history: Vec<Operation<KvInput, KvOutput>> = self
                 .history
                 .iter()
@@ -1479,6 +1563,36 @@ impl World {
         }
         self.report.trace = self.trace.0;
         self.report.violation = self.violation.take();
+    }
+
+    /// Serializable reads may be stale but never wrong: each answers the key's value at the
+    /// revision it reports (by the events of every revision), and one process never answers
+    /// from an older revision than it answered before.
+    fn check_local_reads(&mut self) {
+        let mut last: BTreeMap<(u64, u64), i64> = BTreeMap::new();
+        for read in &self.local_reads {
+            let expected = self
+                .values
+                .get(&read.key)
+                .and_then(|history| history.range(..=read.revision).next_back())
+                .and_then(|(_, value)| value.clone());
+            if expected != read.value {
+                self.violation = Some(format!(
+                    "serializable read: m{} answered {:?} for {} at revision {}, where the value was {:?}",
+                    read.member, read.value, read.key, read.revision, expected
+                ));
+                return;
+            }
+            let previous = last.entry((read.member, read.incarnation)).or_insert(0);
+            if read.revision < *previous {
+                self.violation = Some(format!(
+                    "serializable read: m{} answered at revision {} after answering at {}",
+                    read.member, read.revision, previous
+                ));
+                return;
+            }
+            *previous = read.revision;
+        }
     }
 
     /// MVCC agreement: every member at the same applied index holds the same revision and the
@@ -1552,6 +1666,7 @@ fn new_member(
         snapshots: 0,
         busy: true,
         joined: founder,
+        incarnation: 0,
         removed: false,
     })
 }
