@@ -7,7 +7,7 @@
 //! lists and locks its directory with `std::fs`, so every simulated file also has an empty
 //! placeholder of the same name in a real directory; its contents are never read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,32 +16,58 @@ use raft_engine::env::{FileSystem, Handle, Permission, WriteExt};
 
 use crate::rng::Rng;
 
+/// Unsynced changes are tracked by page, so a sync copies only what changed.
+const PAGE: usize = 4096;
+
 #[derive(Debug, Default)]
 struct FileData {
     durable: Vec<u8>,
     current: Vec<u8>,
-    /// Lowest offset written (or truncated) since the last sync, if any.
-    dirty_from: Option<usize>,
-    /// End of the highest write since the last sync.
-    dirty_to: usize,
+    /// Pages written (or truncated into) since the last sync.
+    dirty: BTreeSet<usize>,
     /// Whether a crash may keep a prefix of the unsynced tail (append-only log files).
     tearable: bool,
 }
 
 impl FileData {
     fn mark_dirty(&mut self, offset: usize, end: usize) {
-        self.dirty_from = Some(self.dirty_from.map_or(offset, |from| from.min(offset)));
-        self.dirty_to = self.dirty_to.max(end);
+        let last = end.max(offset + 1) - 1;
+        self.dirty.extend(offset / PAGE..=last / PAGE);
     }
 
     fn sync(&mut self) {
-        let Some(from) = self.dirty_from.take() else {
+        if self.dirty.is_empty() {
             return;
-        };
-        self.dirty_to = 0;
-        let keep = from.min(self.durable.len()).min(self.current.len());
-        self.durable.truncate(keep);
-        self.durable.extend_from_slice(&self.current[keep..]);
+        }
+        let len = self.current.len();
+        self.durable.resize(len, 0);
+        for page in std::mem::take(&mut self.dirty) {
+            let start = page * PAGE;
+            if start >= len {
+                break;
+            }
+            let end = (start + PAGE).min(len);
+            self.durable[start..end].copy_from_slice(&self.current[start..end]);
+        }
+    }
+
+    /// Puts back the durable contents; with `cutoff`, the unsynced bytes before it survive (a
+    /// torn write: the disk wrote the first part and no more).
+    fn revert(&mut self, cutoff: usize) {
+        let durable_len = self.durable.len();
+        let new_len = durable_len.max(cutoff.min(self.current.len()));
+        if self.current.len() < durable_len {
+            let tail = self.durable[self.current.len()..].to_vec();
+            self.current.extend_from_slice(&tail);
+        }
+        for page in std::mem::take(&mut self.dirty) {
+            let start = (page * PAGE).max(cutoff);
+            let end = ((page + 1) * PAGE).min(durable_len);
+            if start < end {
+                self.current[start..end].copy_from_slice(&self.durable[start..end]);
+            }
+        }
+        self.current.truncate(new_len);
     }
 }
 
@@ -118,22 +144,19 @@ impl SimDisk {
         let mut loss = CrashLoss::default();
         for file in state.files.values() {
             let mut file = lock(file);
-            let Some(from) = file.dirty_from.take() else {
+            let (Some(&first), Some(&last)) = (file.dirty.first(), file.dirty.last()) else {
                 continue;
             };
-            let to = std::mem::take(&mut file.dirty_to).min(file.current.len());
-            loss.lost_bytes += to.saturating_sub(from) as u64;
-            let mut survived = file.durable.clone();
+            let from = first * PAGE;
+            let to = ((last + 1) * PAGE).min(file.current.len()).max(from);
+            loss.lost_bytes += (file.dirty.len() * PAGE) as u64;
+            let mut cutoff = 0;
             if torn && file.tearable && to > from {
-                // The disk wrote the first part of the unsynced range, and no more.
                 let kept = rng.below((to - from) as u64) as usize;
-                if survived.len() < from + kept {
-                    survived.resize(from + kept, 0);
-                }
-                survived[from..from + kept].copy_from_slice(&file.current[from..from + kept]);
+                cutoff = from + kept;
                 loss.torn |= kept > 0;
             }
-            file.current = survived;
+            file.revert(cutoff);
         }
         loss
     }

@@ -380,10 +380,17 @@ fn member_id(index: usize) -> u64 {
 
 impl World {
     fn new(config: SimConfig) -> Result<World, String> {
-        let root = tempfile::Builder::new()
-            .prefix("synod-sim-")
-            .tempdir()
-            .map_err(|e| format!("temporary directory: {e}"))?;
+        // Only directory listings, locks and snapshot files touch the real file system; memory
+        // (/dev/shm) serves them best where there is one.
+        let shm = std::path::Path::new("/dev/shm");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("synod-sim-");
+        let root = if shm.is_dir() {
+            builder.tempdir_in(shm)
+        } else {
+            builder.tempdir()
+        }
+        .map_err(|e| format!("temporary directory: {e}"))?;
         let mut rng = Rng::new(config.seed);
         let members = (0..config.members)
             .map(|index| new_member(root.path(), member_id(index), &mut rng, true))
