@@ -114,7 +114,12 @@ pub struct TurnInput {
 /// What came of it.
 #[derive(Default)]
 pub struct TurnOutput {
+    /// Messages that left before any fsync of this turn (the leader's appends and heartbeats).
     pub sent: Vec<Message>,
+    /// Messages released after an fsync (acknowledgements, votes): they wait for the disk.
+    pub sent_after_sync: Vec<Message>,
+    /// The turn fsynced: it took the disk's latency.
+    pub synced: bool,
     pub applied: Vec<(u64, ApplyResult)>,
     pub applied_entries: Vec<AppliedEntry>,
     pub reads_done: Vec<(u64, ReadDone)>,
@@ -146,6 +151,7 @@ struct Resident {
     collector: Arc<Collector>,
     /// Reads asked for and not answered yet (a ReadIndex round spans turns).
     reads: std::collections::BTreeMap<u64, ReadKind>,
+    disk: SimDisk,
 }
 
 type Job = Box<dyn FnOnce(&mut Option<Resident>) + Send>;
@@ -219,6 +225,7 @@ impl Host {
                 node,
                 collector,
                 reads: std::collections::BTreeMap::new(),
+                disk: start.disk.clone(),
             });
             Ok::<MemberState, String>(state)
         })??;
@@ -390,9 +397,18 @@ fn run_turn(
     }
     node.read_index(tokens);
     let mut out = Output::default();
-    let sent = &mut turn.sent;
-    node.advance(&mut out, &mut |messages| sent.extend(messages))
-        .map_err(|e| e.to_string())?;
+    let syncs_before = resident.disk.counters().0;
+    let disk = &resident.disk;
+    let (before, after) = (&mut turn.sent, &mut turn.sent_after_sync);
+    node.advance(&mut out, &mut |messages| {
+        if disk.counters().0 > syncs_before {
+            after.extend(messages);
+        } else {
+            before.extend(messages);
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    turn.synced = resident.disk.counters().0 > syncs_before;
     if let Some(job) = out.snapshot_job.take() {
         let written = synod_core::backend::export(&job.view, &input.snapshot_path);
         drop(job.view);

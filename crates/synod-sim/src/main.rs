@@ -113,12 +113,13 @@ fn main() -> ExitCode {
         sim_ms as f64 / 1000.0
     );
     println!(
-        "  faults: {} crashes ({} torn writes), {} partitions, {} flapping links, {} slow members, {} pauses, {} fsync failures, {} full disks, {} learners added, {} promoted, {} members removed; {} messages dropped, {} duplicated",
+        "  faults: {} crashes ({} torn writes), {} partitions, {} flapping links, {} slow members, {} slow disks, {} pauses, {} fsync failures, {} full disks, {} learners added, {} promoted, {} members removed; {} messages dropped, {} duplicated",
         faults.crashes,
         faults.torn_writes,
         faults.partitions,
         faults.flapping_links,
         faults.slow_members,
+        faults.slow_disks,
         faults.pauses,
         faults.fsync_failures,
         faults.full_disks,

@@ -83,6 +83,7 @@ pub struct FaultCounts {
     pub partitions: u64,
     pub flapping_links: u64,
     pub slow_members: u64,
+    pub slow_disks: u64,
     pub pauses: u64,
     pub fsync_failures: u64,
     pub full_disks: u64,
@@ -99,6 +100,7 @@ impl FaultCounts {
             + self.partitions
             + self.flapping_links
             + self.slow_members
+            + self.slow_disks
             + self.pauses
             + self.fsync_failures
             + self.full_disks
@@ -113,6 +115,7 @@ impl FaultCounts {
         self.partitions += other.partitions;
         self.flapping_links += other.flapping_links;
         self.slow_members += other.slow_members;
+        self.slow_disks += other.slow_disks;
         self.pauses += other.pauses;
         self.fsync_failures += other.fsync_failures;
         self.full_disks += other.full_disks;
@@ -292,6 +295,8 @@ pub struct World {
     revisions: BTreeMap<i64, u64>,
     /// Highest commit index any member has reported: every later leader must hold it.
     commit_max: u64,
+    /// Members whose fsyncs are slow, until a time.
+    slow_disks: BTreeMap<usize, u64>,
     /// Every key's value by revision, from the events of each revision.
     values: BTreeMap<String, BTreeMap<i64, Option<String>>>,
     local_reads: Vec<LocalRead>,
@@ -427,6 +432,7 @@ impl World {
             applied: BTreeMap::new(),
             revisions: BTreeMap::new(),
             commit_max: 0,
+            slow_disks: BTreeMap::new(),
             values: BTreeMap::new(),
             local_reads: Vec::new(),
             trace: Fnv(0xcbf2_9ce4_8422_2325),
@@ -638,9 +644,14 @@ impl World {
             return None;
         }
         let mut ticks = 0;
-        while member.next_tick_us <= now_us {
+        if member.next_tick_us <= now_us {
+            // As the server's node loop: one tick when due; ticks missed while the member was
+            // paused or busy are not replayed in a burst.
+            ticks = 1;
             member.next_tick_us += member.tick_period_us;
-            ticks += 1;
+            if member.next_tick_us <= now_us {
+                member.next_tick_us = now_us + member.tick_period_us;
+            }
         }
         if !member.has_input(ticks, probe) {
             return None;
@@ -669,8 +680,24 @@ impl World {
             self.follow_configuration(&state);
             self.members[index].state = Some(state);
         }
+        // The disk's fsync latency: what was released after the fsync leaves that much later,
+        // and the member is busy meanwhile (a slow disk makes it much worse).
+        let mut latency = 0;
+        if turn.synced {
+            latency = self.rng.between(0, 2);
+            if self
+                .slow_disks
+                .get(&index)
+                .is_some_and(|&until| until > self.now)
+            {
+                latency += self.rng.between(10, 50);
+            }
+            self.members[index].paused_until =
+                self.members[index].paused_until.max(self.now + latency);
+        }
         let TurnOutput {
             sent,
+            sent_after_sync,
             applied,
             applied_entries,
             reads_done,
@@ -680,7 +707,10 @@ impl World {
             ..
         } = turn;
         for message in sent {
-            self.send(index, message);
+            self.send(index, message, 0);
+        }
+        for message in sent_after_sync {
+            self.send(index, message, latency);
         }
         self.check_applied_entries(index, &applied_entries);
         self.dispatch(index, applied, reads_done, refused);
@@ -846,7 +876,7 @@ impl World {
         }
     }
 
-    fn send(&mut self, from: usize, message: Message) {
+    fn send(&mut self, from: usize, message: Message, after_ms: u64) {
         let Some(to) = self
             .members
             .iter()
@@ -881,7 +911,7 @@ impl World {
             1
         };
         for _ in 0..copies {
-            let mut delay = self.rng.between(1, 3);
+            let mut delay = after_ms + self.rng.between(1, 3);
             for end in [from, to] {
                 if self
                     .net
@@ -1486,10 +1516,15 @@ impl World {
                 self.report.faults.flapping_links += 1;
                 self.net.flapping = Some((victim, other, now + self.rng.between(200, 800)));
             }
-            50..62 => {
+            50..57 => {
                 self.report.faults.slow_members += 1;
                 let until = now + self.rng.between(100, 800);
                 self.net.slow.insert(victim, until);
+            }
+            57..62 => {
+                self.report.faults.slow_disks += 1;
+                let until = now + self.rng.between(100, 800);
+                self.slow_disks.insert(victim, until);
             }
             62..77 => {
                 self.report.faults.pauses += 1;
@@ -1530,6 +1565,7 @@ impl World {
         self.net.slow.clear();
         self.net.drop_per_million = 0;
         self.net.duplicate_per_million = 0;
+        self.slow_disks.clear();
         for member in &mut self.members {
             member.paused_until = 0;
             member.disk.unfill();

@@ -61,6 +61,7 @@ fn every_kind_of_fault_is_injected() {
         ("partitions", faults.partitions),
         ("flapping links", faults.flapping_links),
         ("slow members", faults.slow_members),
+        ("slow disks", faults.slow_disks),
         ("pauses", faults.pauses),
         ("fsync failures", faults.fsync_failures),
         ("full disks", faults.full_disks),
