@@ -64,5 +64,73 @@ async fn bench_workloads_run_against_synod_and_etcd() {
             (1.0..10.0).contains(&seconds),
             "failover took {seconds} s with a 2 s TTL"
         );
+        let verified = bench(
+            &endpoint,
+            &[
+                "--clients",
+                "4",
+                "--conns",
+                "2",
+                "--total",
+                "200",
+                "--rate",
+                "2000",
+                "--verify",
+                "put",
+                "--key-space-size",
+                "20",
+            ],
+        );
+        assert_eq!(verified["verify_failed"], 0, "{verified}");
+        bench(
+            &endpoint,
+            &[
+                "--clients",
+                "4",
+                "--total",
+                "100",
+                "txn-put",
+                "--txn-ops",
+                "4",
+                "--key-space-size",
+                "100",
+            ],
+        );
+        bench(
+            &endpoint,
+            &["--clients", "4", "--total", "100", "txn-mixed"],
+        );
+        for (workload, watchers) in [("watch", "20"), ("watch-fanout", "200")] {
+            let watched = bench(
+                &endpoint,
+                &[
+                    "--clients",
+                    "4",
+                    "--total",
+                    "50",
+                    workload,
+                    "--watchers",
+                    watchers,
+                ],
+            );
+            let watchers: u64 = watchers.parse().expect("count");
+            assert_eq!(watched["events"], 50 * watchers, "{watched}");
+            for count in ["missing_events", "duplicate_events", "out_of_order_events"] {
+                assert_eq!(watched[count], 0, "{watched}");
+            }
+        }
+        let kept = bench(
+            &endpoint,
+            &[
+                "--clients",
+                "2",
+                "--total",
+                "200",
+                "lease-keepalive",
+                "--leases",
+                "20",
+            ],
+        );
+        assert_eq!(kept["leases_lost"], 0, "{kept}");
     }
 }

@@ -1,0 +1,682 @@
+//! `synod bench`: a load generator in the style of etcd's `benchmark` tool. It speaks only etcd's
+//! wire protocol, so the same command measures Synod and etcd. Clients share `--conns`
+//! connections (one each by default); latencies go into an HDR histogram; the summary gives
+//! throughput and percentiles, as text or as one JSON object (`--json`) for scripts such as
+//! `bench/compare`. Request/response workloads live here; watch and lease keep-alive streams in
+//! [`streams`].
+
+mod streams;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use hdrhistogram::Histogram;
+use synod_client::etcdserverpb::{
+    LeaseGrantRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, request_op,
+};
+use synod_client::recipes::Session;
+use synod_client::v3electionpb::{CampaignRequest, LeaderRequest};
+use synod_client::v3lockpb::{LockRequest, UnlockRequest};
+use synod_client::{Client, ClientError};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Concurrent clients (for watch workloads: streams), spread over the connections.
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Connections, spread over the endpoints (0: one per client).
+    #[arg(long, default_value_t = 0)]
+    conns: usize,
+    /// Operations in total (for election-failover: rounds; for watch workloads: writes).
+    #[arg(long, default_value_t = 10_000)]
+    total: u64,
+    /// Operations per second over all clients (0: as fast as they go).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// After a put workload, read every key back: each must hold the last acknowledged write
+    /// or a later one.
+    #[arg(long)]
+    verify: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+#[derive(Debug, Subcommand)]
+enum Workload {
+    /// Puts of `--val-size` bytes to keys drawn from `--key-space-size` keys.
+    Put {
+        #[arg(long, default_value_t = 8)]
+        key_size: usize,
+        #[arg(long, default_value_t = 256)]
+        val_size: usize,
+        #[arg(long, default_value_t = 1)]
+        key_space_size: u64,
+        /// Keys in order instead of at random.
+        #[arg(long)]
+        sequential_keys: bool,
+    },
+    /// Txns of `--txn-ops` puts each, to keys drawn from `--key-space-size` keys.
+    TxnPut {
+        #[arg(long, default_value_t = 8)]
+        key_size: usize,
+        #[arg(long, default_value_t = 256)]
+        val_size: usize,
+        #[arg(long, default_value_t = 1)]
+        key_space_size: u64,
+        #[arg(long, default_value_t = 1)]
+        txn_ops: usize,
+    },
+    /// Txns that either read or write one key from `--key-space-size` keys, `--rw-ratio` reads
+    /// per write (etcd's txn-mixed).
+    TxnMixed {
+        #[arg(long, default_value_t = 8)]
+        key_size: usize,
+        #[arg(long, default_value_t = 256)]
+        val_size: usize,
+        #[arg(long, default_value_t = 1)]
+        key_space_size: u64,
+        #[arg(long, default_value_t = 1.0)]
+        rw_ratio: f64,
+        /// l (linearizable) or s (serializable) reads.
+        #[arg(long, default_value = "l")]
+        consistency: String,
+    },
+    /// Reads of one key.
+    Range {
+        #[arg(default_value = "foo")]
+        key: String,
+        /// l (linearizable) or s (serializable).
+        #[arg(long, default_value = "l")]
+        consistency: String,
+    },
+    /// Lock/unlock cycles on one lock through the Lock service (etcd's `v3lock`), every client
+    /// on a lease of its own.
+    Lock {
+        #[arg(long, default_value = "bench-lock")]
+        name: String,
+    },
+    /// Time from a leader's death (its lease stops being renewed) until the next campaigner is
+    /// elected, through the Election service; `--total` rounds.
+    ElectionFailover {
+        /// TTL of each campaigner's lease, in seconds.
+        #[arg(long, default_value_t = 2)]
+        ttl: i64,
+    },
+    /// `--watchers` watchers of a key prefix over `--clients` streams while one writer puts
+    /// `--total` values (at `--rate`, default 1,000/s) to `--key-space-size` keys; measures
+    /// put-to-event latency and counts missing, duplicate and out-of-order events (must be 0).
+    Watch {
+        #[arg(long, default_value_t = 100)]
+        watchers: usize,
+        #[arg(long, default_value_t = 16)]
+        key_space_size: u64,
+        #[arg(long, default_value_t = 256)]
+        val_size: usize,
+    },
+    /// `--watchers` watchers of one key over `--clients` streams, one write every
+    /// `--interval-ms`; the same measures as `watch`.
+    WatchFanout {
+        #[arg(long, default_value_t = 10_000)]
+        watchers: usize,
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 256)]
+        val_size: usize,
+    },
+    /// `--leases` leases, each renewed over keep-alive streams (one per client) until `--total`
+    /// renewals are done; measures renewal latency; a lease lost (TTL 0, or gone at the end) is
+    /// an error.
+    LeaseKeepalive {
+        #[arg(long, default_value_t = 1_000)]
+        leases: usize,
+        /// TTL of each lease, in seconds.
+        #[arg(long, default_value_t = 10)]
+        ttl: i64,
+    },
+}
+
+/// Connections for `clients` clients: `conns` of them (one per client when 0), spread over the
+/// endpoints; client `i` uses connection `i % conns`.
+async fn connect_all(
+    endpoints: &[String],
+    clients: usize,
+    conns: usize,
+) -> Result<Vec<Client>, ClientError> {
+    let count = if conns == 0 {
+        clients
+    } else {
+        conns.min(clients)
+    }
+    .max(1);
+    let mut connections = Vec::new();
+    for i in 0..count {
+        let endpoint = &endpoints[i % endpoints.len()];
+        connections.push(Client::connect(endpoint, Duration::from_secs(5)).await?);
+    }
+    Ok((0..clients.max(1))
+        .map(|i| connections[i % connections.len()].clone())
+        .collect())
+}
+
+/// Spreads `--rate` operations per second over every client: operation `n` waits for its slot.
+async fn pace(started: Instant, rate: u64, n: u64) {
+    if rate == 0 {
+        return;
+    }
+    let slot = started + Duration::from_secs_f64(n as f64 / rate as f64);
+    tokio::time::sleep_until(slot.into()).await;
+}
+
+/// The newest acknowledged write of each key, for `--verify`.
+type Acknowledged = Mutex<BTreeMap<Vec<u8>, (i64, Vec<u8>)>>;
+
+fn new_histogram() -> Result<Histogram<u64>, ClientError> {
+    Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| other(e.to_string()))
+}
+
+fn other(message: impl Into<String>) -> ClientError {
+    ClientError::Other(message.into())
+}
+
+/// A key of `size` bytes for number `n` (zero-padded decimal, etcd's benchmark does the same).
+fn key_of(n: u64, size: usize) -> Vec<u8> {
+    let text = format!("{n:0size$}");
+    let bytes = text.into_bytes();
+    bytes[bytes.len().saturating_sub(size.max(1))..].to_vec()
+}
+
+/// A small random generator (xorshift), so the benchmark needs no extra dependency.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+pub async fn run(
+    endpoints: &[String],
+    args: BenchArgs,
+) -> Result<std::process::ExitCode, ClientError> {
+    match args.workload {
+        Workload::ElectionFailover { ttl } => {
+            return election_failover(endpoints, args.total, ttl, args.json).await;
+        }
+        Workload::Watch {
+            watchers,
+            key_space_size,
+            val_size,
+        } => {
+            let rate = if args.rate == 0 { 1_000 } else { args.rate };
+            let load = streams::WatchLoad {
+                name: "watch",
+                watchers,
+                streams: args.clients,
+                conns: args.conns,
+                keys: key_space_size.max(1),
+                writes: args.total,
+                rate,
+                val_size,
+            };
+            return streams::watch(endpoints, load, args.json).await;
+        }
+        Workload::WatchFanout {
+            watchers,
+            interval_ms,
+            val_size,
+        } => {
+            let load = streams::WatchLoad {
+                name: "watch-fanout",
+                watchers,
+                streams: args.clients,
+                conns: args.conns,
+                keys: 1,
+                writes: args.total,
+                rate: 1_000 / interval_ms.max(1),
+                val_size,
+            };
+            return streams::watch(endpoints, load, args.json).await;
+        }
+        Workload::LeaseKeepalive { leases, ttl } => {
+            let load = streams::KeepAliveLoad {
+                leases,
+                ttl,
+                streams: args.clients,
+                conns: args.conns,
+                renewals: args.total,
+                rate: args.rate,
+            };
+            return streams::lease_keepalive(endpoints, load, args.json).await;
+        }
+        _ => {}
+    }
+    let clients = connect_all(endpoints, args.clients, args.conns).await?;
+    let verify_client = clients[0].clone();
+    let issued = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let acknowledged: Arc<Acknowledged> = Arc::default();
+    let verify = args.verify;
+    let workload = Arc::new(args.workload);
+    let started = Instant::now();
+    let rate = args.rate;
+    let progress = tokio::spawn(progress_bar(issued.clone(), args.total, args.json));
+    let mut tasks = Vec::new();
+    for (index, client) in clients.into_iter().enumerate() {
+        let (issued, failed, workload) = (issued.clone(), failed.clone(), workload.clone());
+        let acknowledged = verify.then(|| acknowledged.clone());
+        let total = args.total;
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = new_histogram()?;
+            let mut random = Random(0x9e37_79b9_7f4a_7c15 ^ (index as u64 + 1));
+            let lease = match &*workload {
+                Workload::Lock { .. } => Some(Session::new(&client, 30).await?),
+                _ => None,
+            };
+            loop {
+                let n = issued.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    break;
+                }
+                pace(started, rate, n).await;
+                let began = Instant::now();
+                let outcome = one(
+                    &client,
+                    &workload,
+                    n,
+                    &mut random,
+                    lease.as_ref().map(Session::lease),
+                    acknowledged.as_deref(),
+                )
+                .await;
+                match outcome {
+                    Ok(()) => {
+                        let micros = began.elapsed().as_micros() as u64;
+                        let _ = histogram.record(micros.max(1));
+                    }
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            if let Some(session) = lease {
+                let _ = session.close().await;
+            }
+            Ok::<_, ClientError>(histogram)
+        }));
+    }
+    let mut histogram = new_histogram()?;
+    for task in tasks {
+        let part = task.await.map_err(|e| other(e.to_string()))??;
+        histogram.add(part).map_err(|e| other(e.to_string()))?;
+    }
+    let elapsed = started.elapsed();
+    progress.abort();
+    let mut extra = serde_json::Map::new();
+    let mut healthy = true;
+    if verify {
+        let writes = std::mem::take(&mut *acknowledged.lock().map_err(|_| other("poisoned"))?);
+        let wrong = verify_writes(&verify_client, writes).await?;
+        extra.insert("verify_failed".to_owned(), wrong.into());
+        healthy = wrong == 0;
+    }
+    let summary = Summary {
+        name: workload.name(),
+        clients: args.clients,
+        histogram: &histogram,
+        failed: failed.load(Ordering::Relaxed),
+        elapsed,
+        extra,
+    };
+    summary.print(args.json);
+    Ok(exit_code(healthy))
+}
+
+fn exit_code(healthy: bool) -> std::process::ExitCode {
+    if healthy {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
+/// Reads every acknowledged key back: it must hold the acknowledged value at its revision, or a
+/// newer write. Returns how many do not.
+async fn verify_writes(
+    client: &Client,
+    writes: BTreeMap<Vec<u8>, (i64, Vec<u8>)>,
+) -> Result<u64, ClientError> {
+    let mut wrong = 0;
+    for (key, (revision, value)) in writes {
+        let response = client
+            .kv()
+            .range(RangeRequest {
+                key: key.clone(),
+                ..RangeRequest::default()
+            })
+            .await?
+            .into_inner();
+        let holds = response.kvs.first().is_some_and(|kv| {
+            kv.mod_revision > revision || (kv.mod_revision == revision && kv.value == value)
+        });
+        if !holds {
+            wrong += 1;
+            eprintln!(
+                "verify: key {} lost its write at revision {revision} (now {:?})",
+                String::from_utf8_lossy(&key),
+                response.kvs.first().map(|kv| kv.mod_revision)
+            );
+        }
+    }
+    Ok(wrong)
+}
+
+/// A value of `size` bytes that names operation `n` (so `--verify` can tell writes apart).
+fn value_of(n: u64, size: usize) -> Vec<u8> {
+    let mut value = vec![b'v'; size];
+    let tag = n.to_string().into_bytes();
+    let len = tag.len().min(size);
+    value[..len].copy_from_slice(&tag[..len]);
+    value
+}
+
+fn pick_key(random: &mut Random, n: u64, space: u64, sequential: bool) -> u64 {
+    let space = space.max(1);
+    if sequential {
+        n % space
+    } else {
+        random.next() % space
+    }
+}
+
+impl Workload {
+    fn name(&self) -> &'static str {
+        match self {
+            Workload::Put { .. } => "put",
+            Workload::TxnPut { .. } => "txn-put",
+            Workload::TxnMixed { .. } => "txn-mixed",
+            Workload::Range { consistency, .. } if consistency == "s" => "range-serializable",
+            Workload::Range { .. } => "range-linearizable",
+            Workload::Lock { .. } => "lock",
+            Workload::ElectionFailover { .. } => "election-failover",
+            Workload::Watch { .. } => "watch",
+            Workload::WatchFanout { .. } => "watch-fanout",
+            Workload::LeaseKeepalive { .. } => "lease-keepalive",
+        }
+    }
+}
+
+async fn one(
+    client: &Client,
+    workload: &Workload,
+    n: u64,
+    random: &mut Random,
+    lease: Option<i64>,
+    acknowledged: Option<&Acknowledged>,
+) -> Result<(), ClientError> {
+    match workload {
+        Workload::Put {
+            key_size,
+            val_size,
+            key_space_size,
+            sequential_keys,
+        } => {
+            let k = pick_key(random, n, *key_space_size, *sequential_keys);
+            let key = key_of(k, *key_size);
+            let value = value_of(n, *val_size);
+            let response = client
+                .kv()
+                .put(PutRequest {
+                    key: key.clone(),
+                    value: value.clone(),
+                    ..PutRequest::default()
+                })
+                .await?
+                .into_inner();
+            if let Some(acknowledged) = acknowledged {
+                let revision = response.header.map_or(0, |h| h.revision);
+                let mut writes = acknowledged.lock().map_err(|_| other("poisoned"))?;
+                let newest = writes.entry(key).or_insert((0, Vec::new()));
+                if revision > newest.0 {
+                    *newest = (revision, value);
+                }
+            }
+        }
+        Workload::TxnPut {
+            key_size,
+            val_size,
+            key_space_size,
+            txn_ops,
+        } => {
+            // Consecutive keys from a random start: a txn may not put one key twice.
+            let space = (*key_space_size).max(1);
+            let base = pick_key(random, n, space, false);
+            let success = (0..(*txn_ops).max(1) as u64)
+                .map(|i| RequestOp {
+                    request: Some(request_op::Request::RequestPut(PutRequest {
+                        key: key_of((base + i) % space, *key_size),
+                        value: value_of(n, *val_size),
+                        ..PutRequest::default()
+                    })),
+                })
+                .collect();
+            client
+                .kv()
+                .txn(TxnRequest {
+                    success,
+                    ..TxnRequest::default()
+                })
+                .await?;
+        }
+        Workload::TxnMixed {
+            key_size,
+            val_size,
+            key_space_size,
+            rw_ratio,
+            consistency,
+        } => {
+            let key = key_of(pick_key(random, n, *key_space_size, false), *key_size);
+            // A read with probability rw / (rw + 1).
+            let read =
+                (random.next() % 1_000_000) as f64 / 1_000_000.0 < rw_ratio / (rw_ratio + 1.0);
+            let op = if read {
+                request_op::Request::RequestRange(RangeRequest {
+                    key,
+                    serializable: consistency == "s",
+                    ..RangeRequest::default()
+                })
+            } else {
+                request_op::Request::RequestPut(PutRequest {
+                    key,
+                    value: value_of(n, *val_size),
+                    ..PutRequest::default()
+                })
+            };
+            client
+                .kv()
+                .txn(TxnRequest {
+                    success: vec![RequestOp { request: Some(op) }],
+                    ..TxnRequest::default()
+                })
+                .await?;
+        }
+        Workload::Range { key, consistency } => {
+            client
+                .kv()
+                .range(RangeRequest {
+                    key: key.clone().into_bytes(),
+                    serializable: consistency == "s",
+                    ..RangeRequest::default()
+                })
+                .await?;
+        }
+        Workload::Lock { name } => {
+            let mut locks = client.lock();
+            let held = locks
+                .lock(LockRequest {
+                    name: name.clone().into_bytes(),
+                    lease: lease.unwrap_or(0),
+                })
+                .await?
+                .into_inner();
+            locks.unlock(UnlockRequest { key: held.key }).await?;
+        }
+        Workload::ElectionFailover { .. }
+        | Workload::Watch { .. }
+        | Workload::WatchFanout { .. }
+        | Workload::LeaseKeepalive { .. } => {
+            return Err(other("this workload is measured separately"));
+        }
+    }
+    Ok(())
+}
+
+async fn progress_bar(issued: Arc<AtomicU64>, total: u64, quiet: bool) {
+    use std::io::{IsTerminal, Write};
+    if quiet || !std::io::stderr().is_terminal() {
+        return;
+    }
+    loop {
+        let done = issued.load(Ordering::Relaxed).min(total);
+        let width = 40;
+        let filled = (done * width / total.max(1)) as usize;
+        eprint!(
+            "\r[{}{}] {done}/{total}",
+            "#".repeat(filled),
+            " ".repeat(width as usize - filled)
+        );
+        let _ = std::io::stderr().flush();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What a workload measured.
+struct Summary<'a> {
+    name: &'static str,
+    clients: usize,
+    histogram: &'a Histogram<u64>,
+    failed: u64,
+    elapsed: Duration,
+    /// Workload-specific counts (events, missing events, lost leases, verify failures).
+    extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Summary<'_> {
+    fn print(&self, json: bool) {
+        let histogram = self.histogram;
+        let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+        let throughput = histogram.len() as f64 / self.elapsed.as_secs_f64();
+        if json {
+            let mut value = serde_json::json!({
+                "workload": self.name,
+                "clients": self.clients,
+                "ok": histogram.len(),
+                "failed": self.failed,
+                "seconds": self.elapsed.as_secs_f64(),
+                "throughput": throughput,
+                "p50_ms": ms(0.5),
+                "p90_ms": ms(0.9),
+                "p99_ms": ms(0.99),
+                "p999_ms": ms(0.999),
+                "max_ms": histogram.max() as f64 / 1000.0,
+            });
+            if let Some(object) = value.as_object_mut() {
+                object.extend(self.extra.clone());
+            }
+            println!("{value}");
+            return;
+        }
+        eprintln!();
+        println!("Summary ({}, {} clients):", self.name, self.clients);
+        println!("  Total:      {:.4} secs", self.elapsed.as_secs_f64());
+        println!(
+            "  Requests:   {} ok, {} failed",
+            histogram.len(),
+            self.failed
+        );
+        println!("  Throughput: {throughput:.1} per sec");
+        println!(
+            "  Latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+            ms(0.5),
+            ms(0.9),
+            ms(0.99),
+            ms(0.999),
+            histogram.max() as f64 / 1000.0
+        );
+        for (name, value) in &self.extra {
+            println!("  {name}: {value}");
+        }
+    }
+}
+
+/// Rounds of: two campaigners on leases of `ttl`; the leader "dies" (its lease is no longer
+/// renewed); measure until the other is elected. Works against etcd and Synod alike.
+async fn election_failover(
+    endpoints: &[String],
+    rounds: u64,
+    ttl: i64,
+    json: bool,
+) -> Result<std::process::ExitCode, ClientError> {
+    let client = Client::connect(&endpoints[0], Duration::from_secs(5)).await?;
+    let mut histogram = new_histogram()?;
+    let started = Instant::now();
+    for round in 0..rounds {
+        let name = format!("bench-election-{round}-{}", std::process::id()).into_bytes();
+        let first_lease = client
+            .lease()
+            .lease_grant(LeaseGrantRequest { ttl, id: 0 })
+            .await?
+            .into_inner()
+            .id;
+        // The first campaigner renews its lease this once (the grant) and never again: it dies
+        // now, and failover is measured from here. The second's session is kept alive.
+        let died = Instant::now();
+        let second = Session::new(&client, ttl).await?;
+        client
+            .election()
+            .campaign(CampaignRequest {
+                name: name.clone(),
+                lease: first_lease,
+                value: b"first".to_vec(),
+            })
+            .await?;
+        let mut election = client.election();
+        let campaign = election.campaign(CampaignRequest {
+            name: name.clone(),
+            lease: second.lease(),
+            value: b"second".to_vec(),
+        });
+        tokio::time::timeout(Duration::from_secs((ttl as u64) * 5 + 10), campaign)
+            .await
+            .map_err(|_| other("the second campaigner was never elected"))??;
+        let took = died.elapsed();
+        let leader = client
+            .election()
+            .leader(LeaderRequest { name })
+            .await?
+            .into_inner();
+        if leader.kv.map(|kv| kv.value) != Some(b"second".to_vec()) {
+            return Err(other("the second campaigner won but is not the leader"));
+        }
+        let _ = second.close().await;
+        let _ = histogram.record((took.as_micros() as u64).max(1));
+    }
+    Summary {
+        name: Workload::ElectionFailover { ttl }.name(),
+        clients: 1,
+        histogram: &histogram,
+        failed: 0,
+        elapsed: started.elapsed(),
+        extra: serde_json::Map::new(),
+    }
+    .print(json);
+    Ok(std::process::ExitCode::SUCCESS)
+}
