@@ -6,7 +6,7 @@
 //! crash is idempotent. Apply never reads a clock and never formats wire errors: a refused request
 //! is a [`RequestError`] value in the result, and only disk failures are errors of the batch.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use prost::Message;
@@ -351,6 +351,50 @@ pub struct StateMachine {
     applied_term: u64,
     durable_applied_index: u64,
     durable_every_entries: u64,
+    /// The requests applied in the last [`DEDUP_WINDOW_ENTRIES`] entries (the in-memory copy of
+    /// the `APPLIED_REQUESTS` table).
+    recent_requests: RecentRequests,
+}
+
+/// Request ids by the index that applied them, and the set of them.
+#[derive(Default)]
+struct RecentRequests {
+    by_index: BTreeMap<u64, u64>,
+    ids: std::collections::HashSet<u64>,
+}
+
+impl RecentRequests {
+    fn insert(&mut self, index: u64, id: u64) {
+        self.by_index.insert(index, id);
+        self.ids.insert(id);
+    }
+
+    /// Forgets requests applied below `index`; returns whether there were any.
+    fn forget_below(&mut self, index: u64) -> bool {
+        let kept = self.by_index.split_off(&index);
+        let forgotten = std::mem::replace(&mut self.by_index, kept);
+        for id in forgotten.values() {
+            self.ids.remove(id);
+        }
+        !forgotten.is_empty()
+    }
+}
+
+/// How far back (in entries) a request applied twice is recognised. A proposal reaches the log
+/// twice only if a message carrying it is delivered twice, which happens within moments.
+pub const DEDUP_WINDOW_ENTRIES: u64 = 5_000;
+
+/// Reads the recently applied requests from the state-machine file.
+fn read_recent_requests(tx: &redb::ReadTransaction) -> Result<RecentRequests, StorageError> {
+    let table = tx
+        .open_table(backend::APPLIED_REQUESTS)
+        .map_err(StorageError::backend)?;
+    let mut recent = RecentRequests::default();
+    for row in table.iter().map_err(StorageError::backend)? {
+        let (index, id) = row.map_err(StorageError::backend)?;
+        recent.insert(index.value(), id.value());
+    }
+    Ok(recent)
 }
 
 impl StateMachine {
@@ -368,11 +412,13 @@ impl StateMachine {
         let meta = tx.open_table(META).map_err(StorageError::backend)?;
         let mut applied_index = backend::read_meta_u64(&meta, backend::META_APPLIED_INDEX)?;
         let applied_term = backend::read_meta_u64(&meta, backend::META_APPLIED_TERM)?;
+        let mut recent_requests = read_recent_requests(&tx)?;
         if crate::planted::is_planted(crate::planted::Bug::ApplyTwiceAfterRestart)
             && applied_index > 1
         {
             // Wrong on purpose: the last applied entry is forgotten, so it is applied again.
             applied_index -= 1;
+            recent_requests = RecentRequests::default();
         }
         let raised = read_alarms(&tx)?;
         let hub = Arc::new(WatchHub::new(store.current_revision()));
@@ -388,6 +434,7 @@ impl StateMachine {
             applied_term,
             durable_applied_index: applied_index,
             durable_every_entries: durable_every_entries.max(1),
+            recent_requests,
         })
     }
 
@@ -463,6 +510,7 @@ impl StateMachine {
         }
         self.lessor.reload(&self.backend, leased)?;
         self.alarms.reload(&tx)?;
+        self.recent_requests = read_recent_requests(&tx)?;
         self.applied_index = metadata.index;
         self.applied_term = metadata.term;
         self.durable_applied_index = metadata.index;
@@ -506,9 +554,32 @@ impl StateMachine {
                     // decodes the same way on every member and on every replay: skipping it is
                     // deterministic, while stopping would stop every replay too.
                     match InternalRequest::decode(entry.data.as_ref()) {
+                        Ok(request)
+                            if request.id != 0
+                                && self.recent_requests.ids.contains(&request.id) =>
+                        {
+                            // The same proposal reached the log twice (a message delivered
+                            // twice): applying it again would repeat a write the client was
+                            // answered for once. Every member skips it alike.
+                            tracing::warn!(
+                                index = entry.index,
+                                id = request.id,
+                                "skipping a request applied already"
+                            );
+                        }
                         Ok(request) => {
+                            let id = request.id;
                             let result = self.apply_request(&mut batch, request.request)?;
-                            applied.results.push((request.id, result));
+                            applied.results.push((id, result));
+                            if id != 0 {
+                                batch
+                                    .transaction()
+                                    .open_table(backend::APPLIED_REQUESTS)
+                                    .map_err(StorageError::backend)?
+                                    .insert(entry.index, id)
+                                    .map_err(StorageError::backend)?;
+                                self.recent_requests.insert(entry.index, id);
+                            }
                         }
                         Err(error) => {
                             tracing::error!(index = entry.index, %error, "skipping a raft entry that is not a request");
@@ -536,6 +607,15 @@ impl StateMachine {
                     }
                 }
             }
+        }
+        let forget_below = last_index.saturating_sub(DEDUP_WINDOW_ENTRIES);
+        if self.recent_requests.forget_below(forget_below) {
+            batch
+                .transaction()
+                .open_table(backend::APPLIED_REQUESTS)
+                .map_err(StorageError::backend)?
+                .retain_in(..forget_below, |_, _| false)
+                .map_err(StorageError::backend)?;
         }
         {
             let tx = batch.transaction();
@@ -1013,4 +1093,69 @@ fn check_txn(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put_entry(index: u64, id: u64, value: &str) -> Entry {
+        let request = InternalRequest {
+            id,
+            request: Some(Request::Put(PutRequest {
+                key: b"k".to_vec(),
+                value: value.as_bytes().to_vec(),
+                ..PutRequest::default()
+            })),
+        };
+        Entry {
+            index,
+            term: 1,
+            data: request.encode_to_vec().into(),
+            ..Entry::default()
+        }
+    }
+
+    fn no_conf_change(_: &Entry) -> Result<ConfState, String> {
+        Err("no configuration changes here".to_owned())
+    }
+
+    #[test]
+    fn a_proposal_that_reaches_the_log_twice_is_applied_once_even_across_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        {
+            let backend = Arc::new(Backend::open(&path).expect("open"));
+            let mut machine = StateMachine::open(backend, 100, 1, 1).expect("machine");
+            machine
+                .apply(
+                    &[put_entry(1, 7, "a"), put_entry(2, 8, "b")],
+                    no_conf_change,
+                    false,
+                )
+                .expect("apply");
+            // Request 7 delivered again (a duplicated message): skipped.
+            let applied = machine
+                .apply(&[put_entry(3, 7, "a")], no_conf_change, false)
+                .expect("apply");
+            assert!(applied.results.is_empty());
+            assert_eq!(machine.store().current_revision(), 3);
+            assert_eq!(machine.applied_index(), 3);
+        }
+        // The record of applied requests is durable with the applied index.
+        let backend = Arc::new(Backend::open(&path).expect("reopen"));
+        let mut machine = StateMachine::open(backend, 100, 1, 1).expect("machine");
+        machine
+            .apply(
+                &[put_entry(4, 8, "b"), put_entry(5, 9, "c")],
+                no_conf_change,
+                false,
+            )
+            .expect("apply");
+        assert_eq!(
+            machine.store().current_revision(),
+            4,
+            "only request 9 applied"
+        );
+    }
 }

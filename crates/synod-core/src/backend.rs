@@ -25,6 +25,9 @@ pub const LEASE: TableDefinition<i64, &[u8]> = TableDefinition::new("lease");
 pub const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
 /// Ids of members removed from the cluster; they may never rejoin under the same id.
 pub const REMOVED: TableDefinition<u64, ()> = TableDefinition::new("removed");
+/// Requests applied recently: Raft index to request id. A request whose id is here was applied
+/// already and is not applied again (see `StateMachine::apply`).
+pub const APPLIED_REQUESTS: TableDefinition<u64, u64> = TableDefinition::new("applied_requests");
 /// Raised alarms: (member id, alarm type).
 pub const ALARM: TableDefinition<(u64, i32), ()> = TableDefinition::new("alarm");
 
@@ -87,6 +90,8 @@ impl Backend {
             tx.open_table(MEMBERS).map_err(StorageError::backend)?;
             tx.open_table(ALARM).map_err(StorageError::backend)?;
             tx.open_table(REMOVED).map_err(StorageError::backend)?;
+            tx.open_table(APPLIED_REQUESTS)
+                .map_err(StorageError::backend)?;
         }
         tx.commit().map_err(StorageError::backend)?;
         Ok(Backend {
@@ -267,7 +272,8 @@ fn copy_tables(
     copy(from, to, LEASE, replace)?;
     copy(from, to, MEMBERS, replace)?;
     copy(from, to, ALARM, replace)?;
-    copy(from, to, REMOVED, replace)
+    copy(from, to, REMOVED, replace)?;
+    copy(from, to, APPLIED_REQUESTS, replace)
 }
 
 /// Opens the redb file and checks every page. redb reports some damage by panicking rather than
