@@ -1598,10 +1598,15 @@ impl World {
             self.report.checker_micros = started.elapsed().as_micros() as u64;
             match verdict {
                 Verdict::Linearizable => {}
-                verdict => self.violate(format!(
-                    "linearizability: the history of key {} is {verdict:?}",
-                    key.unwrap_or_default()
-                )),
+                verdict => {
+                    let key = key.unwrap_or_default();
+                    if std::env::var_os("SYNOD_SIM_DUMP").is_some() {
+                        self.dump_key(&history, &key);
+                    }
+                    self.violate(format!(
+                        "linearizability: the history of key {key} is {verdict:?}"
+                    ))
+                }
             }
         }
         self.report.trace = self.trace.0;
@@ -1635,6 +1640,22 @@ impl World {
                 return;
             }
             *previous = read.revision;
+        }
+    }
+
+    /// Prints a key's operations and its values by revision (`SYNOD_SIM_DUMP`), to debug a
+    /// failing seed.
+    fn dump_key(&self, history: &[Operation<KvInput, KvOutput>], key: &str) {
+        for (index, op) in history.iter().enumerate() {
+            if op.input.key() == key {
+                eprintln!(
+                    "op {index}: client {} call {} {:?} -> {:?}",
+                    op.client, op.call, op.input, op.result
+                );
+            }
+        }
+        for (revision, value) in self.values.get(key).into_iter().flatten() {
+            eprintln!("revision {revision}: {value:?}");
         }
     }
 
