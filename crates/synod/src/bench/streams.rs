@@ -292,18 +292,27 @@ pub async fn lease_keepalive(
 ) -> Result<std::process::ExitCode, ClientError> {
     let streams = load.streams.max(1).min(load.leases.max(1));
     let clients = connect_all(endpoints, streams, load.conns).await?;
+    // Grants go out from every stream's connection at once.
+    let mut grants = Vec::new();
+    for (index, client) in clients.iter().cloned().enumerate() {
+        let count = (load.leases + streams - 1 - index) / streams;
+        let ttl = load.ttl;
+        grants.push(tokio::spawn(async move {
+            let mut ids = Vec::with_capacity(count);
+            for _ in 0..count {
+                let granted = client
+                    .lease()
+                    .lease_grant(LeaseGrantRequest { ttl, id: 0 })
+                    .await?
+                    .into_inner();
+                ids.push(granted.id);
+            }
+            Ok::<_, ClientError>(ids)
+        }));
+    }
     let mut leases = Vec::with_capacity(load.leases);
-    for i in 0..load.leases {
-        let client = &clients[i % clients.len()];
-        let granted = client
-            .lease()
-            .lease_grant(LeaseGrantRequest {
-                ttl: load.ttl,
-                id: 0,
-            })
-            .await?
-            .into_inner();
-        leases.push(granted.id);
+    for grant in grants {
+        leases.extend(grant.await.map_err(|e| other(e.to_string()))??);
     }
     let started = Instant::now();
     let issued = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -331,22 +340,34 @@ pub async fn lease_keepalive(
         failed += part_failed;
     }
     let elapsed = started.elapsed();
-    // Every lease must still be alive, and is then revoked.
-    let checker = &clients[0];
-    for &id in &leases {
-        let alive = checker
-            .lease()
-            .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: false })
-            .await
-            .map(|r| r.into_inner().ttl > 0)
-            .unwrap_or(false);
-        if !alive {
-            lost += 1;
-        }
-        let _ = checker
-            .lease()
-            .lease_revoke(LeaseRevokeRequest { id })
-            .await;
+    // Every lease must still be alive, and is then revoked (from every connection at once).
+    let mut checks = Vec::new();
+    for (index, client) in clients.iter().cloned().enumerate() {
+        let mine: Vec<i64> = leases
+            .iter()
+            .skip(index)
+            .step_by(streams)
+            .copied()
+            .collect();
+        checks.push(tokio::spawn(async move {
+            let mut lost = 0u64;
+            for id in mine {
+                let alive = client
+                    .lease()
+                    .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: false })
+                    .await
+                    .map(|r| r.into_inner().ttl > 0)
+                    .unwrap_or(false);
+                if !alive {
+                    lost += 1;
+                }
+                let _ = client.lease().lease_revoke(LeaseRevokeRequest { id }).await;
+            }
+            lost
+        }));
+    }
+    for check in checks {
+        lost += check.await.map_err(|e| other(e.to_string()))?;
     }
     let mut extra = serde_json::Map::new();
     extra.insert("leases".to_owned(), load.leases.into());
