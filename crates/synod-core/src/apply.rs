@@ -371,6 +371,13 @@ impl RecentRequests {
 
     /// Forgets requests applied below `index`; returns whether there were any.
     fn forget_below(&mut self, index: u64) -> bool {
+        if self
+            .by_index
+            .first_key_value()
+            .is_none_or(|(&oldest, _)| oldest >= index)
+        {
+            return false;
+        }
         let kept = self.by_index.split_off(&index);
         let forgotten = std::mem::replace(&mut self.by_index, kept);
         for id in forgotten.values() {
