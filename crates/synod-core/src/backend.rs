@@ -276,6 +276,11 @@ fn copy_tables(
     copy(from, to, APPLIED_REQUESTS, replace)
 }
 
+/// redb's page cache. The operating system's page cache holds the file as well, so a larger one
+/// mostly duplicates it: with 1,000,000 keys, 256 MiB of cache was a third of the member's RSS
+/// and made the initial load no faster (docs/PERFORMANCE.md).
+const CACHE_BYTES: usize = 32 << 20;
+
 /// Opens the redb file and checks every page. redb reports some damage by panicking rather than
 /// with an error; the panic is contained here and becomes a refusal to start that names the file.
 fn open_checked(
@@ -285,7 +290,7 @@ fn open_checked(
     let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
         || -> Result<Database, StorageError> {
             let mut db =
-                create(Database::builder().set_cache_size(256 << 20)).map_err(|source| {
+                create(Database::builder().set_cache_size(CACHE_BYTES)).map_err(|source| {
                     StorageError::open(path, format!("state-machine file is unreadable: {source}"))
                 })?;
             // A torn last commit is rolled back to the previous intact one, which is safe: the Raft

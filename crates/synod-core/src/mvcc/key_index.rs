@@ -29,6 +29,16 @@ impl Generation {
     }
 }
 
+/// Pushes onto `vec`, allocating room for exactly one element when it has none. Most keys have one
+/// generation of one revision, and `Vec`'s first allocation holds four, which made the index of
+/// 1,000,000 small keys take about 445 bytes per key.
+fn push_compact<T>(vec: &mut Vec<T>, item: T) {
+    if vec.capacity() == 0 {
+        vec.reserve_exact(1);
+    }
+    vec.push(item);
+}
+
 /// What a key looked like at some revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyAt {
@@ -40,26 +50,36 @@ pub struct KeyAt {
     pub version: i64,
 }
 
-/// The revisions of one key.
+/// The revisions of one key. Nothing else is stored per key: with 1,000,000 keys every 16 bytes here
+/// cost about 30 MB once the map's nodes are counted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyIndex {
-    modified: Revision,
     generations: Vec<Generation>,
 }
 
 impl KeyIndex {
+    /// The newest revision recorded for the key.
+    fn newest(&self) -> Option<Revision> {
+        self.generations
+            .iter()
+            .rev()
+            .find_map(|generation| generation.revisions.last().copied())
+    }
+
     fn put(&mut self, rev: Revision) {
-        assert!(rev > self.modified, "key index put must move forward");
+        debug_assert!(
+            self.newest().is_none_or(|newest| rev > newest),
+            "key index put must move forward"
+        );
         if self.generations.is_empty() {
-            self.generations.push(Generation::default());
+            push_compact(&mut self.generations, Generation::default());
         }
         let generation = self.generations.last_mut().expect("pushed above");
         if generation.is_empty() {
             generation.created = rev;
         }
-        generation.revisions.push(rev);
+        push_compact(&mut generation.revisions, rev);
         generation.version += 1;
-        self.modified = rev;
     }
 
     /// Rebuilds from a stored value at start-up (etcd `keyIndex.restore`): when a generation's
@@ -67,15 +87,17 @@ impl KeyIndex {
     /// creation and version come from the stored value, not from what is left on disk.
     fn restore(&mut self, rev: Revision, created_main: i64, version: i64) {
         if self.generations.last().is_none_or(Generation::is_empty) {
-            assert!(rev > self.modified, "key index restore must move forward");
+            debug_assert!(
+                self.newest().is_none_or(|newest| rev > newest),
+                "key index restore must move forward"
+            );
             if self.generations.is_empty() {
-                self.generations.push(Generation::default());
+                push_compact(&mut self.generations, Generation::default());
             }
             let generation = self.generations.last_mut().expect("pushed above");
             generation.created = Revision::new(created_main, 0);
-            generation.revisions.push(rev);
+            push_compact(&mut generation.revisions, rev);
             generation.version = version;
-            self.modified = rev;
         } else {
             self.put(rev);
         }
@@ -169,7 +191,7 @@ impl KeyIndex {
 /// The ordered map from every key (live or with history) to its [`KeyIndex`].
 #[derive(Debug, Default)]
 pub struct TreeIndex {
-    keys: BTreeMap<Vec<u8>, KeyIndex>,
+    keys: BTreeMap<Box<[u8]>, KeyIndex>,
 }
 
 /// Which keys a lookup covers, as the etcd API spells ranges.
@@ -253,14 +275,14 @@ impl<'a> KeyRange<'a> {
 
 impl TreeIndex {
     pub fn put(&mut self, key: &[u8], rev: Revision) {
-        self.keys.entry(key.to_vec()).or_default().put(rev);
+        self.keys.entry(key.into()).or_default().put(rev);
     }
 
     /// Adds a revision read back from disk at start-up, with the stored value's creation
     /// revision and version (see [`KeyIndex::restore`]).
     pub fn restore(&mut self, key: &[u8], rev: Revision, created_main: i64, version: i64) {
         self.keys
-            .entry(key.to_vec())
+            .entry(key.into())
             .or_default()
             .restore(rev, created_main, version);
     }
