@@ -289,10 +289,11 @@ impl StreamTask {
         };
         match notice {
             WatchNotice::Events {
-                revision,
-                mut events,
-                ..
+                revision, events, ..
             } => {
+                // The hub shares one copy of a revision's events among its watchers; the
+                // response owns its own.
+                let mut events = events.to_vec();
                 let options = self.options.get(&watch_id).copied().unwrap_or_default();
                 if options.prev_kv {
                     self.attach_prev_kvs(&mut events);

@@ -1385,7 +1385,7 @@ impl World {
                 continue;
             };
             let mut by_revision: BTreeMap<i64, (Vec<u8>, Vec<KeyChange>)> = BTreeMap::new();
-            for event in &events {
+            for event in events.iter() {
                 let Some(kv) = &event.kv else { continue };
                 let revision = kv.mod_revision;
                 let (bytes, changes) = by_revision.entry(revision).or_default();
