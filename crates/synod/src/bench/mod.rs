@@ -108,9 +108,10 @@ enum Workload {
         #[arg(long, default_value_t = 2)]
         ttl: i64,
     },
-    /// `--watchers` watchers of a key prefix over `--clients` streams while one writer puts
-    /// `--total` values (at `--rate`, default 1,000/s) to `--key-space-size` keys; measures
-    /// put-to-event latency and counts missing, duplicate and out-of-order events (must be 0).
+    /// `--watchers` watchers of a key prefix over `--clients` streams while a writer puts
+    /// `--total` values (at `--rate`, default 1,000/s, up to 256 outstanding) to
+    /// `--key-space-size` keys; measures put-to-event latency and counts missing, duplicate and
+    /// out-of-revision-order events (must be 0).
     Watch {
         #[arg(long, default_value_t = 100)]
         watchers: usize,

@@ -1,6 +1,6 @@
 //! Stream workloads of `synod bench`: watchers fed by a paced writer (`watch`, `watch-fanout`)
 //! and lease keep-alive streams (`lease-keepalive`). Each checks what it receives: a watcher
-//! must see every write once and in order, and no lease may be lost.
+//! must see every write once and in revision order, and no lease may be lost.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,9 @@ use super::{Summary, connect_all, exit_code, new_histogram, other, pace};
 
 /// How long watchers may take, after the last write, to deliver everything.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Puts the paced writer of the watch workloads may have outstanding at once.
+const MAX_IN_FLIGHT: usize = 256;
 
 pub struct WatchLoad {
     pub name: &'static str,
@@ -49,7 +52,8 @@ fn read_stamp(value: &[u8]) -> Option<(u64, u64)> {
 struct Seen {
     seen: Vec<bool>,
     distinct: u64,
-    highest: Option<u64>,
+    /// The highest modification revision delivered so far: events must arrive in revision order.
+    highest: Option<i64>,
     duplicate: u64,
     out_of_order: u64,
 }
@@ -97,11 +101,19 @@ pub async fn watch(
             .ok_or_else(|| other("a watch stream failed to start"))?;
     }
     let writer = Client::connect(&endpoints[0], Duration::from_secs(5)).await?;
-    let mut put_latency = new_histogram()?;
-    let mut put_failed = 0u64;
+    // Puts are issued at the paced rate without waiting for the previous one to be answered (a
+    // sequential writer could not reach the rate over a 3-member round trip); at most
+    // MAX_IN_FLIGHT are outstanding, after which the writer waits and the rate it reached shows it.
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let mut puts = tokio::task::JoinSet::new();
     let writing = Instant::now();
     for seq in 0..load.writes {
         pace(writing, load.rate, seq).await;
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| other(e.to_string()))?;
         let mut target = prefix.clone();
         if load.keys == 1 {
             target.push(b'0');
@@ -109,18 +121,28 @@ pub async fn watch(
             target.extend_from_slice((seq % load.keys).to_string().as_bytes());
         }
         let sent = started.elapsed().as_micros() as u64;
-        let began = Instant::now();
-        let outcome = writer
-            .kv()
-            .put(PutRequest {
-                key: target,
-                value: stamped_value(seq, sent, load.val_size),
-                ..PutRequest::default()
-            })
-            .await;
-        match outcome {
-            Ok(_) => {
-                let _ = put_latency.record((began.elapsed().as_micros() as u64).max(1));
+        let value = stamped_value(seq, sent, load.val_size);
+        let writer = writer.clone();
+        puts.spawn(async move {
+            let began = Instant::now();
+            let outcome = writer
+                .kv()
+                .put(PutRequest {
+                    key: target,
+                    value,
+                    ..PutRequest::default()
+                })
+                .await;
+            drop(permit);
+            outcome.map(|_| began.elapsed())
+        });
+    }
+    let mut put_latency = new_histogram()?;
+    let mut put_failed = 0u64;
+    while let Some(joined) = puts.join_next().await {
+        match joined.map_err(|e| other(e.to_string()))? {
+            Ok(took) => {
+                let _ = put_latency.record((took.as_micros() as u64).max(1));
             }
             Err(_) => put_failed += 1,
         }
@@ -247,7 +269,10 @@ async fn watch_stream(
         let now = started.elapsed().as_micros() as u64;
         let watcher = &mut watchers[index];
         for event in response.events {
-            let Some((seq, sent)) = event.kv.as_ref().and_then(|kv| read_stamp(&kv.value)) else {
+            let Some(kv) = event.kv.as_ref() else {
+                continue;
+            };
+            let Some((seq, sent)) = read_stamp(&kv.value) else {
                 continue;
             };
             let _ = histogram.record(now.saturating_sub(sent).max(1));
@@ -260,10 +285,11 @@ async fn watch_stream(
             }
             *slot = true;
             watcher.distinct += 1;
-            if watcher.highest.is_some_and(|highest| seq < highest) {
+            let revision = kv.mod_revision;
+            if watcher.highest.is_some_and(|highest| revision <= highest) {
                 watcher.out_of_order += 1;
             }
-            watcher.highest = Some(watcher.highest.map_or(seq, |h| h.max(seq)));
+            watcher.highest = Some(watcher.highest.map_or(revision, |h| h.max(revision)));
             if watcher.distinct == writes {
                 complete += 1;
             }
