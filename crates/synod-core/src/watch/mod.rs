@@ -27,12 +27,11 @@ pub type StreamId = u64;
 /// What the hub sends to a stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WatchNotice {
-    /// Events of one or more whole revisions for one watcher, oldest first. Shared: every
-    /// watcher that wants all of a revision's events gets the same allocation.
+    /// Events of one or more whole revisions for one watcher, oldest first.
     Events {
         watch_id: i64,
         revision: i64,
-        events: Arc<[Event]>,
+        events: SharedEvents,
     },
     /// The watcher needs history that compaction removed; it has been canceled.
     Compacted {
@@ -43,6 +42,47 @@ pub enum WatchNotice {
     /// Every watcher of the stream has seen everything up to `revision` (`watch_id` -1 for a
     /// stream-wide answer to a progress request).
     Progress { watch_id: i64, revision: i64 },
+}
+
+/// A run of events shared by every watcher that wants all of them: one copy of a revision (or of a
+/// catch-up window) however many watchers it goes to. Reads as a slice.
+#[derive(Debug, Clone)]
+pub struct SharedEvents {
+    all: Arc<[Event]>,
+    start: usize,
+}
+
+impl SharedEvents {
+    /// The events of `all` from position `start` on.
+    fn suffix(all: &Arc<[Event]>, start: usize) -> SharedEvents {
+        SharedEvents {
+            all: all.clone(),
+            start: start.min(all.len()),
+        }
+    }
+}
+
+impl std::ops::Deref for SharedEvents {
+    type Target = [Event];
+
+    fn deref(&self) -> &[Event] {
+        &self.all[self.start..]
+    }
+}
+
+impl PartialEq for SharedEvents {
+    fn eq(&self, other: &SharedEvents) -> bool {
+        **self == **other
+    }
+}
+
+impl From<Vec<Event>> for SharedEvents {
+    fn from(events: Vec<Event>) -> SharedEvents {
+        SharedEvents {
+            all: events.into(),
+            start: 0,
+        }
+    }
 }
 
 /// The sending half of a stream's bounded queue.
@@ -266,7 +306,7 @@ impl WatchHub {
                 candidates.sort_unstable();
                 candidates.dedup();
             }
-            let mut shared: Option<Arc<[Event]>> = None;
+            let mut shared: Option<SharedEvents> = None;
             for key in &candidates {
                 if fallen_behind.contains(key) {
                     continue;
@@ -278,7 +318,9 @@ impl WatchHub {
                     continue;
                 }
                 let wanted = if chunk.iter().all(|event| watcher.wants(event)) {
-                    shared.get_or_insert_with(|| chunk.into()).clone()
+                    shared
+                        .get_or_insert_with(|| SharedEvents::suffix(&chunk.into(), 0))
+                        .clone()
                 } else {
                     let some: Vec<Event> = chunk
                         .iter()
@@ -379,6 +421,9 @@ impl WatchHub {
                 Err(other) => return Err(other),
             }
         };
+        // One copy of the window for every watcher that wants all of it from its next revision
+        // on (the usual case: watchers of one busy key that fell behind together).
+        let events: Arc<[Event]> = events.into();
         let mut state = self.lock();
         let keys: Vec<WatcherKey> = state.unsynced.iter().copied().collect();
         for key in keys {
@@ -403,16 +448,22 @@ impl WatchHub {
             {
                 continue;
             }
-            let wanted: Vec<Event> = events
-                .iter()
-                .filter(|e| mod_revision(e) >= watcher.next_revision && watcher.wants(e))
-                .cloned()
-                .collect();
+            let start = events.partition_point(|e| mod_revision(e) < watcher.next_revision);
+            let wanted = if events[start..].iter().all(|e| watcher.wants(e)) {
+                SharedEvents::suffix(&events, start)
+            } else {
+                events[start..]
+                    .iter()
+                    .filter(|e| watcher.wants(e))
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .into()
+            };
             if !wanted.is_empty() {
                 let notice = WatchNotice::Events {
                     watch_id: key.1,
                     revision: notified,
-                    events: wanted.into(),
+                    events: wanted,
                 };
                 if !watcher.sink.try_send(notice) {
                     continue;
