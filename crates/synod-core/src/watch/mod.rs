@@ -302,10 +302,10 @@ impl WatchHub {
                 }
             }
             candidates.extend(state.synced_ranges.iter().copied());
-            if chunk.len() > 1 {
-                candidates.sort_unstable();
-                candidates.dedup();
-            }
+            // In watcher order, not hash order: which watcher meets a full queue first must not
+            // depend on a hasher's seed, or a simulated run would not replay.
+            candidates.sort_unstable();
+            candidates.dedup();
             let mut shared: Option<SharedEvents> = None;
             for key in &candidates {
                 if fallen_behind.contains(key) {
@@ -425,7 +425,8 @@ impl WatchHub {
         // on (the usual case: watchers of one busy key that fell behind together).
         let events: Arc<[Event]> = events.into();
         let mut state = self.lock();
-        let keys: Vec<WatcherKey> = state.unsynced.iter().copied().collect();
+        let mut keys: Vec<WatcherKey> = state.unsynced.iter().copied().collect();
+        keys.sort_unstable();
         for key in keys {
             let notified = state.notified_revision;
             let Some(watcher) = state.watchers.get_mut(&key) else {
