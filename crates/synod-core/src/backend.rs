@@ -6,6 +6,7 @@
 //! safe because the Raft log is the durability point: after a crash redb reverts to its last
 //! durable commit, whose applied index says where WAL replay starts (etcd's `cindex`).
 
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -238,7 +239,8 @@ pub fn export(tx: &redb::ReadTransaction, path: &Path) -> Result<(), StorageErro
     out.commit().map_err(StorageError::backend)
 }
 
-/// Copies every table from `from` into `to`, emptying `to`'s tables first when `replace`.
+/// Copies every table from `from` into `to`, whose tables are empty or, with `replace`, emptied
+/// first.
 fn copy_tables(
     from: &redb::ReadTransaction,
     to: &redb::WriteTransaction,
@@ -259,13 +261,19 @@ fn copy_tables(
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
             Err(error) => return Err(StorageError::backend(error)),
         };
+        // The target is empty (a fresh file, or a table just deleted) and the source iterates in
+        // key order, so every row goes in at the end through one cursor: redb buffers such runs
+        // and splices them in, about 3x faster than one `insert` per row.
+        let mut cursor = target
+            .upper_bound_mut(Bound::<K::SelfType<'_>>::Unbounded)
+            .map_err(StorageError::backend)?;
         for entry in source.iter().map_err(StorageError::backend)? {
             let (key, value) = entry.map_err(StorageError::backend)?;
-            target
-                .insert(key.value(), value.value())
+            cursor
+                .insert_before(key.value(), value.value())
                 .map_err(StorageError::backend)?;
         }
-        Ok(())
+        cursor.close().map_err(StorageError::backend)
     }
     copy(from, to, KEY, replace)?;
     copy(from, to, META, replace)?;
