@@ -482,6 +482,7 @@ impl<F: FileSystem> Node<F> {
         self.machine
             .install_snapshot(std::path::Path::new(path), metadata)?;
         self.raw.mut_store().install_snapshot(metadata)?;
+        tracing::info!(index = metadata.index, "state-machine snapshot installed");
         // Reads waiting for an index the snapshot covers can go now.
         let _ = std::fs::remove_file(path);
         Ok(())

@@ -328,11 +328,16 @@ impl Transport {
             }
         });
         tracing::info!(peer = %format!("{peer:x}"), index = message.get_snapshot().get_metadata().index, "sending a snapshot");
+        let started = std::time::Instant::now();
         let sent = client.snapshot(ReceiverStream::new(stream)).await;
         let read_all = reader.await.unwrap_or(false);
         match sent {
             Ok(_) if read_all => {
-                tracing::info!(peer = %format!("{peer:x}"), "snapshot delivered");
+                tracing::info!(
+                    peer = %format!("{peer:x}"),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "snapshot delivered"
+                );
                 true
             }
             Ok(_) => false,
