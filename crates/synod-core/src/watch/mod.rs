@@ -9,7 +9,7 @@
 //!
 //! Lock order: the hub lock is never held while reading the store.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use synod_api::mvccpb::{Event, event::EventType};
@@ -132,14 +132,16 @@ impl Watcher {
 
 type WatcherKey = (StreamId, i64);
 
+/// The watcher sets are ordered, so apply and catch-up visit watchers in the same order on every
+/// run and a simulated seed replays.
 #[derive(Default)]
 struct HubState {
     watchers: HashMap<WatcherKey, Watcher>,
     /// Synced watchers of exactly one key, by key, so apply finds them without a scan.
-    synced_by_key: HashMap<Vec<u8>, HashSet<WatcherKey>>,
+    synced_by_key: HashMap<Vec<u8>, BTreeSet<WatcherKey>>,
     /// Synced watchers of a range.
-    synced_ranges: HashSet<WatcherKey>,
-    unsynced: HashSet<WatcherKey>,
+    synced_ranges: BTreeSet<WatcherKey>,
+    unsynced: BTreeSet<WatcherKey>,
     /// The last revision handed to `notify`.
     notified_revision: i64,
 }
@@ -295,17 +297,24 @@ impl WatchHub {
         for chunk in events.chunk_by(|a, b| mod_revision(a) == mod_revision(b)) {
             let rev = mod_revision(&chunk[0]);
             candidates.clear();
+            let mut sets = 0;
             for event in chunk {
                 let Some(kv) = &event.kv else { continue };
                 if let Some(exact) = state.synced_by_key.get(&kv.key) {
                     candidates.extend(exact.iter().copied());
+                    sets += 1;
                 }
             }
-            candidates.extend(state.synced_ranges.iter().copied());
-            // In watcher order, not hash order: which watcher meets a full queue first must not
-            // depend on a hasher's seed, or a simulated run would not replay.
-            candidates.sort_unstable();
-            candidates.dedup();
+            if !state.synced_ranges.is_empty() {
+                candidates.extend(state.synced_ranges.iter().copied());
+                sets += 1;
+            }
+            // In watcher order (each set is ordered), not hash order: which watcher meets a full
+            // queue first must not depend on a hasher's seed, or a simulated run would not replay.
+            if sets > 1 {
+                candidates.sort_unstable();
+                candidates.dedup();
+            }
             let mut shared: Option<SharedEvents> = None;
             for key in &candidates {
                 if fallen_behind.contains(key) {
@@ -425,8 +434,7 @@ impl WatchHub {
         // on (the usual case: watchers of one busy key that fell behind together).
         let events: Arc<[Event]> = events.into();
         let mut state = self.lock();
-        let mut keys: Vec<WatcherKey> = state.unsynced.iter().copied().collect();
-        keys.sort_unstable();
+        let keys: Vec<WatcherKey> = state.unsynced.iter().copied().collect();
         for key in keys {
             let notified = state.notified_revision;
             let Some(watcher) = state.watchers.get_mut(&key) else {
