@@ -80,6 +80,10 @@ wire_errors! {
     TIMEOUT_WAIT_APPLIED_INDEX = Unavailable, "etcdserver: request timed out, waiting for the applied index took too long";
     UNHEALTHY = Unavailable, "etcdserver: unhealthy cluster";
     CORRUPT = DataLoss, "etcdserver: corrupt cluster";
+    // Synod's own: etcd stops on a failed disk read; a Synod member answers so the client can
+    // try another member, and stops if a write fails.
+    STORAGE_FAILURE = Unavailable, "etcdserver: storage failure on this member";
+    INTERNAL = Internal, "etcdserver: internal error";
     NOT_SUPPORTED_FOR_LEARNER = FailedPrecondition, "etcdserver: rpc not supported for learner";
     BAD_LEADER_TRANSFEREE = FailedPrecondition, "etcdserver: bad leader transferee";
     CANCELED = Cancelled, "etcdserver: request canceled";

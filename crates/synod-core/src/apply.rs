@@ -48,14 +48,22 @@ pub enum Response {
     Member(MemberRecord),
 }
 
+/// The cluster-wide key of a proposed request: the member that proposed it and its id there.
+/// A request is applied at most once per key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestKey {
+    pub origin: u64,
+    pub id: u64,
+}
+
 /// The outcome of one request.
 pub type ApplyResult = Result<Response, RequestError>;
 
 /// What applying a batch produced.
 #[derive(Debug, Default)]
 pub struct Applied {
-    /// Outcomes keyed by request id, for the waiters of the proposing member.
-    pub results: Vec<(u64, ApplyResult)>,
+    /// Outcomes keyed by request, for the waiters of the proposing member.
+    pub results: Vec<(RequestKey, ApplyResult)>,
     /// The store revision after the batch.
     pub revision: i64,
 }
@@ -327,7 +335,7 @@ fn read_alarms(tx: &redb::ReadTransaction) -> Result<BTreeSet<(u64, i32)>, Stora
 /// Reads the proposer's request id, the change and the member from a configuration-change entry
 /// (Synod proposes one change per entry, with a `MemberChange` as its context). Entries without
 /// one (raft-rs's own empty changes) change no member.
-fn member_change(entry: &Entry) -> Option<(u64, ConfChangeType, MemberRecord)> {
+fn member_change(entry: &Entry) -> Option<(RequestKey, ConfChangeType, MemberRecord)> {
     let (kind, context) = if entry.get_entry_type() == EntryType::EntryConfChange {
         let change: ConfChange = protobuf::Message::parse_from_bytes(&entry.data).ok()?;
         (change.get_change_type(), change.context.to_vec())
@@ -337,7 +345,11 @@ fn member_change(entry: &Entry) -> Option<(u64, ConfChangeType, MemberRecord)> {
         (single.get_change_type(), change.context.to_vec())
     };
     let context = MemberChange::decode(context.as_slice()).ok()?;
-    Some((context.id, kind, context.member?))
+    let key = RequestKey {
+        origin: context.origin,
+        id: context.id,
+    };
+    Some((key, kind, context.member?))
 }
 
 /// The member's state machine: MVCC store, lessor, watch hub and alarms over one backend.
@@ -359,12 +371,12 @@ pub struct StateMachine {
 /// Request ids by the index that applied them, and the set of them.
 #[derive(Default)]
 struct RecentRequests {
-    by_index: BTreeMap<u64, u64>,
-    ids: std::collections::HashSet<u64>,
+    by_index: BTreeMap<u64, RequestKey>,
+    ids: std::collections::HashSet<RequestKey>,
 }
 
 impl RecentRequests {
-    fn insert(&mut self, index: u64, id: u64) {
+    fn insert(&mut self, index: u64, id: RequestKey) {
         self.by_index.insert(index, id);
         self.ids.insert(id);
     }
@@ -398,8 +410,9 @@ fn read_recent_requests(tx: &redb::ReadTransaction) -> Result<RecentRequests, St
         .map_err(StorageError::backend)?;
     let mut recent = RecentRequests::default();
     for row in table.iter().map_err(StorageError::backend)? {
-        let (index, id) = row.map_err(StorageError::backend)?;
-        recent.insert(index.value(), id.value());
+        let (index, key) = row.map_err(StorageError::backend)?;
+        let (origin, id) = key.value();
+        recent.insert(index.value(), RequestKey { origin, id });
     }
     Ok(recent)
 }
@@ -563,7 +576,10 @@ impl StateMachine {
                     match InternalRequest::decode(entry.data.as_ref()) {
                         Ok(request)
                             if request.id != 0
-                                && self.recent_requests.ids.contains(&request.id) =>
+                                && self.recent_requests.ids.contains(&RequestKey {
+                                    origin: request.origin,
+                                    id: request.id,
+                                }) =>
                         {
                             // The same proposal reached the log twice (a message delivered
                             // twice): applying it again would repeat a write the client was
@@ -575,17 +591,20 @@ impl StateMachine {
                             );
                         }
                         Ok(request) => {
-                            let id = request.id;
+                            let key = RequestKey {
+                                origin: request.origin,
+                                id: request.id,
+                            };
                             let result = self.apply_request(&mut batch, request.request)?;
-                            applied.results.push((id, result));
-                            if id != 0 {
+                            applied.results.push((key, result));
+                            if key.id != 0 {
                                 batch
                                     .transaction()
                                     .open_table(backend::APPLIED_REQUESTS)
                                     .map_err(StorageError::backend)?
-                                    .insert(entry.index, id)
+                                    .insert(entry.index, (key.origin, key.id))
                                     .map_err(StorageError::backend)?;
-                                self.recent_requests.insert(entry.index, id);
+                                self.recent_requests.insert(entry.index, key);
                             }
                         }
                         Err(error) => {
@@ -1109,6 +1128,7 @@ mod tests {
     fn put_entry(index: u64, id: u64, value: &str) -> Entry {
         let request = InternalRequest {
             id,
+            origin: 7,
             request: Some(Request::Put(PutRequest {
                 key: b"k".to_vec(),
                 value: value.as_bytes().to_vec(),

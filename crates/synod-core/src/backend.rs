@@ -26,9 +26,12 @@ pub const LEASE: TableDefinition<i64, &[u8]> = TableDefinition::new("lease");
 pub const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
 /// Ids of members removed from the cluster; they may never rejoin under the same id.
 pub const REMOVED: TableDefinition<u64, ()> = TableDefinition::new("removed");
-/// Requests applied recently: Raft index to request id. A request whose id is here was applied
-/// already and is not applied again (see `StateMachine::apply`).
-pub const APPLIED_REQUESTS: TableDefinition<u64, u64> = TableDefinition::new("applied_requests");
+/// Requests applied recently: Raft index to (proposing member, request id). A request whose key is
+/// here was applied already and is not applied again (see `StateMachine::apply`).
+pub const APPLIED_REQUESTS: TableDefinition<u64, (u64, u64)> =
+    TableDefinition::new("applied_requests_by_origin");
+/// The table of earlier versions, keyed by request id alone; dropped at open.
+const APPLIED_REQUESTS_OLD: TableDefinition<u64, u64> = TableDefinition::new("applied_requests");
 /// Raised alarms: (member id, alarm type).
 pub const ALARM: TableDefinition<(u64, i32), ()> = TableDefinition::new("alarm");
 
@@ -45,6 +48,9 @@ pub const META_CONF_STATE: &str = "conf_state";
 
 /// This member's own id, fixed at bootstrap.
 pub const META_MEMBER_ID: &str = "member_id";
+/// How many times this member's state machine was opened to serve: the high bits of its request
+/// ids (see `driver::RequestIds`). This member's own, like its id: a snapshot does not replace it.
+pub const META_BOOT_EPOCH: &str = "boot_epoch";
 
 /// When an apply batch commits durably.
 #[derive(Debug, Clone, Copy)]
@@ -92,6 +98,8 @@ impl Backend {
             tx.open_table(ALARM).map_err(StorageError::backend)?;
             tx.open_table(REMOVED).map_err(StorageError::backend)?;
             tx.open_table(APPLIED_REQUESTS)
+                .map_err(StorageError::backend)?;
+            tx.delete_table(APPLIED_REQUESTS_OLD)
                 .map_err(StorageError::backend)?;
         }
         tx.commit().map_err(StorageError::backend)?;
@@ -196,17 +204,39 @@ impl Backend {
             .map_err(|e| StorageError::open(path, format!("snapshot file is unreadable: {e}")))?;
         let from = source.begin_read().map_err(StorageError::backend)?;
         let (member_id, _) = self.identity()?;
+        let boot_epoch = {
+            let tx = self.begin_read()?;
+            let meta = tx.open_table(META).map_err(StorageError::backend)?;
+            read_meta_u64(&meta, META_BOOT_EPOCH)?
+        };
         let mut tx = self.begin_write()?;
         copy_tables(&from, &tx, true)?;
         {
             let mut meta = tx.open_table(META).map_err(StorageError::backend)?;
             write_meta_u64(&mut meta, META_MEMBER_ID, member_id)?;
+            write_meta_u64(&mut meta, META_BOOT_EPOCH, boot_epoch)?;
             meta.insert(META_CONF_STATE, conf_state)
                 .map_err(StorageError::backend)?;
         }
         tx.set_durability(redb::Durability::Immediate)
             .map_err(StorageError::backend)?;
         tx.commit().map_err(StorageError::backend)
+    }
+
+    /// Counts one more start of this member, durably, and returns the new count: no two
+    /// processes of one member share a boot epoch, even after a crash.
+    pub fn next_boot_epoch(&self) -> Result<u64, StorageError> {
+        let mut tx = self.begin_write()?;
+        let epoch = {
+            let mut meta = tx.open_table(META).map_err(StorageError::backend)?;
+            let epoch = read_meta_u64(&meta, META_BOOT_EPOCH)? + 1;
+            write_meta_u64(&mut meta, META_BOOT_EPOCH, epoch)?;
+            epoch
+        };
+        tx.set_durability(redb::Durability::Immediate)
+            .map_err(StorageError::backend)?;
+        tx.commit().map_err(StorageError::backend)?;
+        Ok(epoch)
     }
 
     /// Returns whether member `id` was removed from the cluster.

@@ -8,6 +8,8 @@
 //!   redb plus the in-memory [`mvcc::key_index::TreeIndex`]), the [`lease::Lessor`] and the
 //!   alarms, sharing one [`backend::Backend`] (the redb file).
 //! - [`watch::WatchHub`]: watchers, fed by apply and caught up from history.
+//! - [`driver::Driver`]: the member's decisions around the node (waiters, refusals, membership
+//!   checks, lease renewal), fed inputs by the server's node loop and the simulator alike.
 //!
 //! This crate must not spawn threads, read a clock, open sockets or depend on an async runtime:
 //! time arrives as ticks and the owner of the [`node::Node`] runs the loop. Disk access goes
@@ -18,6 +20,7 @@
 pub mod apply;
 pub mod backend;
 pub mod crc32c;
+pub mod driver;
 pub mod error;
 pub mod lease;
 pub mod mvcc;

@@ -24,7 +24,7 @@ use raft_engine::env::{DefaultFileSystem, FileSystem};
 use synod_api::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
 use synod_api::synodpb::{InternalRequest, internal_request::Request};
 
-use crate::apply::{ApplyResult, StateMachine};
+use crate::apply::{ApplyResult, RequestKey, StateMachine};
 use crate::error::StorageError;
 use crate::raft_log::RaftLog;
 
@@ -63,8 +63,8 @@ pub struct NodeStatus {
 /// through the `send` callback as soon as they may, not here).
 #[derive(Debug, Default)]
 pub struct Output {
-    /// Outcomes of applied requests, by request id.
-    pub applied: Vec<(u64, ApplyResult)>,
+    /// Outcomes of applied requests, by request key.
+    pub applied: Vec<(RequestKey, ApplyResult)>,
     /// Read tokens whose read index is applied: they may now read the state machine.
     pub reads_ready: Vec<u64>,
     /// Read tokens that can no longer be served (leadership was lost); they should be retried.
@@ -249,6 +249,22 @@ impl<F: FileSystem> Node<F> {
         &self.status
     }
 
+    /// This member's id.
+    pub fn id(&self) -> u64 {
+        self.config.id
+    }
+
+    /// Whether this node leads (as far as it knows: a leader cut off from the others learns it
+    /// lost only at CheckQuorum, which is why leader-only reads confirm leadership first).
+    pub fn is_leader(&self) -> bool {
+        self.role == StateRole::Leader
+    }
+
+    /// Whether Raft has a Ready for [`Node::advance`] to handle.
+    pub fn has_ready(&self) -> bool {
+        self.raw.has_ready()
+    }
+
     /// Makes every randomized election timeout come from `seed` (the simulator's replayability).
     pub fn seed_election_timeouts(&mut self, seed: u64) {
         self.election_seed = Some(ElectionSeed {
@@ -341,6 +357,7 @@ impl<F: FileSystem> Node<F> {
             for id in expired {
                 let request = InternalRequest {
                     id: 0,
+                    origin: 0,
                     request: Some(Request::LeaseRevoke(LeaseRevokeRequest { id })),
                 };
                 // A dropped revoke is retried by the lessor after its retry interval.
@@ -357,6 +374,7 @@ impl<F: FileSystem> Node<F> {
                     .collect();
                 let request = InternalRequest {
                     id: 0,
+                    origin: 0,
                     request: Some(Request::LeaseCheckpoint(LeaseCheckpointRequest {
                         checkpoints,
                     })),

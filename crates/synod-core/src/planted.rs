@@ -13,14 +13,17 @@ pub enum Bug {
     ApplyTwiceAfterRestart,
     /// Followers revoke leases whose deadline passed by their own (stale) view.
     FollowerExpiresLeases,
+    /// The driver answers a put or delete as soon as it is proposed, before it is applied.
+    AnswerBeforeApply,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 4] = [
+    pub const ALL: [Bug; 5] = [
         Bug::AckBeforeFsync,
         Bug::ReadWithoutReadIndex,
         Bug::ApplyTwiceAfterRestart,
         Bug::FollowerExpiresLeases,
+        Bug::AnswerBeforeApply,
     ];
 
     pub fn name(self) -> &'static str {
@@ -29,6 +32,7 @@ impl Bug {
             Bug::ReadWithoutReadIndex => "read-without-read-index",
             Bug::ApplyTwiceAfterRestart => "apply-twice-after-restart",
             Bug::FollowerExpiresLeases => "follower-expires-leases",
+            Bug::AnswerBeforeApply => "answer-before-apply",
         }
     }
 

@@ -1,6 +1,7 @@
 //! The one place where failures become etcd's wire errors (code and exact message).
 
 use synod_api::errors::{self, WireError};
+use synod_core::driver::DriverError;
 use synod_core::{RequestError, StorageError};
 
 /// Why the server could not serve a request.
@@ -28,6 +29,24 @@ pub enum ServerError {
     Corrupt,
     #[error("bad leader transferee")]
     BadLeaderTransferee,
+    /// A bug: an answer of the wrong kind (logged where it was found).
+    #[error("internal error")]
+    Internal,
+}
+
+impl From<DriverError> for ServerError {
+    fn from(error: DriverError) -> ServerError {
+        match error {
+            DriverError::Refused(refused) => ServerError::Request(refused),
+            DriverError::NoLeader => ServerError::NoLeader,
+            DriverError::LeaderChanged => ServerError::LeaderChanged,
+            DriverError::NotLeader => ServerError::NotLeader,
+            DriverError::TooManyRequests => ServerError::TooManyRequests,
+            DriverError::BadLeaderTransferee => ServerError::BadLeaderTransferee,
+            DriverError::Timeout => ServerError::Timeout,
+            DriverError::Storage => ServerError::Storage,
+        }
+    }
 }
 
 impl From<synod_core::Error> for ServerError {
@@ -84,7 +103,10 @@ impl ServerError {
             ServerError::Timeout => errors::TIMEOUT,
             ServerError::TooManyRequests => errors::TOO_MANY_REQUESTS,
             ServerError::RequestTooLarge => errors::REQUEST_TOO_LARGE,
-            ServerError::Storage => errors::CORRUPT,
+            // A disk that fails a read is this member's trouble, not a corrupt cluster: the
+            // client should try another member.
+            ServerError::Storage => errors::STORAGE_FAILURE,
+            ServerError::Internal => errors::INTERNAL,
             ServerError::NotLeader => errors::NOT_LEADER,
             ServerError::Corrupt => errors::CORRUPT,
             ServerError::BadLeaderTransferee => errors::BAD_LEADER_TRANSFEREE,

@@ -3,24 +3,22 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use futures::{Stream, StreamExt};
-use synod_api::errors;
 use synod_api::etcdserverpb::lease_server::Lease;
 use synod_api::etcdserverpb::{
-    LeaseCheckpoint, LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse,
-    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse,
-    LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
-    LeaseTimeToLiveResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use synod_api::synodpb::internal_request::Request;
 use synod_core::apply::Response;
-use synod_core::lease::RenewError;
+use synod_core::lease::LeaseInfo;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
+use crate::error::ServerError;
 use crate::member::{Member, unexpected};
 
 /// Keep-alive responses buffered per stream.
@@ -50,18 +48,15 @@ impl LeaseService {
         let member = self.member.clone();
         tokio::spawn(async move {
             while let Some(Ok(request)) = requests.next().await {
-                let ttl = match renew_on_leader(&member, request.id).await {
-                    Ok(ttl) => ttl,
+                let renewed = match member.renew_lease(request.id).await {
                     // Only the leader keeps deadlines: a follower forwards the renewal.
-                    Err(status) if status.message() == errors::NOT_LEADER.message => {
-                        match crate::peer::forward_renew(&member, request.id).await {
-                            Ok(ttl) => ttl,
-                            Err(status) => {
-                                let _ = output.send(Err(status)).await;
-                                break;
-                            }
-                        }
+                    Err(ServerError::NotLeader) => {
+                        crate::peer::forward_renew(&member, request.id).await
                     }
+                    renewed => renewed.map_err(Status::from),
+                };
+                let ttl = match renewed {
+                    Ok(ttl) => ttl,
                     Err(status) => {
                         let _ = output.send(Err(status)).await;
                         break;
@@ -81,39 +76,15 @@ impl LeaseService {
     }
 }
 
-/// Renews a lease on this member, which must lead (confirmed through Raft); returns the TTL, 0
-/// for an unknown lease (as etcd answers), or etcd's "not leader". A renewal that makes a checkpointed remaining TTL stale
-/// clears it through Raft before answering, so a new leader cannot cut the lease short.
-pub async fn renew_on_leader(member: &Member, id: i64) -> Result<i64, Status> {
-    if !member.status.is_leader.load(Ordering::Relaxed) {
-        return Err(errors::NOT_LEADER.status());
-    }
-    // A leader cut off from the others still believes it leads until CheckQuorum deposes it;
-    // renewing there would promise a TTL the real leader never hears of. A ReadIndex round
-    // (shared with the turn's other reads) confirms leadership first, as etcd does.
-    member.read_barrier().await?;
-    match member.lessor.renew(id) {
-        Ok(renewed) => {
-            if renewed.clear_checkpoint {
-                let clear = LeaseCheckpointRequest {
-                    checkpoints: vec![LeaseCheckpoint {
-                        id,
-                        remaining_ttl: 0,
-                    }],
-                };
-                member.propose(Request::LeaseCheckpoint(clear)).await?;
-            }
-            Ok(renewed.ttl_seconds)
-        }
-        Err(RenewError::NotFound) => Ok(0),
-        Err(RenewError::NotPrimary) => Err(errors::NOT_LEADER.status()),
-    }
-}
-
-/// The leader's answer to `LeaseTimeToLive` (a missing lease is TTL -1, not an error, as in etcd).
-pub fn time_to_live(member: &Member, request: &LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse {
+/// `LeaseTimeToLive`'s answer from a lease as the leader sees it (a missing lease is TTL -1, not
+/// an error, as in etcd).
+pub fn time_to_live(
+    member: &Member,
+    request: &LeaseTimeToLiveRequest,
+    info: Option<LeaseInfo>,
+) -> LeaseTimeToLiveResponse {
     let header = Some(member.header(member.store.current_revision()));
-    match member.lessor.info(request.id) {
+    match info {
         Some(info) => LeaseTimeToLiveResponse {
             header,
             id: request.id,
@@ -140,7 +111,7 @@ impl Lease for LeaseService {
         let mut request = request.into_inner();
         if request.id == 0 {
             // Chosen before proposing, so every member applies the same id.
-            request.id = (self.member.next_id() & (i64::MAX as u64)) as i64;
+            request.id = self.member.new_lease_id();
         }
         self.member.check_quota(64).await?;
         match self.member.propose(Request::LeaseGrant(request)).await? {
@@ -187,15 +158,16 @@ impl Lease for LeaseService {
         request: tonic::Request<LeaseTimeToLiveRequest>,
     ) -> Result<tonic::Response<LeaseTimeToLiveResponse>, Status> {
         let request = request.into_inner();
-        let response = if self.member.status.is_leader.load(Ordering::Relaxed) {
-            self.member.read_barrier().await?;
-            time_to_live(&self.member, &request)
-        } else {
-            // Remaining TTLs exist only on the leader.
-            let mut response = crate::peer::forward_time_to_live(&self.member, request).await?;
-            let revision = response.header.as_ref().map(|h| h.revision).unwrap_or(0);
-            response.header = Some(self.member.header(revision));
-            response
+        let response = match self.member.lease_time_to_live(request.id).await {
+            Ok(info) => time_to_live(&self.member, &request, info),
+            Err(ServerError::NotLeader) => {
+                // Remaining TTLs exist only on the leader.
+                let mut response = crate::peer::forward_time_to_live(&self.member, request).await?;
+                let revision = response.header.as_ref().map(|h| h.revision).unwrap_or(0);
+                response.header = Some(self.member.header(revision));
+                response
+            }
+            Err(error) => return Err(error.into()),
         };
         Ok(tonic::Response::new(response))
     }

@@ -28,6 +28,7 @@ use synod_api::synodpb::{
     PeerAck, PeerHashKvRequest, RaftBatch, SnapshotChunk,
 };
 use synod_core::backend::Backend;
+use synod_core::driver::Input;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -225,7 +226,7 @@ impl Transport {
                             }
                             tracing::debug!(peer = %format!("{peer:x}"), %status, "peer stream ended");
                         }
-                        self.report(Command::Unreachable(peer));
+                        self.report(Command::Input(Input::Unreachable(peer)));
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(BACKOFF_MAX);
                         continue 'connect;
@@ -252,7 +253,8 @@ impl Transport {
                             let delivered = transport
                                 .send_snapshot(peer, snapshot_client, message)
                                 .await;
-                            transport.report(Command::SnapshotStatus(peer, delivered));
+                            transport
+                                .report(Command::Input(Input::SnapshotStatus { peer, delivered }));
                         });
                     } else if let Ok(encoded) = protobuf::Message::write_to_bytes(&message) {
                         bytes += encoded.len();
@@ -268,7 +270,7 @@ impl Transport {
                     continue;
                 }
                 if batches.send(batch).await.is_err() {
-                    self.report(Command::Unreachable(peer));
+                    self.report(Command::Input(Input::Unreachable(peer)));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     client = client.clone();
@@ -478,10 +480,8 @@ impl Peer for PeerService {
         let request = request.into_inner();
         self.check_cluster(request.cluster_id)?;
         self.check_leader()?;
-        let ttl = match crate::lease::renew_on_leader(&self.member, request.id).await? {
-            0 => return Err(errors::LEASE_NOT_FOUND.status()),
-            ttl => ttl,
-        };
+        // TTL 0: the lease is unknown (the follower answers its client so, as etcd does).
+        let ttl = self.member.renew_lease(request.id).await?;
         Ok(tonic::Response::new(LeaseRenewResponse { ttl }))
     }
 
@@ -493,9 +493,11 @@ impl Peer for PeerService {
         self.check_cluster(request.cluster_id)?;
         self.check_leader()?;
         let request: LeaseTimeToLiveRequest = request.request.unwrap_or_default();
+        let info = self.member.lease_time_to_live(request.id).await?;
         Ok(tonic::Response::new(crate::lease::time_to_live(
             &self.member,
             &request,
+            info,
         )))
     }
 
@@ -547,7 +549,6 @@ pub async fn forward_renew(member: &Member, id: i64) -> Result<i64, Status> {
     };
     match client.lease_renew(request).await {
         Ok(response) => Ok(response.into_inner().ttl),
-        Err(status) if status.message() == errors::LEASE_NOT_FOUND.message => Ok(0),
         Err(status) if status.code() == tonic::Code::Unavailable => Err(errors::NO_LEADER.status()),
         Err(status) => Err(status),
     }

@@ -283,7 +283,7 @@ impl Lock for LockService {
             request.lease
         } else {
             // etcd gives such a call a session of its own, which nobody keeps alive.
-            let id = (member.next_id() & (i64::MAX as u64)) as i64;
+            let id = member.new_lease_id();
             match member
                 .propose(Request::LeaseGrant(LeaseGrantRequest {
                     ttl: SESSION_TTL_SECONDS,

@@ -11,13 +11,15 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use prost::Message as _;
-use raft::eraftpb::{ConfChangeType, Message, Snapshot};
-use synod_api::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, RangeRequest};
-use synod_api::synodpb::{InternalRequest, MemberChange, MemberRecord, internal_request::Request};
-use synod_core::apply::{ApplyResult, StateMachine, execute_range};
+use raft::eraftpb::{Message, Snapshot};
+use synod_api::etcdserverpb::RangeRequest;
+use synod_api::synodpb::{InternalRequest, MemberRecord};
+use synod_core::apply::{Response, StateMachine, execute_range};
 use synod_core::backend::Backend;
-use synod_core::node::{AppliedEntry, Node, NodeConfig, Output, RaftView};
+use synod_core::driver::{
+    Answer, Driver, DriverConfig, DriverError, Input, MemberChangeKind, Output, Reply,
+};
+use synod_core::node::{AppliedEntry, Node, NodeConfig, RaftView};
 use synod_core::planted::Bug;
 use synod_core::raft_log::RaftLog;
 use synod_core::watch::{WatchNotice, WatchRequest, WatchSink};
@@ -27,6 +29,8 @@ use crate::disk::{SimDisk, SimFs, SimStorage};
 /// Milliseconds per Raft tick (etcd's heartbeat interval, scaled down: 100 ms there).
 pub const TICK_MS: u64 = 10;
 pub const ELECTION_TICKS: usize = 10;
+/// How long a simulated client waits for an answer before its outcome is unknown.
+pub const CALL_TIMEOUT_MS: u64 = 800;
 
 thread_local! {
     static IN_MEMBER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -71,23 +75,26 @@ pub enum ReadKind {
     Kv(Vec<u8>),
     /// A serializable get: served from local state at once, no ReadIndex.
     Serializable(Vec<u8>),
-    /// A keep-alive: once the ReadIndex confirms leadership, renew on the lessor; if a checkpoint
-    /// must be cleared first, propose that under request id `clear_id`.
-    KeepAlive { lease: i64, clear_id: u64 },
+    /// A keep-alive, as the server's keep-alive stream sends it to the driver.
+    KeepAlive { lease: i64 },
 }
 
-/// How a read ended.
+/// How a request ended, as its client hears it.
 #[derive(Debug, Clone)]
-pub enum ReadDone {
+pub enum Done {
+    /// A proposal applied, with the state machine's answer.
+    Applied(Response),
+    /// Certainly not applied: refused before the log, or by the state machine.
+    Refused,
+    /// No answer in time: the outcome is unknown.
+    Unknown,
+    /// A linearizable read's value.
     Value(Option<String>),
     /// A serializable read's answer and the revision it was read at.
     Local(Option<String>, i64),
-    Renewed,
-    /// The renewal waits for its checkpoint-clearing proposal (answered by its request id).
-    RenewalProposed,
-    NotRenewed {
-        lease_exists: bool,
-    },
+    /// A keep-alive's TTL (0: the lease is gone).
+    Renewed { ttl: i64 },
+    /// A read or keep-alive that could not be served.
     Failed,
 }
 
@@ -104,8 +111,8 @@ pub struct TurnInput {
     pub inbox: Vec<Message>,
     pub reads: Vec<(u64, ReadKind)>,
     pub proposals: Vec<InternalRequest>,
-    /// Membership changes (request id, kind, the member), as the server proposes them.
-    pub conf_changes: Vec<(u64, ConfChangeType, MemberRecord)>,
+    /// Membership changes (request id, kind, the member), as a client asks for them.
+    pub conf_changes: Vec<(u64, MemberChangeKind, MemberRecord)>,
     pub reports: Vec<PeerReport>,
     /// Where a follower snapshot goes, if Raft asks for one this turn.
     pub snapshot_path: PathBuf,
@@ -120,11 +127,9 @@ pub struct TurnOutput {
     pub sent_after_sync: Vec<Message>,
     /// The turn fsynced: it took the disk's latency.
     pub synced: bool,
-    pub applied: Vec<(u64, ApplyResult)>,
     pub applied_entries: Vec<AppliedEntry>,
-    pub reads_done: Vec<(u64, ReadDone)>,
-    /// Proposals refused before they reached the log (no leader, dropped).
-    pub refused: Vec<u64>,
+    /// Answers to this member's clients, by request id.
+    pub replies: Vec<(u64, Done)>,
     pub notices: Vec<WatchNotice>,
     pub state: Option<MemberState>,
     /// A configuration change removed this member.
@@ -147,10 +152,10 @@ pub struct MemberState {
 }
 
 struct Resident {
-    node: Node<SimFs>,
+    driver: Driver<SimFs>,
     collector: Arc<Collector>,
-    /// Reads asked for and not answered yet (a ReadIndex round spans turns).
-    reads: std::collections::BTreeMap<u64, ReadKind>,
+    /// Linearizable gets waiting for their read barrier: token → key (as a handler waits).
+    reads: std::collections::BTreeMap<u64, Vec<u8>>,
     disk: SimDisk,
 }
 
@@ -205,9 +210,9 @@ impl Host {
             thread: Some(thread),
         };
         let state = host.call(move |resident| {
-            let node = open_node(&start)?;
+            let driver = open_driver(&start)?;
             let collector = Arc::new(Collector::default());
-            let hub = node.machine().hub().clone();
+            let hub = driver.node().machine().hub().clone();
             let stream = hub.new_stream();
             hub.watch(
                 stream,
@@ -220,9 +225,9 @@ impl Host {
                 },
                 collector.clone(),
             );
-            let state = member_state(&node, false);
+            let state = member_state(driver.node(), false);
             *resident = Some(Resident {
-                node,
+                driver,
                 collector,
                 reads: std::collections::BTreeMap::new(),
                 disk: start.disk.clone(),
@@ -280,7 +285,7 @@ impl Host {
     /// (applied index, revision, HashKV) for the agreement check.
     pub fn hash_state(&self) -> Result<(u64, i64, u32), String> {
         self.call(|resident| {
-            let node = &resident.as_ref().ok_or("not running")?.node;
+            let node = resident.as_ref().ok_or("not running")?.driver.node();
             let (hash, _, revision) = node
                 .machine()
                 .store()
@@ -353,129 +358,91 @@ fn run_turn(
     probe: bool,
     turn: &mut TurnOutput,
 ) -> Result<(), String> {
-    let node = &mut resident.node;
+    let driver = &mut resident.driver;
+    let mut out = Output::default();
     for report in input.reports {
-        match report {
-            PeerReport::Unreachable(peer) => node.report_unreachable(peer),
-            PeerReport::Snapshot(peer, delivered) => node.report_snapshot(peer, delivered),
-        }
+        let input = match report {
+            PeerReport::Unreachable(peer) => Input::Unreachable(peer),
+            PeerReport::Snapshot(peer, delivered) => Input::SnapshotStatus { peer, delivered },
+        };
+        driver.handle(input, &mut out);
     }
     for _ in 0..input.ticks {
-        node.tick();
+        driver.handle(Input::Tick, &mut out);
     }
     for message in input.inbox {
-        let _ = node.step(message);
+        driver.handle(Input::Step(message), &mut out);
     }
     for request in input.proposals {
-        if node.propose(&request).is_err() {
-            turn.refused.push(request.id);
-        }
+        driver.handle(Input::Propose { request }, &mut out);
     }
-    for (id, change_type, member) in input.conf_changes {
-        let node_id = member.id;
-        let context = MemberChange {
-            id,
-            member: Some(member),
-        }
-        .encode_to_vec();
-        if node
-            .propose_conf_change(change_type, node_id, context)
-            .is_err()
-        {
-            turn.refused.push(id);
-        }
+    for (id, change, member) in input.conf_changes {
+        driver.handle(Input::ChangeMembership { id, change, member }, &mut out);
     }
-    let mut tokens = Vec::new();
     let mut local = Vec::new();
     for (token, kind) in input.reads {
-        if let ReadKind::Serializable(key) = kind {
-            local.push((token, key));
-            continue;
+        match kind {
+            ReadKind::Serializable(key) => local.push((token, key)),
+            ReadKind::Kv(key) => {
+                resident.reads.insert(token, key);
+                driver.handle(Input::Read { token }, &mut out);
+            }
+            ReadKind::KeepAlive { lease } => {
+                driver.handle(Input::RenewLease { token, lease }, &mut out)
+            }
         }
-        tokens.push(token);
-        resident.reads.insert(token, kind);
     }
-    node.read_index(tokens);
-    let mut out = Output::default();
     let syncs_before = resident.disk.counters().0;
     let disk = &resident.disk;
     let (before, after) = (&mut turn.sent, &mut turn.sent_after_sync);
-    node.advance(&mut out, &mut |messages| {
-        if disk.counters().0 > syncs_before {
-            after.extend(messages);
-        } else {
-            before.extend(messages);
-        }
-    })
-    .map_err(|e| e.to_string())?;
+    driver
+        .advance(&mut out, &mut |messages| {
+            if disk.counters().0 > syncs_before {
+                after.extend(messages);
+            } else {
+                before.extend(messages);
+            }
+        })
+        .map_err(|e| e.to_string())?;
     turn.synced = resident.disk.counters().0 > syncs_before;
     if let Some(job) = out.snapshot_job.take() {
+        // The server writes it on a thread of its own; here it is ready at once.
         let written = synod_core::backend::export(&job.view, &input.snapshot_path);
         drop(job.view);
-        match written {
-            Ok(()) => {
-                let mut snapshot = Snapshot::default();
-                snapshot.set_metadata(job.metadata);
-                snapshot.data = input
-                    .snapshot_path
-                    .display()
-                    .to_string()
-                    .into_bytes()
-                    .into();
-                node.offer_snapshot(Some(snapshot));
-            }
-            Err(_) => node.offer_snapshot(None),
-        }
+        let snapshot = written.ok().map(|()| {
+            let mut snapshot = Snapshot::default();
+            snapshot.set_metadata(job.metadata);
+            snapshot.data = input
+                .snapshot_path
+                .display()
+                .to_string()
+                .into_bytes()
+                .into();
+            snapshot
+        });
+        driver.handle(Input::SnapshotReady(snapshot), &mut out);
     }
-    for token in out.reads_ready {
-        let Some(kind) = resident.reads.remove(&token) else {
-            continue;
-        };
-        let done = match kind {
-            ReadKind::Serializable(_) => continue,
-            ReadKind::Kv(key) => {
-                let request = RangeRequest {
-                    key,
-                    ..RangeRequest::default()
-                };
-                match execute_range(&**node.machine().store(), &request) {
-                    Ok(response) => ReadDone::Value(
-                        response
-                            .kvs
-                            .first()
-                            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
-                    ),
-                    Err(_) => ReadDone::Failed,
-                }
-            }
-            ReadKind::KeepAlive { lease, clear_id } => renew(node, lease, clear_id),
-        };
-        turn.reads_done.push((token, done));
+    if let Some(file) = out.obsolete_snapshot.take() {
+        let _ = std::fs::remove_file(file);
     }
-    for token in out.reads_failed {
-        resident.reads.remove(&token);
-        turn.reads_done.push((token, ReadDone::Failed));
+    let node = driver.node();
+    for Reply { id, outcome } in out.replies {
+        let done = match (resident.reads.remove(&id), outcome) {
+            (Some(key), Ok(Answer::ReadReady)) => read_value(node, key, false),
+            (Some(_), _) => Done::Failed,
+            (None, Ok(Answer::Applied(response))) => Done::Applied(response),
+            (None, Ok(Answer::Renewed { ttl })) => Done::Renewed { ttl },
+            (None, Ok(_)) => Done::Failed,
+            (None, Err(DriverError::Timeout)) => Done::Unknown,
+            (None, Err(DriverError::NotLeader | DriverError::LeaderChanged)) => Done::Failed,
+            (None, Err(_)) => Done::Refused,
+        };
+        turn.replies.push((id, done));
     }
     for (token, key) in local {
-        let request = RangeRequest {
-            key,
-            serializable: true,
-            ..RangeRequest::default()
-        };
-        let done = match execute_range(&**node.machine().store(), &request) {
-            Ok(response) => ReadDone::Local(
-                response
-                    .kvs
-                    .first()
-                    .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
-                response.header.map_or(0, |header| header.revision),
-            ),
-            Err(_) => ReadDone::Failed,
-        };
-        turn.reads_done.push((token, done));
+        turn.replies.push((token, read_value(node, key, true)));
     }
     turn.removed = out.removed;
-    turn.applied = out.applied;
     turn.applied_entries = out.applied_entries;
     let store = node.machine().store().clone();
     node.machine()
@@ -490,38 +457,37 @@ fn run_turn(
             .unwrap_or_else(|p| p.into_inner()),
     );
     turn.state = Some(member_state(node, probe));
-    turn.busy = node.has_work();
+    turn.busy = driver.has_work();
     Ok(())
 }
 
-/// A keep-alive whose ReadIndex confirmed this member's leadership renews on its lessor (as the
-/// server's `renew_on_leader` does).
-fn renew(node: &mut Node<SimFs>, lease: i64, clear_id: u64) -> ReadDone {
-    match node.machine().lessor().renew(lease) {
-        Ok(renewed) if renewed.clear_checkpoint => {
-            let request = InternalRequest {
-                id: clear_id,
-                request: Some(Request::LeaseCheckpoint(LeaseCheckpointRequest {
-                    checkpoints: vec![LeaseCheckpoint {
-                        id: lease,
-                        remaining_ttl: 0,
-                    }],
-                })),
-            };
-            match node.propose(&request) {
-                Ok(()) => ReadDone::RenewalProposed,
-                Err(_) => ReadDone::Failed,
+/// Reads one key from the member's state, as a handler does once its read barrier is ready (or
+/// at once, for a serializable read).
+fn read_value(node: &Node<SimFs>, key: Vec<u8>, serializable: bool) -> Done {
+    let request = RangeRequest {
+        key,
+        serializable,
+        ..RangeRequest::default()
+    };
+    match execute_range(&**node.machine().store(), &request) {
+        Ok(response) => {
+            let value = response
+                .kvs
+                .first()
+                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+            if serializable {
+                Done::Local(value, response.header.map_or(0, |header| header.revision))
+            } else {
+                Done::Value(value)
             }
         }
-        Ok(_) => ReadDone::Renewed,
-        Err(_) => ReadDone::NotRenewed {
-            lease_exists: node.machine().lessor().contains(lease),
-        },
+        Err(_) => Done::Failed,
     }
 }
 
-/// Opens (bootstrapping on first start) one member's node on its simulated disk.
-fn open_node(start: &Start) -> Result<Node<SimFs>, String> {
+/// Opens (bootstrapping on first start) one member's node on its simulated disk, under the
+/// driver the server runs.
+fn open_driver(start: &Start) -> Result<Driver<SimFs>, String> {
     let db_path = start.dir.join("db");
     let backend = Backend::open_on(SimStorage::open(&start.disk, &db_path), &db_path, 4 << 20)
         .map_err(|e| e.to_string())?;
@@ -562,7 +528,12 @@ fn open_node(start: &Start) -> Result<Node<SimFs>, String> {
     let mut node = Node::new(config, log, machine, &logger).map_err(|e| e.to_string())?;
     node.seed_election_timeouts(start.seed);
     node.trace_applied_entries(true);
-    Ok(node)
+    let config = DriverConfig {
+        apply_lag_max: 5_000,
+        // As the server: a little past the longest a client waits.
+        pending_ticks_max: 2 * CALL_TIMEOUT_MS / TICK_MS,
+    };
+    Driver::new(node, config).map_err(|e| e.to_string())
 }
 
 /// Where member `id`'s files live under the run's directory.

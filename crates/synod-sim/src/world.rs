@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use prost::Message as _;
 use raft::StateRole;
-use raft::eraftpb::{ConfChangeType, Message, MessageType};
+use raft::eraftpb::{Message, MessageType};
 use synod_api::etcdserverpb::{
     Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RequestOp,
     TxnRequest, compare, request_op,
@@ -21,18 +21,17 @@ use synod_api::etcdserverpb::{
 use synod_api::mvccpb::event::EventType;
 use synod_api::synodpb::{InternalRequest, MemberRecord, internal_request::Request};
 use synod_core::apply::Response;
+use synod_core::driver::MemberChangeKind;
 use synod_core::planted::Bug;
 use synod_core::watch::WatchNotice;
 
 use crate::disk::SimDisk;
 use crate::host::{
-    ELECTION_TICKS, Host, MemberState, PeerReport, Pending, ReadDone, ReadKind, Start, TICK_MS,
-    TurnInput, TurnOutput, member_dir, quiet_member_panics,
+    CALL_TIMEOUT_MS, Done, ELECTION_TICKS, Host, MemberState, PeerReport, Pending, ReadKind, Start,
+    TICK_MS, TurnInput, TurnOutput, member_dir, quiet_member_panics,
 };
 use crate::linearizability::{KvInput, KvOutput, Operation, Verdict, check_kv};
 use crate::rng::Rng;
-/// How long a client waits before it calls an operation's outcome unknown.
-const CALL_TIMEOUT_MS: u64 = 800;
 const LEASE_TTL_SECONDS: i64 = 1;
 const KEEP_ALIVE_EVERY_MS: u64 = 250;
 /// Tick periods drift by up to this many per mille either way.
@@ -152,8 +151,7 @@ enum Waiting {
     Kv(usize),
     LeaseGrant(i64),
     LeaseAttach,
-    /// A keep-alive (lease, when it was issued): its ReadIndex, then perhaps the proposal that
-    /// clears the lease's checkpoint.
+    /// A keep-alive (lease, when it was issued).
     KeepAlive(i64, u64),
     Probe,
     Membership,
@@ -176,7 +174,7 @@ struct Member {
     inbox: Vec<Message>,
     reads: Vec<(u64, ReadKind)>,
     proposals: Vec<InternalRequest>,
-    conf_changes: Vec<(u64, ConfChangeType, MemberRecord)>,
+    conf_changes: Vec<(u64, MemberChangeKind, MemberRecord)>,
     reports: Vec<PeerReport>,
     waiting: BTreeMap<u64, Waiting>,
     /// The last revision this member's watchers delivered, across restarts.
@@ -565,6 +563,7 @@ impl World {
             let member = &mut self.members[leader];
             member.proposals.push(InternalRequest {
                 id,
+                origin: 0,
                 request: Some(Request::Put(PutRequest {
                     key: b"probe".to_vec(),
                     value: self.now.to_string().into_bytes(),
@@ -698,10 +697,8 @@ impl World {
         let TurnOutput {
             sent,
             sent_after_sync,
-            applied,
             applied_entries,
-            reads_done,
-            refused,
+            replies,
             notices,
             removed,
             ..
@@ -713,7 +710,7 @@ impl World {
             self.send(index, message, latency);
         }
         self.check_applied_entries(index, &applied_entries);
-        self.dispatch(index, applied, reads_done, refused);
+        self.dispatch(index, replies);
         self.check_watch(index, notices);
         if removed {
             self.remove(index);
@@ -774,10 +771,10 @@ impl World {
             });
             if caught_up {
                 self.report.faults.promotions += 1;
-                (ConfChangeType::AddNode, record(learner, false))
+                (MemberChangeKind::Promote, record(learner, false))
             } else if self.rng.chance(200_000) {
                 self.report.faults.removals += 1;
-                (ConfChangeType::RemoveNode, record(learner, true))
+                (MemberChangeKind::Remove, record(learner, true))
             } else {
                 return;
             }
@@ -788,11 +785,11 @@ impl World {
             .map(|m| m.id)
         {
             // Its addition was lost (a leader change): ask again.
-            (ConfChangeType::AddLearnerNode, record(pending, true))
+            (MemberChangeKind::AddLearner, record(pending, true))
         } else if state.voters.len() > self.config.members {
             let voter = *self.rng.pick(&state.voters);
             self.report.faults.removals += 1;
-            (ConfChangeType::RemoveNode, record(voter, false))
+            (MemberChangeKind::Remove, record(voter, false))
         } else {
             // A new member: started empty, then added as a learner.
             let new_id = self.members.len() as u64 + 1;
@@ -809,7 +806,7 @@ impl World {
                 return;
             }
             self.report.faults.learners_added += 1;
-            (ConfChangeType::AddLearnerNode, record(new_id, true))
+            (MemberChangeKind::AddLearner, record(new_id, true))
         };
         let member = &mut self.members[leader];
         member.conf_changes.push((id, change.0, change.1));
@@ -995,39 +992,16 @@ impl World {
         }
     }
 
-    fn dispatch(
-        &mut self,
-        index: usize,
-        applied: Vec<(u64, synod_core::apply::ApplyResult)>,
-        reads_done: Vec<(u64, ReadDone)>,
-        refused: Vec<u64>,
-    ) {
-        for id in refused {
-            match self.members[index].waiting.remove(&id) {
-                Some(Waiting::Kv(op)) => self.fail(op),
-                Some(Waiting::LeaseGrant(_)) => {
-                    self.keeper.lease = None;
-                    self.keeper.busy_until = 0;
-                }
-                Some(Waiting::LeaseAttach | Waiting::KeepAlive(..)) => self.keeper.busy_until = 0,
-                Some(
-                    Waiting::Probe
-                    | Waiting::Membership
-                    | Waiting::Serializable(_)
-                    | Waiting::LeaseRevoke,
-                )
-                | None => {}
-            }
-        }
-        for (id, result) in applied {
+    fn dispatch(&mut self, index: usize, replies: Vec<(u64, Done)>) {
+        for (id, done) in replies {
             let Some(waiting) = self.members[index].waiting.remove(&id) else {
                 continue;
             };
-            match waiting {
-                Waiting::Kv(op) => {
-                    let output = match result {
-                        Ok(Response::Put(_) | Response::DeleteRange(_)) => Some(KvOutput::Done),
-                        Ok(Response::Txn(txn)) => Some(KvOutput::Swapped(txn.succeeded)),
+            match (waiting, done) {
+                (Waiting::Kv(op), Done::Applied(response)) => {
+                    let output = match response {
+                        Response::Put(_) | Response::DeleteRange(_) => Some(KvOutput::Done),
+                        Response::Txn(txn) => Some(KvOutput::Swapped(txn.succeeded)),
                         _ => None,
                     };
                     match output {
@@ -1035,38 +1009,32 @@ impl World {
                         None => self.fail(op),
                     }
                 }
-                Waiting::LeaseGrant(lease) => {
-                    if result.is_ok() {
-                        self.keeper.granted = true;
-                        self.keeper.busy_until = 0;
-                        self.attach_lease_key(index, lease);
-                    } else {
-                        self.keeper.lease = None;
-                    }
+                (Waiting::Kv(op), Done::Value(value)) => self.complete(op, KvOutput::Value(value)),
+                // The client's deadline makes its outcome unknown.
+                (Waiting::Kv(_), Done::Unknown) => {}
+                (Waiting::Kv(op), _) => self.fail(op),
+                (Waiting::LeaseGrant(lease), Done::Applied(_)) => {
+                    self.keeper.granted = true;
+                    self.keeper.busy_until = 0;
+                    self.attach_lease_key(index, lease);
                 }
-                Waiting::LeaseAttach => self.keeper.busy_until = 0,
-                Waiting::KeepAlive(lease, issued) => {
-                    if result.is_ok() {
-                        self.leases.entry(lease).or_default().alive_at.push(issued);
-                    }
+                (Waiting::LeaseGrant(_), Done::Unknown) => {}
+                (Waiting::LeaseGrant(_), _) => {
+                    self.keeper.lease = None;
                     self.keeper.busy_until = 0;
                 }
-                Waiting::Probe
-                | Waiting::Membership
-                | Waiting::Serializable(_)
-                | Waiting::LeaseRevoke => {}
-            }
-        }
-        for (token, done) in reads_done {
-            let Some(waiting) = self.members[index].waiting.remove(&token) else {
-                continue;
-            };
-            match (waiting, done) {
-                (Waiting::Kv(op), ReadDone::Value(value)) => {
-                    self.complete(op, KvOutput::Value(value))
+                (Waiting::LeaseAttach, _) => self.keeper.busy_until = 0,
+                (Waiting::KeepAlive(_, _), Done::Renewed { ttl: 0 }) => {
+                    // The lease is gone.
+                    self.keeper.lease = None;
+                    self.keeper.busy_until = 0;
                 }
-                (Waiting::Kv(op), _) => self.fail(op),
-                (Waiting::Serializable(key), ReadDone::Local(value, revision)) => {
+                (Waiting::KeepAlive(lease, issued), Done::Renewed { .. }) => {
+                    self.leases.entry(lease).or_default().alive_at.push(issued);
+                    self.keeper.busy_until = 0;
+                }
+                (Waiting::KeepAlive(..), _) => self.keeper.busy_until = 0,
+                (Waiting::Serializable(key), Done::Local(value, revision)) => {
                     let member = &self.members[index];
                     self.local_reads.push(LocalRead {
                         member: member.id,
@@ -1076,27 +1044,13 @@ impl World {
                         value,
                     });
                 }
-                (Waiting::KeepAlive(lease, issued), ReadDone::Renewed) => {
-                    self.leases.entry(lease).or_default().alive_at.push(issued);
-                    self.keeper.busy_until = 0;
-                }
-                (Waiting::KeepAlive(lease, issued), ReadDone::RenewalProposed) => {
-                    // Answered when the checkpoint-clearing proposal applies (same id).
-                    self.members[index]
-                        .waiting
-                        .insert(token, Waiting::KeepAlive(lease, issued));
-                }
                 (
-                    Waiting::KeepAlive(..),
-                    ReadDone::NotRenewed {
-                        lease_exists: false,
-                    },
-                ) => {
-                    self.keeper.lease = None;
-                    self.keeper.busy_until = 0;
-                }
-                (Waiting::KeepAlive(..), _) => self.keeper.busy_until = 0,
-                _ => {}
+                    Waiting::Probe
+                    | Waiting::Membership
+                    | Waiting::Serializable(_)
+                    | Waiting::LeaseRevoke,
+                    _,
+                ) => {}
             }
         }
     }
@@ -1105,6 +1059,7 @@ impl World {
         let id = self.next_request();
         let request = InternalRequest {
             id,
+            origin: 0,
             request: Some(Request::Put(PutRequest {
                 key: lease_key(lease),
                 value: b"ephemeral".to_vec(),
@@ -1281,6 +1236,7 @@ impl World {
                 .push((id, ReadKind::Kv(input.key().as_bytes().to_vec()))),
             Some(request) => target.proposals.push(InternalRequest {
                 id,
+                origin: 0,
                 request: Some(request),
             }),
         }
@@ -1300,6 +1256,7 @@ impl World {
                 let id = self.next_request();
                 let request = InternalRequest {
                     id,
+                    origin: 0,
                     request: Some(Request::LeaseGrant(LeaseGrantRequest {
                         ttl: LEASE_TTL_SECONDS,
                         id: lease,
@@ -1345,6 +1302,7 @@ impl World {
                     if target.host.is_some() {
                         target.proposals.push(InternalRequest {
                             id,
+                            origin: 0,
                             request: Some(Request::LeaseRevoke(LeaseRevokeRequest { id: lease })),
                         });
                         target.waiting.insert(id, Waiting::LeaseRevoke);
@@ -1363,13 +1321,7 @@ impl World {
                 };
                 let id = self.next_request();
                 let target = &mut self.members[leader];
-                target.reads.push((
-                    id,
-                    ReadKind::KeepAlive {
-                        lease,
-                        clear_id: id,
-                    },
-                ));
+                target.reads.push((id, ReadKind::KeepAlive { lease }));
                 target.waiting.insert(id, Waiting::KeepAlive(lease, now));
                 self.keeper.busy_until = now + CALL_TIMEOUT_MS;
             }

@@ -121,43 +121,58 @@ fn a_cluster_that_cannot_converge_in_time_fails_the_liveness_check() {
     assert!(violation.contains("liveness"), "{violation}");
 }
 
-/// Runs seeds with `bug` planted until one fails; returns the first failing seed and why.
-fn catch(bug: Bug, seeds: Range<u64>) -> (u64, String) {
+/// Runs seeds with `bug` planted until one breaks `property` (a checker's name, as its
+/// violation message starts); returns that seed and the violation. Other violations on the way
+/// are listed if none breaks the expected property.
+fn catch(bug: Bug, seeds: Range<u64>, property: &str) -> (u64, String) {
+    let mut seen = Vec::new();
     for seed in seeds.clone() {
         let mut config = config(seed, 3);
         config.bug = Some(bug);
         if let Some(violation) = run(&config).violation {
-            return (seed, violation);
+            if violation.contains(property) {
+                return (seed, violation);
+            }
+            seen.push(format!("seed {seed}: {violation}"));
         }
     }
     panic!(
-        "planted bug {} survived seeds {seeds:?}: the simulator cannot see it",
+        "planted bug {} broke no {property:?} in seeds {seeds:?}; other violations: {seen:#?}",
         bug.name()
     );
 }
 
 #[test]
 fn catches_acknowledging_before_fsync() {
-    let (seed, why) = catch(Bug::AckBeforeFsync, 0..20);
+    // Entries a follower acknowledged and then lost in a crash: a new leader lacks a committed
+    // entry.
+    let (seed, why) = catch(Bug::AckBeforeFsync, 0..20, "leader completeness");
     eprintln!("{}: seed {seed}: {why}", Bug::AckBeforeFsync.name());
 }
 
 #[test]
 fn catches_linearizable_reads_without_read_index() {
-    let (seed, why) = catch(Bug::ReadWithoutReadIndex, 0..20);
-    assert!(why.contains("linearizability"), "{why}");
+    let (seed, why) = catch(Bug::ReadWithoutReadIndex, 0..20, "linearizability");
     eprintln!("{}: seed {seed}: {why}", Bug::ReadWithoutReadIndex.name());
 }
 
 #[test]
 fn catches_applying_an_entry_twice_after_restart() {
-    let (seed, why) = catch(Bug::ApplyTwiceAfterRestart, 0..20);
+    // The write applied twice gives one member events at a revision that differ from the others'.
+    let (seed, why) = catch(Bug::ApplyTwiceAfterRestart, 0..20, "watch");
     eprintln!("{}: seed {seed}: {why}", Bug::ApplyTwiceAfterRestart.name());
 }
 
 #[test]
 fn catches_followers_expiring_leases() {
-    let (seed, why) = catch(Bug::FollowerExpiresLeases, 0..20);
-    assert!(why.contains("lease safety"), "{why}");
+    let (seed, why) = catch(Bug::FollowerExpiresLeases, 0..20, "lease safety");
     eprintln!("{}: seed {seed}: {why}", Bug::FollowerExpiresLeases.name());
+}
+
+#[test]
+fn catches_answering_a_proposal_before_it_is_applied() {
+    // A bug in the driver's glue, the code the server's node loop runs: a put answered when it is
+    // proposed may still be lost with its leader, or not yet visible to a read that follows it.
+    let (seed, why) = catch(Bug::AnswerBeforeApply, 0..20, "linearizability");
+    eprintln!("{}: seed {seed}: {why}", Bug::AnswerBeforeApply.name());
 }

@@ -3,9 +3,14 @@
 /// that proposed it has a waiter registered under `id`.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct InternalRequest {
-    /// Unique per proposing member; the high bits carry the member id.
+    /// Unique among the requests of the proposing member (`origin`): the boot
+    /// epoch of the member's process in the high bits, a counter below.
     #[prost(uint64, tag = "1")]
     pub id: u64,
+    /// The id of the member that proposed it. (origin, id) is the cluster-wide
+    /// key under which a request is applied at most once.
+    #[prost(uint64, tag = "2")]
+    pub origin: u64,
     #[prost(
         oneof = "internal_request::Request",
         tags = "3, 4, 5, 6, 7, 8, 9, 10, 11, 12"
@@ -75,6 +80,9 @@ pub struct MemberChange {
     pub id: u64,
     #[prost(message, optional, tag = "2")]
     pub member: ::core::option::Option<MemberRecord>,
+    /// The member that proposed the change (its waiter is there).
+    #[prost(uint64, tag = "3")]
+    pub origin: u64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RaftBatch {

@@ -1,0 +1,335 @@
+//! A running member: the handler-facing [`Member`], opened from the data directory
+//! ([`open`]), and the node-loop thread that runs its driver ([`node_loop`]).
+//!
+//! Handlers never touch the node. They send a [`Command`] over a bounded channel (full means
+//! "too many requests") and wait for the driver's answer to their request id; the node loop
+//! drains every pending command per turn, so concurrent writes share one fsync and concurrent
+//! linearizable reads share one ReadIndex round.
+
+mod node_loop;
+mod open;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::time::Duration;
+
+use prost::Message as _;
+use raft::eraftpb::Message;
+use synod_api::etcdserverpb::{AlarmType, ResponseHeader};
+use synod_api::synodpb::{InternalRequest, MemberRecord, internal_request::Request};
+use synod_core::apply::{Alarms, Response};
+use synod_core::backend::Backend;
+use synod_core::driver::{Answer, Input, RequestIds};
+use synod_core::lease::{LeaseInfo, Lessor};
+use synod_core::mvcc::kv_store::KvStore;
+use synod_core::node::NodeStatus;
+use synod_core::watch::WatchHub;
+use synod_core::{RequestError, StorageError};
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+use crate::error::ServerError;
+use crate::peer::Transport;
+
+pub use node_loop::NodeLoop;
+pub use open::{StartError, cluster_id, member_id};
+pub use synod_core::driver::MemberChangeKind;
+
+/// Commands queued for the node loop before it refuses more ("too many requests").
+const COMMAND_QUEUE_MAX: usize = 16 * 1024;
+/// Applied-behind-committed gap at which proposals are refused (etcd: 5000).
+const APPLY_LAG_MAX: u64 = 5_000;
+/// Version of the etcd API this member implements, reported by `Status` and `/version`.
+pub const ETCD_API_VERSION: &str = "3.6.0";
+/// Exit code of a member that was removed from its cluster.
+pub const REMOVED_EXIT_CODE: i32 = 0;
+/// Exit code of a member stopped by a storage failure (EX_SOFTWARE would hide the cause; 70 is
+/// what operators and the tests look for).
+pub const FAIL_STOP_EXIT_CODE: i32 = 70;
+
+/// Work for the node loop.
+pub enum Command {
+    /// A client's request for the driver, answered on `reply` under request id `id`.
+    Client {
+        id: u64,
+        input: Input,
+        reply: node_loop::Waiter,
+    },
+    /// Something for the driver from the peers or a background job (no answer).
+    Input(Input),
+    /// Make the state machine durable and copy it to a file; reply with the path.
+    Snapshot {
+        reply: oneshot::Sender<Result<PathBuf, String>>,
+    },
+    Defragment {
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// A peer says this member was removed from the cluster.
+    Removed,
+    Shutdown,
+}
+
+/// The handler-facing side of a running member.
+pub struct Member {
+    pub config: Config,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub status: Arc<NodeStatus>,
+    pub store: Arc<KvStore>,
+    pub lessor: Arc<Lessor>,
+    pub hub: Arc<WatchHub>,
+    pub alarms: Arc<Alarms>,
+    pub backend: Arc<Backend>,
+    commands: SyncSender<Command>,
+    ids: Arc<RequestIds>,
+    stopped: AtomicBool,
+    request_timeout: Duration,
+    transport: Arc<Transport>,
+}
+
+impl Member {
+    /// A new request id, unique among this member's requests across restarts (see
+    /// `synod_core::driver::RequestIds`).
+    pub fn next_id(&self) -> u64 {
+        self.ids.next()
+    }
+
+    /// A lease id for a grant that names none, chosen before proposing so every member applies
+    /// the same one.
+    pub fn new_lease_id(&self) -> i64 {
+        RequestIds::lease_id(self.member_id, self.next_id())
+    }
+
+    /// The response header for a reply at `revision`.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: self.status.term.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Fills the cluster fields of a header produced by the state machine.
+    pub fn fill(&self, header: &mut Option<ResponseHeader>) {
+        let revision = header.as_ref().map(|h| h.revision).unwrap_or(0);
+        *header = Some(self.header(revision));
+    }
+
+    fn send(&self, command: Command) -> Result<(), ServerError> {
+        if self.stopped.load(Ordering::Relaxed) {
+            return Err(ServerError::Stopped);
+        }
+        match self.commands.try_send(command) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(ServerError::TooManyRequests),
+            Err(TrySendError::Disconnected(_)) => Err(ServerError::Stopped),
+        }
+    }
+
+    /// Hands the driver a client request made with a fresh id and waits for its answer.
+    async fn call(&self, input: impl FnOnce(u64) -> Input) -> Result<Answer, ServerError> {
+        let id = self.next_id();
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Client {
+            id,
+            input: input(id),
+            reply,
+        })?;
+        match tokio::time::timeout(self.request_timeout, answer).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(ServerError::Stopped),
+            Err(_) => Err(ServerError::Timeout),
+        }
+    }
+
+    /// Proposes a request through Raft and waits until it is applied here.
+    pub async fn propose(&self, request: Request) -> Result<Response, ServerError> {
+        // Measured as etcd measures it, with a full-width request id (the origin is the driver's).
+        let mut request = InternalRequest {
+            id: u64::MAX,
+            origin: 0,
+            request: Some(request),
+        };
+        if request.encoded_len() > self.config.request_bytes_max {
+            return Err(ServerError::RequestTooLarge);
+        }
+        let answer = self
+            .call(|id| {
+                request.id = id;
+                Input::Propose { request }
+            })
+            .await?;
+        match answer {
+            Answer::Applied(response) => Ok(response),
+            other => Err(unexpected_answer(&other)),
+        }
+    }
+
+    /// Waits until this member has applied everything committed when the call began, as
+    /// confirmed by a Raft ReadIndex round (shared with every read of the same turn).
+    pub async fn read_barrier(&self) -> Result<(), ServerError> {
+        if self.transport.faults.unsafe_local_reads() {
+            return Ok(());
+        }
+        match self.call(|token| Input::Read { token }).await? {
+            Answer::ReadReady => Ok(()),
+            other => Err(unexpected_answer(&other)),
+        }
+    }
+
+    /// Renews a lease on this member, which must lead (confirmed through Raft); returns the TTL,
+    /// 0 for an unknown lease (as etcd answers), or `NotLeader` (the caller forwards it).
+    pub async fn renew_lease(&self, lease: i64) -> Result<i64, ServerError> {
+        if !self.status.is_leader.load(Ordering::Relaxed) {
+            return Err(ServerError::NotLeader);
+        }
+        match self
+            .call(|token| Input::RenewLease { token, lease })
+            .await?
+        {
+            Answer::Renewed { ttl } => Ok(ttl),
+            other => Err(unexpected_answer(&other)),
+        }
+    }
+
+    /// The leader's view of a lease, after a ReadIndex round confirms it leads; `NotLeader`
+    /// elsewhere (only the leader keeps deadlines).
+    pub async fn lease_time_to_live(&self, lease: i64) -> Result<Option<LeaseInfo>, ServerError> {
+        if !self.status.is_leader.load(Ordering::Relaxed) {
+            return Err(ServerError::NotLeader);
+        }
+        match self
+            .call(|token| Input::LeaseTimeToLive { token, lease })
+            .await?
+        {
+            Answer::TimeToLive(info) => Ok(info),
+            other => Err(unexpected_answer(&other)),
+        }
+    }
+
+    /// Proposes a membership change and waits until it is applied here. The driver refuses it
+    /// first if it would leave the cluster without a working quorum (etcd's strict reconfig
+    /// check) or, for a promotion, if the learner has not caught up.
+    pub async fn change_member(
+        &self,
+        change: MemberChangeKind,
+        member: MemberRecord,
+    ) -> Result<Response, ServerError> {
+        let answer = self
+            .call(|id| Input::ChangeMembership { id, change, member })
+            .await?;
+        match answer {
+            Answer::Applied(response) => Ok(response),
+            other => Err(unexpected_answer(&other)),
+        }
+    }
+
+    /// Asks the leader (this member) to hand leadership to `to`.
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), ServerError> {
+        match self
+            .call(|token| Input::TransferLeader { token, to })
+            .await?
+        {
+            Answer::Transferred => Ok(()),
+            other => Err(unexpected_answer(&other)),
+        }
+    }
+
+    /// Refuses every read and write while the CORRUPT alarm is raised: some member's data
+    /// disagrees with the others', and serving it could hand out wrong data (etcd does the same).
+    pub fn check_corrupt(&self) -> Result<(), ServerError> {
+        if self.alarms.is_raised(AlarmType::Corrupt) {
+            return Err(ServerError::Corrupt);
+        }
+        Ok(())
+    }
+
+    /// Refuses a write that would take the state machine over its quota, raising the NOSPACE
+    /// alarm the first time (etcd's quota check happens before the proposal, too).
+    pub async fn check_quota(&self, cost_bytes: usize) -> Result<(), ServerError> {
+        if self.alarms.is_raised(AlarmType::Nospace) {
+            return Err(RequestError::NoSpace.into());
+        }
+        if self.backend.size_bytes() + cost_bytes as u64 <= self.config.quota_backend_bytes {
+            return Ok(());
+        }
+        tracing::warn!(
+            size_bytes = self.backend.size_bytes(),
+            quota_bytes = self.config.quota_backend_bytes,
+            "state machine is over its quota; raising the NOSPACE alarm"
+        );
+        let alarm = synod_api::etcdserverpb::AlarmRequest {
+            action: synod_api::etcdserverpb::alarm_request::AlarmAction::Activate as i32,
+            member_id: self.member_id,
+            alarm: AlarmType::Nospace as i32,
+        };
+        self.propose(Request::Alarm(alarm)).await?;
+        Err(RequestError::NoSpace.into())
+    }
+
+    /// Hands a peer's Raft message to the node loop; dropped when the loop is saturated (Raft
+    /// treats it as lost and sends again).
+    pub fn step(&self, message: Message) {
+        let _ = self.commands.try_send(Command::Input(Input::Step(message)));
+    }
+
+    pub fn transport(&self) -> &Arc<Transport> {
+        &self.transport
+    }
+
+    /// Asks the node loop for a consistent copy of the state-machine file.
+    pub async fn snapshot_file(&self) -> Result<PathBuf, String> {
+        let (reply, receiver) = oneshot::channel();
+        self.send(Command::Snapshot { reply })
+            .map_err(|e| e.to_string())?;
+        receiver.await.map_err(|_| "server stopped".to_owned())?
+    }
+
+    /// Asks the node loop to rewrite the state-machine file compactly.
+    pub async fn defragment(&self) -> Result<(), String> {
+        let (reply, receiver) = oneshot::channel();
+        self.send(Command::Defragment { reply })
+            .map_err(|e| e.to_string())?;
+        receiver.await.map_err(|_| "server stopped".to_owned())?
+    }
+
+    /// Every member record, ordered by id.
+    pub fn members(&self) -> Result<Vec<MemberRecord>, StorageError> {
+        self.backend.members()
+    }
+
+    /// Stops the node loop; it makes the state machine durable before it exits.
+    pub fn shutdown(&self) {
+        if !self.stopped.swap(true, Ordering::Relaxed) {
+            // A blocking send: shutdown must not be lost behind a full queue.
+            let _ = self.commands.send(Command::Shutdown);
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+}
+
+/// The driver answered a request with an answer of another kind: a bug, reported as an internal
+/// failure rather than a panic in a handler.
+fn unexpected_answer(answer: &Answer) -> ServerError {
+    tracing::error!(
+        ?answer,
+        "the driver answered with an unexpected kind of answer"
+    );
+    ServerError::Internal
+}
+
+/// The state machine answered with a response of another kind than the request's (helper for
+/// handlers that unwrap a specific response).
+pub fn unexpected(response: &Response) -> ServerError {
+    tracing::error!(
+        ?response,
+        "state machine answered with an unexpected response kind"
+    );
+    ServerError::Internal
+}

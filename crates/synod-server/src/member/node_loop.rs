@@ -1,0 +1,288 @@
+//! The node loop: the thread that owns the member's [`Driver`] and does its I/O. Each turn it
+//! drains the commands that arrived (up to a bound), ticks when due, runs one driver turn (whose
+//! messages go to the peer transport), answers the waiters the driver names, and starts the
+//! snapshot jobs it asks for. Every decision is the driver's; this is the part the simulator
+//! replaces with its own host.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use raft::eraftpb::Snapshot;
+use synod_core::StorageError;
+use synod_core::driver::{Answer, Driver, Input, Output, SnapshotJob};
+use tokio::sync::oneshot;
+
+use super::{Command, FAIL_STOP_EXIT_CODE, REMOVED_EXIT_CODE};
+use crate::config::Config;
+use crate::error::ServerError;
+use crate::peer::Transport;
+
+/// Commands handled per turn, so ticks are not starved under load.
+const COMMANDS_PER_TURN_MAX: usize = 4 * 1024;
+/// Proposal bytes drained per turn. This bounds one Raft log write, and with it how much a torn
+/// last write can cut (see `synod_core::raft_log::TORN_TAIL_BYTES_MAX`).
+const PROPOSAL_BYTES_PER_TURN_MAX: usize = 8 << 20;
+/// How long a removed member keeps running before it stops (etcd: one second).
+const REMOVED_STOP_DELAY: Duration = Duration::from_secs(1);
+
+/// A handler waiting for the driver's answer.
+pub type Waiter = oneshot::Sender<Result<Answer, ServerError>>;
+
+/// The node loop, ready to run on its own thread.
+pub struct NodeLoop {
+    driver: Driver,
+    commands: Receiver<Command>,
+    /// Handlers waiting, by request id; the driver answers each id once (at the latest with a
+    /// timeout), so entries do not outlive their requests for long.
+    waiters: HashMap<u64, Waiter>,
+    tick: Duration,
+    data_dir: PathBuf,
+    snapshots_taken: u64,
+    transport: Arc<Transport>,
+    commands_back: SyncSender<Command>,
+}
+
+impl NodeLoop {
+    pub(super) fn new(
+        driver: Driver,
+        commands: Receiver<Command>,
+        commands_back: SyncSender<Command>,
+        transport: Arc<Transport>,
+        config: &Config,
+    ) -> NodeLoop {
+        NodeLoop {
+            driver,
+            commands,
+            waiters: HashMap::new(),
+            tick: Duration::from_millis(config.heartbeat_ms),
+            data_dir: config.data_dir.clone(),
+            snapshots_taken: 0,
+            transport,
+            commands_back,
+        }
+    }
+
+    /// Runs until shutdown, on the calling thread. A storage failure, or a panic in the log or
+    /// state-machine libraries (or a broken invariant of the driver), ends the whole process:
+    /// after a failed write or fsync nothing on disk can be trusted to be what was acknowledged,
+    /// and a member without its node loop must not keep answering.
+    pub fn run(self) {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_loop()));
+        if let Err(panic) = outcome {
+            let detail = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            fail_stop(&StorageError::Log(format!(
+                "the node loop panicked: {detail}"
+            )));
+        }
+    }
+
+    fn run_loop(mut self) {
+        let mut next_tick = Instant::now() + self.tick;
+        let mut removed_at: Option<Instant> = None;
+        loop {
+            let wait = if self.driver.has_ready() {
+                Duration::ZERO
+            } else {
+                next_tick.saturating_duration_since(Instant::now())
+            };
+            let first = match self.commands.recv_timeout(wait) {
+                Ok(command) => Some(command),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut out = Output::default();
+            let mut shutdown = false;
+            let mut removed = false;
+            let mut handled = 0;
+            let mut proposed_bytes = 0;
+            let mut next = first;
+            while let Some(command) = next {
+                match command {
+                    Command::Client { id, input, reply } => {
+                        if let Input::Propose { request } = &input {
+                            proposed_bytes += request.encoded_len();
+                        }
+                        self.waiters.insert(id, reply);
+                        self.driver.handle(input, &mut out);
+                    }
+                    Command::Input(input) => self.driver.handle(input, &mut out),
+                    Command::Snapshot { reply } => {
+                        let _ = reply.send(self.copy_state_machine());
+                    }
+                    Command::Defragment { reply } => {
+                        let _ = reply.send(self.defragment());
+                    }
+                    Command::Removed => removed = true,
+                    Command::Shutdown => shutdown = true,
+                }
+                handled += 1;
+                let room =
+                    handled < COMMANDS_PER_TURN_MAX && proposed_bytes < PROPOSAL_BYTES_PER_TURN_MAX;
+                next = if room {
+                    self.commands.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.driver.handle(Input::Tick, &mut out);
+                next_tick += self.tick;
+                if next_tick < now {
+                    // The loop fell behind (a long fsync or a paused process): do not replay
+                    // the missed ticks in a burst.
+                    next_tick = now + self.tick;
+                }
+            }
+            let mut unreachable = Vec::new();
+            let transport = &self.transport;
+            let mut send = |messages| unreachable.extend(transport.send(messages));
+            if let Err(error) = self.driver.advance(&mut out, &mut send) {
+                fail_stop(&error);
+            }
+            for peer in unreachable {
+                self.driver.handle(Input::Unreachable(peer), &mut out);
+            }
+            if (out.removed || removed) && removed_at.is_none() {
+                // Stop after a moment, as etcd does: the reply to the request that removed this
+                // member (it may be the leader) and the commit to the others still go out.
+                tracing::error!(
+                    "this member has been permanently removed from the cluster; stopping"
+                );
+                removed_at = Some(Instant::now());
+            }
+            self.dispatch(out);
+            if removed_at.is_some_and(|at| at.elapsed() >= REMOVED_STOP_DELAY) {
+                if let Err(error) = self.driver.node_mut().sync() {
+                    fail_stop(&error);
+                }
+                eprintln!("synod: the member has been permanently removed from the cluster");
+                std::process::exit(REMOVED_EXIT_CODE);
+            }
+            if shutdown {
+                break;
+            }
+        }
+        if let Err(error) = self.driver.node_mut().sync() {
+            fail_stop(&error);
+        }
+        tracing::info!("node loop stopped; state machine is durable");
+    }
+
+    /// Carries out a turn's output: answers, peer links, snapshot files.
+    fn dispatch(&mut self, out: Output) {
+        if out.members_changed {
+            // Links follow the member list: a removed member's link closes, a changed URL
+            // reconnects.
+            self.transport.refresh();
+        }
+        for reply in out.replies {
+            if let Some(waiter) = self.waiters.remove(&reply.id) {
+                // The handler may have timed out and gone; nothing to do then.
+                let _ = waiter.send(reply.outcome.map_err(ServerError::from));
+            }
+        }
+        if let Some(file) = out.obsolete_snapshot {
+            let _ = std::fs::remove_file(file);
+        }
+        if let Some(job) = out.snapshot_job {
+            self.write_snapshot(job);
+        }
+    }
+
+    /// Writes a follower snapshot from a consistent view on a thread of its own, so the node
+    /// keeps ticking and applying meanwhile; the result comes back as a command.
+    fn write_snapshot(&mut self, job: SnapshotJob) {
+        // A name never used before: an older snapshot may still be streaming to a follower.
+        self.snapshots_taken += 1;
+        let path = self.data_dir.join("member/snap").join(format!(
+            "{:016x}-{:016x}-{}.snap.db",
+            job.metadata.term, job.metadata.index, self.snapshots_taken
+        ));
+        let commands = self.commands_back.clone();
+        let spawned = std::thread::Builder::new()
+            .name("synod-snapshot".to_owned())
+            .spawn(move || {
+                let started = Instant::now();
+                let outcome = synod_core::backend::export(&job.view, &path);
+                drop(job.view);
+                let snapshot = match outcome {
+                    Ok(()) => {
+                        tracing::info!(
+                            index = job.metadata.index,
+                            file = %path.display(),
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "snapshot written"
+                        );
+                        let mut snapshot = Snapshot::default();
+                        snapshot.set_metadata(job.metadata);
+                        snapshot.data = path.display().to_string().into_bytes().into();
+                        Some(snapshot)
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "writing a snapshot failed");
+                        None
+                    }
+                };
+                // A blocking send: the node loop must learn that the job ended.
+                let _ = commands.send(Command::Input(Input::SnapshotReady(snapshot)));
+            });
+        if spawned.is_err() {
+            tracing::error!("cannot start the snapshot thread");
+            let _ = self
+                .commands_back
+                .try_send(Command::Input(Input::SnapshotReady(None)));
+        }
+    }
+
+    fn copy_state_machine(&mut self) -> Result<PathBuf, String> {
+        self.driver.node_mut().sync().map_err(|e| e.to_string())?;
+        let source = self.driver.node().machine().backend().path().to_path_buf();
+        // A name of its own per request: a second snapshot must not rewrite a file still being
+        // streamed to the first client.
+        self.snapshots_taken += 1;
+        let target = self.data_dir.join("member/snap").join(format!(
+            "db-{}-{}.snapshot",
+            std::process::id(),
+            self.snapshots_taken
+        ));
+        copy_file(&source, &target).map_err(|e| format!("copying {}: {e}", source.display()))?;
+        Ok(target)
+    }
+
+    fn defragment(&mut self) -> Result<(), String> {
+        self.driver.node_mut().sync().map_err(|e| e.to_string())?;
+        let backend = self.driver.node().machine().backend().clone();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match backend.defragment() {
+                Ok(()) => return Ok(()),
+                // Readers hold read transactions only briefly; try again until they are gone.
+                Err(error) if Instant::now() < deadline => {
+                    tracing::debug!(%error, "defragment waiting for readers");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+    }
+}
+
+fn copy_file(source: &Path, target: &Path) -> std::io::Result<()> {
+    std::fs::copy(source, target)?;
+    std::fs::File::open(target)?.sync_all()
+}
+
+pub(super) fn fail_stop(error: &StorageError) -> ! {
+    tracing::error!(%error, "storage failure: stopping the member so that nothing unsafe is served");
+    eprintln!("synod: fatal storage failure: {error}");
+    std::process::exit(FAIL_STOP_EXIT_CODE);
+}
