@@ -48,13 +48,28 @@ fn codegen(check: bool) -> Result<()> {
     let descriptors = protox::compile(PROTOS, [&include]).context("compiling protos")?;
     let encoded = prost::Message::encode_to_vec(&descriptors);
 
+    // etcd's services answer oversize and undecodable messages as grpc-go does (see
+    // `synod_api::codec`); the peer service between members keeps prost's codec and its own
+    // limit. Both passes generate every package; the peer pass's `synodpb.rs` is the one kept.
+    let peer_scratch = scratch.join("peer");
+    std::fs::create_dir_all(&peer_scratch)?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
         .build_transport(false)
+        .out_dir(&peer_scratch)
+        .compile_fds(descriptors.clone())
+        .context("generating prost and tonic code (peer)")?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .build_transport(false)
+        .codec_path("crate::codec::EtcdCodec")
         .out_dir(&scratch)
         .compile_fds(descriptors)
         .context("generating prost and tonic code")?;
+    std::fs::rename(peer_scratch.join("synodpb.rs"), scratch.join("synodpb.rs"))?;
+    std::fs::remove_dir_all(&peer_scratch)?;
     pbjson_build::Builder::new()
         .register_descriptors(&encoded)?
         .preserve_proto_field_names()

@@ -11,6 +11,8 @@
 
 #![allow(clippy::all, clippy::unwrap_used, missing_docs)]
 
+pub mod codec;
+
 pub mod mvccpb {
     include!("gen/mvccpb.rs");
     include!("gen/mvccpb.serde.rs");

@@ -65,6 +65,10 @@ pub struct ServerArgs {
     /// Most operations in one txn.
     #[arg(long, env = "SYNOD_MAX_TXN_OPS")]
     pub max_txn_ops: Option<u64>,
+    /// Most concurrent HTTP/2 streams (gRPC calls, watches) on one client connection (etcd's
+    /// default: 4294967295).
+    #[arg(long, env = "SYNOD_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
     /// `periodic` (retention is a duration such as `1h` or `30m`) or `revision` (retention is a
     /// number of revisions to keep).
     #[arg(long, env = "SYNOD_AUTO_COMPACTION_MODE")]
@@ -107,6 +111,7 @@ impl ServerArgs {
             quota_backend_bytes: self.quota_backend_bytes.or(other.quota_backend_bytes),
             max_request_bytes: self.max_request_bytes.or(other.max_request_bytes),
             max_txn_ops: self.max_txn_ops.or(other.max_txn_ops),
+            max_concurrent_streams: self.max_concurrent_streams.or(other.max_concurrent_streams),
             auto_compaction_mode: self.auto_compaction_mode.or(other.auto_compaction_mode),
             auto_compaction_retention: self
                 .auto_compaction_retention
@@ -153,6 +158,7 @@ pub struct Config {
     pub quota_backend_bytes: u64,
     pub request_bytes_max: usize,
     pub txn_ops_max: usize,
+    pub concurrent_streams_max: u32,
     pub auto_compaction: AutoCompaction,
     pub watch_progress_notify_interval: Duration,
     /// Interval of the leader's cross-member HashKV check; `None` when off.
@@ -341,6 +347,7 @@ impl Config {
             quota_backend_bytes: quota,
             request_bytes_max: args.max_request_bytes.unwrap_or(1_572_864) as usize,
             txn_ops_max: args.max_txn_ops.unwrap_or(128) as usize,
+            concurrent_streams_max: args.max_concurrent_streams.unwrap_or(u32::MAX).max(1),
             auto_compaction,
             watch_progress_notify_interval: progress.max(Duration::from_millis(100)),
             corrupt_check_interval: (!corrupt_check.is_zero())

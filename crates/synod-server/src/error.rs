@@ -32,6 +32,9 @@ pub enum ServerError {
     /// A bug: an answer of the wrong kind (logged where it was found).
     #[error("internal error")]
     Internal,
+    /// A message over the transport's limit, refused as grpc-go refuses it.
+    #[error("message larger than {limit} bytes")]
+    MessageTooLarge { limit: usize },
 }
 
 impl From<DriverError> for ServerError {
@@ -107,6 +110,7 @@ impl ServerError {
             // client should try another member.
             ServerError::Storage => errors::STORAGE_FAILURE,
             ServerError::Internal => errors::INTERNAL,
+            ServerError::MessageTooLarge { .. } => errors::REQUEST_TOO_LARGE,
             ServerError::NotLeader => errors::NOT_LEADER,
             ServerError::Corrupt => errors::CORRUPT,
             ServerError::BadLeaderTransferee => errors::BAD_LEADER_TRANSFEREE,
@@ -116,6 +120,12 @@ impl ServerError {
 
 impl From<ServerError> for tonic::Status {
     fn from(error: ServerError) -> tonic::Status {
-        error.wire().status()
+        match error {
+            // grpc-go's own refusal (etcd answers it from its gRPC layer, not its catalogue).
+            ServerError::MessageTooLarge { limit } => tonic::Status::resource_exhausted(format!(
+                "grpc: received message larger than max (more than {limit} bytes)"
+            )),
+            other => other.wire().status(),
+        }
     }
 }

@@ -68,9 +68,29 @@ fn http_status(code: tonic::Code) -> StatusCode {
     }
 }
 
-/// A `google.rpc.Status` body.
+/// An error body for every gateway generation at once: etcd 3.6's `google.rpc.Status`
+/// (`code`, `message`, `details`) and etcd 3.4/3.5's `error` beside them, which deployed clients
+/// read (Patroni recognises a lost lease by `error` holding "requested lease not found").
 fn status_json(status: &Status) -> serde_json::Value {
-    serde_json::json!({ "code": status.code() as i32, "message": status.message(), "details": [] })
+    serde_json::json!({
+        "error": status.message(),
+        "code": status.code() as i32,
+        "message": status.message(),
+        "details": [],
+    })
+}
+
+/// An error ending a stream: etcd 3.4/3.5 put `grpc_code`, `http_code` and `http_status` there.
+fn stream_error_json(status: &Status) -> serde_json::Value {
+    let http = http_status(status.code());
+    serde_json::json!({
+        "grpc_code": status.code() as i32,
+        "http_code": http.as_u16(),
+        "http_status": http.canonical_reason().unwrap_or(""),
+        "code": status.code() as i32,
+        "message": status.message(),
+        "details": [],
+    })
 }
 
 fn error_response(status: &Status) -> Response {
@@ -81,6 +101,53 @@ fn error_response(status: &Status) -> Response {
     )
         .into_response()
 }
+
+/// A request body read up to the gateway's limit; a larger one is refused as the gRPC server
+/// refuses an oversize message (etcd's gateway forwards the body to its own gRPC server).
+pub struct JsonBody(Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonBody {
+    type Rejection = Response;
+
+    async fn from_request(request: axum::extract::Request, _state: &S) -> Result<Self, Response> {
+        let limit = request
+            .extensions()
+            .get::<BodyLimit>()
+            .map_or(DEFAULT_BODY_BYTES_MAX, |limit| limit.0);
+        let mut body = request.into_body().into_data_stream();
+        let mut bytes = Vec::new();
+        let mut seen = 0usize;
+        while let Some(chunk) = body.next().await {
+            let Ok(chunk) = chunk else {
+                return Err(error_response(&Status::invalid_argument(
+                    "reading the request body failed",
+                )));
+            };
+            seen += chunk.len();
+            if seen <= limit {
+                bytes.extend_from_slice(&chunk);
+            } else if seen > limit.saturating_mul(8) {
+                // Past any honest client: stop reading (the connection is closed).
+                break;
+            }
+            // Between the two, the rest is read and dropped, so the client gets the answer
+            // rather than a reset connection.
+        }
+        if seen > limit {
+            return Err(error_response(
+                &crate::error::ServerError::MessageTooLarge { limit }.into(),
+            ));
+        }
+        Ok(JsonBody(Bytes::from(bytes)))
+    }
+}
+
+/// The largest JSON body the gateway reads, set per router from `--max-request-bytes`.
+#[derive(Debug, Clone, Copy)]
+struct BodyLimit(usize);
+
+/// Without a configured limit (tests of the router alone).
+const DEFAULT_BODY_BYTES_MAX: usize = 2 << 20;
 
 fn json_response<T: Serialize>(value: &T) -> Response {
     match serde_json::to_vec(value) {
@@ -132,7 +199,7 @@ where
     let lines = responses.map(|item| {
         let line = match item {
             Ok(message) => serde_json::json!({ "result": message }),
-            Err(status) => serde_json::json!({ "error": status_json(&status) }),
+            Err(status) => serde_json::json!({ "error": stream_error_json(&status) }),
         };
         let mut bytes = line.to_string().into_bytes();
         bytes.push(b'\n');
@@ -148,7 +215,7 @@ where
 macro_rules! unary_route {
     ($service:ident . $method:ident) => {
         post(
-            |State(gateway): State<Arc<Gateway>>, body: Bytes| async move {
+            |State(gateway): State<Arc<Gateway>>, JsonBody(body): JsonBody| async move {
                 unary(body, |request| async move {
                     gateway.$service.$method(request).await
                 })
@@ -158,7 +225,7 @@ macro_rules! unary_route {
     };
 }
 
-async fn watch(State(gateway): State<Arc<Gateway>>, body: Bytes) -> Response {
+async fn watch(State(gateway): State<Arc<Gateway>>, JsonBody(body): JsonBody) -> Response {
     match decode_all::<WatchRequest>(&body) {
         Ok(requests) => stream_response(
             gateway
@@ -169,7 +236,7 @@ async fn watch(State(gateway): State<Arc<Gateway>>, body: Bytes) -> Response {
     }
 }
 
-async fn keep_alive(State(gateway): State<Arc<Gateway>>, body: Bytes) -> Response {
+async fn keep_alive(State(gateway): State<Arc<Gateway>>, JsonBody(body): JsonBody) -> Response {
     match decode_all::<LeaseKeepAliveRequest>(&body) {
         Ok(requests) => stream_response(
             gateway
@@ -191,7 +258,7 @@ async fn snapshot(State(gateway): State<Arc<Gateway>>) -> Response {
     }
 }
 
-async fn observe(State(gateway): State<Arc<Gateway>>, body: Bytes) -> Response {
+async fn observe(State(gateway): State<Arc<Gateway>>, JsonBody(body): JsonBody) -> Response {
     let request = match decode::<LeaderRequest>(&body) {
         Ok(request) => request,
         Err(status) => return error_response(&status),
@@ -261,12 +328,15 @@ fn api() -> Router<Arc<Gateway>> {
         .route("/election/resign", unary_route!(election.resign))
 }
 
-/// The gateway's routes under `/v3` and `/v3beta`.
-pub fn router(gateway: Arc<Gateway>) -> Router {
+/// The gateway's routes under `/v3` and `/v3beta`. Bodies may be `body_bytes_max` long (the
+/// JSON of the largest message the gRPC server takes: base64 makes bytes a third longer).
+pub fn router(gateway: Arc<Gateway>, body_bytes_max: usize) -> Router {
     Router::new()
         .nest("/v3", api())
         .nest("/v3beta", api())
         .with_state(gateway)
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::Extension(BodyLimit(body_bytes_max)))
 }
 
 #[cfg(test)]

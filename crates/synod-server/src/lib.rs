@@ -25,6 +25,7 @@ pub mod maintenance;
 pub mod member;
 pub mod peer;
 pub mod recipes;
+pub mod serve;
 pub mod validate;
 pub mod watch;
 
@@ -32,7 +33,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use synod_api::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
@@ -51,6 +51,10 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// Builds the router that serves gRPC, the JSON gateway and HTTP on a client URL.
 pub fn client_router(member: Arc<Member>) -> axum::Router {
     let decode_max = member.config.request_bytes_max + GRPC_OVERHEAD_BYTES;
+    // The codec refuses a message over `decode_max` as grpc-go does (RESOURCE_EXHAUSTED);
+    // tonic's own limit, above it, bounds what is buffered before the codec sees it.
+    synod_api::codec::set_message_limit(decode_max);
+    let buffer_max = 4 * decode_max;
     let services = Arc::new(gateway::Gateway {
         kv: Arc::new(kv::KvService::new(member.clone())),
         watch: Arc::new(watch::WatchService::new(member.clone())),
@@ -61,27 +65,89 @@ pub fn client_router(member: Arc<Member>) -> axum::Router {
         election: Arc::new(recipes::ElectionService::new(member.clone())),
     });
     let routes = tonic::service::Routes::new(
-        KvServer::from_arc(services.kv.clone()).max_decoding_message_size(decode_max),
+        KvServer::from_arc(services.kv.clone()).max_decoding_message_size(buffer_max),
     )
     .add_service(
-        WatchServer::from_arc(services.watch.clone()).max_decoding_message_size(decode_max),
+        WatchServer::from_arc(services.watch.clone()).max_decoding_message_size(buffer_max),
     )
     .add_service(
-        LeaseServer::from_arc(services.lease.clone()).max_decoding_message_size(decode_max),
+        LeaseServer::from_arc(services.lease.clone()).max_decoding_message_size(buffer_max),
     )
-    .add_service(MaintenanceServer::from_arc(services.maintenance.clone()))
-    .add_service(ClusterServer::from_arc(services.cluster.clone()))
-    .add_service(LockServer::from_arc(services.lock.clone()))
-    .add_service(ElectionServer::from_arc(services.election.clone()));
+    .add_service(
+        MaintenanceServer::from_arc(services.maintenance.clone())
+            .max_decoding_message_size(buffer_max),
+    )
+    .add_service(
+        ClusterServer::from_arc(services.cluster.clone()).max_decoding_message_size(buffer_max),
+    )
+    .add_service(LockServer::from_arc(services.lock.clone()).max_decoding_message_size(buffer_max))
+    .add_service(
+        ElectionServer::from_arc(services.election.clone()).max_decoding_message_size(buffer_max),
+    );
     let router = routes
         .into_axum_router()
-        .merge(gateway::router(services))
+        .merge(gateway::router(services, decode_max * 4 / 3 + 64 * 1024))
         .merge(http::router(member.clone()));
     #[cfg(feature = "fault-injection")]
     let router = router.merge(faults::router(member));
     #[cfg(not(feature = "fault-injection"))]
     let _ = member;
+    http_edges(router)
+}
+
+/// What etcd's mux does at the edges: gRPC only over HTTP/2 (an HTTP/1.1 request to a gRPC path is
+/// an unknown page, not a call), and Go's plain 404 for every unknown path, where tonic would
+/// answer any path with a gRPC "unimplemented".
+fn http_edges(router: axum::Router) -> axum::Router {
+    async fn not_found_or_unimplemented(
+        request: axum::extract::Request,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        if is_grpc(&request) {
+            return tonic::Status::unimplemented("").into_http();
+        }
+        (
+            axum::http::StatusCode::NOT_FOUND,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            )],
+            "404 page not found\n",
+        )
+            .into_response()
+    }
+    async fn grpc_needs_http2(
+        request: axum::extract::Request,
+        next: axum::middleware::Next,
+    ) -> axum::response::Response {
+        let grpc_path = GRPC_SERVICE_PREFIXES
+            .iter()
+            .any(|prefix| request.uri().path().starts_with(prefix));
+        if grpc_path && request.version() != axum::http::Version::HTTP_2 {
+            return not_found_or_unimplemented(request).await;
+        }
+        next.run(request).await
+    }
     router
+        .fallback(not_found_or_unimplemented)
+        .layer(axum::middleware::from_fn(grpc_needs_http2))
+}
+
+/// Paths of the gRPC services Synod serves.
+const GRPC_SERVICE_PREFIXES: &[&str] = &[
+    "/etcdserverpb.",
+    "/v3lockpb.",
+    "/v3electionpb.",
+    "/synodpb.",
+];
+
+fn is_grpc(request: &axum::extract::Request) -> bool {
+    request.version() == axum::http::Version::HTTP_2
+        && request
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.starts_with("application/grpc"))
 }
 
 /// Runs a member until `shutdown` resolves, then stops it gracefully: the listeners close, the
@@ -90,6 +156,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let budget = serve::ConnectionBudget::for_descriptor_limit(serve::raise_descriptor_limit());
     let mut client_listeners = Vec::new();
     for url in &config.listen_client_urls {
         let address = config::socket_address(url)?;
@@ -128,18 +195,15 @@ pub async fn run(
         )
         .into_axum_router()
         .merge(http::router(member.clone()));
-        let mut stop = stop_receiver.clone();
+        let router = http_edges(router);
         tracing::info!(address = %listener.local_addr()?, "listening for peers");
-        let listener = listener.tap_io(|stream| {
-            let _ = stream.set_nodelay(true);
-        });
-        servers.push(tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|stopped| *stopped).await;
-                })
-                .await
-        }));
+        servers.push(tokio::spawn(serve::serve(
+            listener,
+            router,
+            config.concurrent_streams_max,
+            budget.clone(),
+            stop_receiver.clone(),
+        )));
     }
     // Peers are served first: they need this member to catch up, and it must not serve clients
     // before it has compared its data with theirs.
@@ -151,22 +215,14 @@ pub async fn run(
     }
     for listener in client_listeners {
         let router = client_router(member.clone());
-        let mut stop = stop_receiver.clone();
         tracing::info!(address = %listener.local_addr()?, "serving clients (gRPC and HTTP)");
-        // Without TCP_NODELAY, a small unary response that follows a watch event on the same
-        // connection waits for the client's delayed ACK (about 40 ms on Linux).
-        let listener = listener.tap_io(|stream| {
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::warn!(%error, "cannot set TCP_NODELAY on a client connection");
-            }
-        });
-        servers.push(tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|stopped| *stopped).await;
-                })
-                .await
-        }));
+        servers.push(tokio::spawn(serve::serve(
+            listener,
+            router,
+            config.concurrent_streams_max,
+            budget.clone(),
+            stop_receiver.clone(),
+        )));
     }
     tracing::info!(name = %config.name, data_dir = %config.data_dir.display(), "ready to serve");
     shutdown.await;

@@ -42,8 +42,37 @@ fn json_gateway_serves_kv_leases_and_errors() {
     assert_eq!(code, 400);
     assert_eq!(
         error,
-        serde_json::json!({"code": 3, "message": "etcdserver: key is not provided", "details": []})
+        serde_json::json!({
+            "error": "etcdserver: key is not provided",
+            "code": 3,
+            "message": "etcdserver: key is not provided",
+            "details": []
+        }),
+        "etcd 3.4/3.5's `error` beside 3.6's google.rpc.Status"
     );
+    // Patroni's case: a put with a lease that is gone. Patroni reads `error` to recognise a lost
+    // lease and takes its leader key again; without it, it demotes its primary.
+    let (code, lease) = post(&member, "/v3/lease/grant", r#"{"TTL":"30"}"#);
+    assert_eq!(code, 200);
+    let lease_id = lease["ID"].as_str().expect("lease id").to_owned();
+    let (code, _) = post(
+        &member,
+        "/v3/lease/revoke",
+        &format!(r#"{{"ID":"{lease_id}"}}"#),
+    );
+    assert_eq!(code, 200);
+    let (code, error) = post(
+        &member,
+        "/v3/kv/put",
+        &format!(r#"{{"key":"bGVhZGVy","value":"bWU=","lease":"{lease_id}"}}"#),
+    );
+    assert_eq!(code, 404);
+    assert_eq!(error["error"], "etcdserver: requested lease not found");
+    assert_eq!(error["code"], 5);
+    // A body past what the gRPC server would take is refused in JSON, as a gRPC refusal.
+    let huge = format!(r#"{{"key":"Zm9v","value":"{}"}}"#, "A".repeat(3 << 20));
+    let (code, error) = post(&member, "/v3/kv/put", &huge);
+    assert_eq!((code, error["code"].as_i64()), (429, Some(8)), "{error}");
     let (code, error) = post(&member, "/v3/kv/range", r#"{"key":"Zm9v","revision":"99"}"#);
     assert_eq!(
         (code, error["message"].as_str()),

@@ -213,6 +213,30 @@ async fn kv_errors_match_etcd() {
         Code::InvalidArgument,
         "etcdserver: request is too large",
     );
+    // Past the gRPC receive limit (the request limit + 512 KiB) grpc-go itself refuses.
+    match client.put("k", vec![b'x'; 600 * 1024], None).await {
+        Err(etcd_client::Error::GRpcStatus(status)) => {
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+            assert!(
+                status
+                    .message()
+                    .starts_with("grpc: received message larger than max"),
+                "{status:?}"
+            );
+        }
+        other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
+    }
+    // A txn nested past the protobuf decoder's depth is a bad argument, not an internal error.
+    let mut deep = Txn::new().and_then([TxnOp::get("k", None)]);
+    for _ in 0..1000 {
+        deep = Txn::new().and_then([TxnOp::txn(deep)]);
+    }
+    match client.txn(deep).await {
+        Err(etcd_client::Error::GRpcStatus(status)) => {
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}")
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
     client.put("k", "v1", None).await.expect("put");
     client.put("k", "v2", None).await.expect("put");
     assert_etcd_error(

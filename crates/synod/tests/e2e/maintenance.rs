@@ -134,6 +134,24 @@ async fn http_endpoints_share_the_client_port() {
         http_get(member.peer_port, "/version").expect("peer port").0,
         200
     );
+    // Unknown pages are Go's plain 404, as on etcd, not a gRPC answer.
+    for path in ["/metrics", "/v2/keys", "/x"] {
+        let (code, body) = http_get(member.client_port, path).expect("unknown path");
+        assert_eq!(
+            (code, body.as_str()),
+            (404, "404 page not found\n"),
+            "{path}"
+        );
+    }
+    // gRPC is HTTP/2 only: an HTTP/1.1 POST to a gRPC path is not executed.
+    let (code, _) = crate::harness::http_request(
+        member.client_port,
+        "POST",
+        "/etcdserverpb.KV/Put",
+        Some("\0\0\0\0\x05\x0a\x01k\x12\x00"),
+    )
+    .expect("http/1.1 post");
+    assert_eq!(code, 404);
 }
 
 /// Goal: past the quota the member raises NOSPACE: writes are refused with etcd's error, reads

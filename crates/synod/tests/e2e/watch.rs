@@ -418,3 +418,29 @@ async fn a_reused_watch_id_never_gets_the_canceled_watchers_events() {
         }
     }
 }
+
+/// Goal: one connection carries many more streams than hyper's default of 200 (etcd allows
+/// 2^32 - 1), as kube-apiserver multiplexes its watches: 300 watch streams on one client all
+/// open and see a write, and a unary call on the same connection is answered meanwhile.
+#[tokio::test]
+async fn one_connection_carries_hundreds_of_watch_streams() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    let mut client = member.etcd_client().await;
+    let mut streams = Vec::new();
+    for _ in 0..300 {
+        let stream = tokio::time::timeout(WAIT, client.watch("many", None))
+            .await
+            .expect("a watch stream opens in time")
+            .expect("watch");
+        streams.push(stream);
+    }
+    tokio::time::timeout(WAIT, client.put("many", "v", None))
+        .await
+        .expect("a unary call beside 300 streams is answered")
+        .expect("put");
+    for stream in &mut streams {
+        let events = collect(stream, 1).await;
+        assert_eq!(events[0].1, "many");
+    }
+}

@@ -1,0 +1,156 @@
+//! The HTTP server under the client and peer ports: hyper's, set up as etcd's Go server is.
+//!
+//! - HTTP/2 allows `--max-concurrent-streams` streams per connection (etcd's default is
+//!   2^32 - 1): kube-apiserver multiplexes hundreds of watches over one connection, and at
+//!   hyper's default of 200 the 201st stream, and every unary call behind it, waits.
+//! - The process starts with its soft descriptor limit raised to the hard one (Go's runtime does
+//!   the same for etcd), and connections are capped below it, keeping a reserve of descriptors
+//!   for the Raft log and the state machine: a flood of idle clients is refused at the door
+//!   instead of making a log file fail to open, which would stop the member as a storage failure.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Descriptors kept free of client connections: log and state-machine files, snapshot files,
+/// peer connections.
+const DESCRIPTOR_RESERVE: u64 = 128;
+/// Connections allowed when the descriptor limit is unknown or unlimited.
+const CONNECTIONS_DEFAULT_MAX: usize = 64 * 1024;
+
+/// Raises the soft limit on open descriptors to the hard limit; returns the limit in force.
+pub fn raise_descriptor_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum)
+        && current < maximum
+    {
+        let raised = Rlimit {
+            current: Some(maximum),
+            maximum: Some(maximum),
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => {
+                tracing::debug!(from = current, to = maximum, "raised the descriptor limit");
+                return Some(maximum);
+            }
+            Err(error) => {
+                tracing::warn!(%error, current, maximum, "cannot raise the descriptor limit");
+            }
+        }
+    }
+    getrlimit(Resource::Nofile).current
+}
+
+/// How many connections all listeners of the process may hold at once.
+#[derive(Debug, Clone)]
+pub struct ConnectionBudget {
+    open: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl ConnectionBudget {
+    /// A budget below the descriptor limit `limit` (`None`: unlimited or unknown).
+    pub fn for_descriptor_limit(limit: Option<u64>) -> ConnectionBudget {
+        let max = match limit {
+            Some(limit) if limit < u64::MAX / 2 => {
+                (limit.saturating_sub(DESCRIPTOR_RESERVE) as usize).max(16)
+            }
+            _ => CONNECTIONS_DEFAULT_MAX,
+        };
+        ConnectionBudget {
+            open: Arc::new(AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    fn try_take(&self) -> Option<ConnectionSlot> {
+        let taken = self.open.fetch_add(1, Ordering::Relaxed);
+        if taken >= self.max {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(ConnectionSlot(self.open.clone()))
+    }
+}
+
+/// One open connection; gives its place back when dropped.
+struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves `router` on `listener` until `stop` turns true, then lets open connections finish
+/// their requests (streams such as watches are cut when the process exits).
+pub async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    max_concurrent_streams: u32,
+    budget: ConnectionBudget,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .max_concurrent_streams(max_concurrent_streams);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut refused_since_log = 0u64;
+    let mut last_refusal_log: Option<Instant> = None;
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stopped| *stopped) => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of descriptors (or another transient failure): wait, do not spin or stop.
+                tracing::warn!(%error, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(slot) = budget.try_take() else {
+            refused_since_log += 1;
+            if last_refusal_log.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                tracing::warn!(
+                    open = budget.max,
+                    refused = refused_since_log,
+                    "refusing client connections: the connection limit (the descriptor limit \
+                     less a reserve for storage) is reached"
+                );
+                refused_since_log = 0;
+                last_refusal_log = Some(Instant::now());
+            }
+            drop(stream);
+            continue;
+        };
+        if let Err(error) = stream.set_nodelay(true) {
+            // Without it a small response after a watch event waits for a delayed ACK.
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let service = TowerToHyperService::new(router.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    // Requests in flight finish; long streams are cut at exit.
+    let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
+}
