@@ -67,11 +67,17 @@ impl<F: FileSystem> RaftLog<F> {
     /// fails with a message naming the file, so nothing acknowledged is silently dropped.
     pub fn open_with(dir: &Path, fs: Arc<F>) -> Result<RaftLog<F>, StorageError> {
         let strict = engine_config(dir, RecoveryMode::AbsoluteConsistency);
-        let engine = match Engine::open_with_file_system(strict, fs.clone()) {
-            Ok(engine) => engine,
-            Err(raft_engine::Error::Io(error)) => return Err(StorageError::open(dir, error)),
-            Err(corruption) => recover_torn_tail(dir, &fs, &corruption.to_string())?,
+        // raft-engine logs what the strict open finds as an error, and the tolerant open's cut
+        // as another; both are expected after a crash, and this function reports the outcome
+        // once, at its true level.
+        RECOVERING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let opened = match Engine::open_with_file_system(strict, fs.clone()) {
+            Ok(engine) => Ok(engine),
+            Err(raft_engine::Error::Io(error)) => Err(StorageError::open(dir, error)),
+            Err(corruption) => recover_torn_tail(dir, &fs, &corruption.to_string()),
         };
+        RECOVERING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let engine = opened?;
         let hard_state: HardState = read_message(&engine, KEY_HARD_STATE)?;
         let conf_state: ConfState = read_message(&engine, KEY_CONF_STATE)?;
         let snapshot: SnapshotMetadata = read_message(&engine, KEY_SNAPSHOT)?;
@@ -374,6 +380,16 @@ fn file_len<F: FileSystem>(fs: &Arc<F>, path: &Path) -> Result<u64, StorageError
         .and_then(|handle| handle.file_size())
         .map(|size| size as u64)
         .map_err(|e| StorageError::open(path, e))
+}
+
+/// Opens of the log in progress (see [`opening`]).
+static RECOVERING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Whether a log is being opened and checked right now: raft-engine's own error and warning
+/// records then describe what [`RaftLog::open_with`] is about to judge and report itself, and a
+/// logger may demote them.
+pub fn opening() -> bool {
+    RECOVERING.load(std::sync::atomic::Ordering::Relaxed) > 0
 }
 
 fn recover_torn_tail<F: FileSystem>(

@@ -21,6 +21,7 @@ pub mod gateway;
 pub mod http;
 pub mod kv;
 pub mod lease;
+pub mod log_bridge;
 pub mod maintenance;
 pub mod member;
 pub mod peer;

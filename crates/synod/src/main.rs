@@ -146,10 +146,15 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
+    // Not `init()`: that would install tracing-log's bridge for `log` records, and raft-engine's
+    // need ours (see `synod_server::log_bridge`).
+    let installed = if json {
+        tracing::subscriber::set_global_default(builder.json().finish())
     } else {
-        builder.init();
+        tracing::subscriber::set_global_default(builder.finish())
+    };
+    if installed.is_ok() {
+        synod_server::log_bridge::install();
     }
 }
 

@@ -129,6 +129,16 @@ async fn torn_log_tail_is_truncated_and_reported() {
         .set_len(length - 7)
         .expect("tear the last write");
     member.restart();
+    let log = member.log();
+    assert_eq!(
+        log.matches("torn tail").count(),
+        1,
+        "the torn tail is reported once:\n{log}"
+    );
+    assert!(
+        !log.lines().any(|line| line.contains("ERROR")),
+        "a routine recovery logs no ERROR:\n{log}"
+    );
     assert!(
         member.log().contains("torn tail"),
         "the log reports the torn tail:\n{}",

@@ -11,9 +11,28 @@ use std::time::{Duration, Instant};
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Returns a port that was free a moment ago.
+/// A port nothing listens on, for a member to bind. It is drawn below Linux's ephemeral range
+/// (32768 and up): a port the kernel hands out for port 0 is also what it hands out as the source
+/// port of outgoing connections, and one of the many connections other tests open could take it
+/// between this check and the member's bind ("Address already in use"). Test processes draw
+/// from a sequence seeded by their pid and clock, so two of them rarely try the same port.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const LOW: u64 = 12_000;
+    const SPAN: u64 = 20_000;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    let _ = NEXT.compare_exchange(0, seed | 1, Ordering::Relaxed, Ordering::Relaxed);
+    loop {
+        let draw = NEXT.fetch_add(0x9e37_79b9, Ordering::Relaxed);
+        let port = (LOW + draw % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn synod_binary() -> &'static str {
@@ -34,9 +53,40 @@ impl Member {
     /// Starts a single-member cluster in a fresh directory under `root`.
     pub fn start(root: &Path, extra_args: &[&str]) -> Member {
         let mut member = Member::prepare(root, extra_args.iter().map(|s| s.to_string()).collect());
-        member.spawn();
+        // A port taken between its pick and the bind (by another test's member) costs a retry on
+        // new ports, not a failed test. Only a lone member can move: a cluster's members name
+        // each other's ports.
+        for _ in 0..3 {
+            member.spawn();
+            if !member.lost_its_port() {
+                break;
+            }
+            member.client_port = free_port();
+            member.peer_port = free_port();
+        }
         member.wait_ready();
         member
+    }
+
+    /// Whether the process just started exited because a port was taken.
+    fn lost_its_port(&mut self) -> bool {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                if self.log().contains("Address already in use") {
+                    self.child = None;
+                    return true;
+                }
+                return false;
+            }
+            if http_get(self.client_port, "/health").is_some() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// A member whose ports are picked and arguments fixed, not started yet.
