@@ -109,7 +109,12 @@ pub fn spawn(member: Arc<Member>) {
         let mut interval = tokio::time::interval(WATCH_SYNC_INTERVAL);
         while !watch_member.is_stopped() {
             interval.tick().await;
-            if let Err(error) = watch_member.hub.sync_unsynced(&watch_member.store) {
+            // Catch-up reads history from the key table: on a blocking thread, so a large
+            // backlog does not stall other clients' requests.
+            let member = watch_member.clone();
+            let synced =
+                tokio::task::spawn_blocking(move || member.hub.sync_unsynced(&member.store)).await;
+            if let Ok(Err(error)) = synced {
                 tracing::error!(%error, "catching up watchers failed");
             }
         }
@@ -164,6 +169,11 @@ async fn auto_compact(member: Arc<Member>) {
             _ => 0,
         };
         if target <= last_compacted || target <= member.store.compact_revision() {
+            continue;
+        }
+        if !member.status.is_leader.load(std::sync::atomic::Ordering::Relaxed) {
+            // Only the leader compacts (as etcd's compactor): every member proposing the same
+            // compaction would only fill the log with duplicates.
             continue;
         }
         match member

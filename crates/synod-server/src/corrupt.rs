@@ -56,8 +56,8 @@ pub async fn check_at_start(member: &Member) -> Result<(), String> {
     }
     let revision = member.store.current_revision();
     let (hash, compact, _) = member
-        .store
         .hash_kv(revision)
+        .await
         .map_err(|e| format!("hashing the local state machine: {e}"))?;
     for (peer, answer) in peer_hashes(member, revision).await {
         if answer.compact_revision == compact && answer.hash != hash {
@@ -93,7 +93,7 @@ pub fn spawn_periodic(member: Arc<Member>) {
 
 async fn check_once(member: &Member) {
     let revision = member.store.current_revision();
-    let Ok((hash, compact, _)) = member.store.hash_kv(revision) else {
+    let Ok((hash, compact, _)) = member.hash_kv(revision).await else {
         return;
     };
     let answers: Vec<(u64, HashKvResponse)> = peer_hashes(member, revision)

@@ -27,6 +27,11 @@ impl KvService {
     }
 }
 
+/// Whether a range may read many keys: a range (not one key) without a small limit.
+fn may_be_large(request: &RangeRequest) -> bool {
+    !request.range_end.is_empty() && !(1..=256).contains(&request.limit)
+}
+
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(
@@ -39,8 +44,17 @@ impl Kv for KvService {
         if !request.serializable {
             self.member.read_barrier().await?;
         }
-        let mut response =
-            execute_range(&*self.member.store, &request).map_err(ServerError::from)?;
+        let mut response = if may_be_large(&request) {
+            // A scan of many keys runs on a blocking thread, so it cannot stall the requests of
+            // other clients sharing the runtime's workers.
+            let store = self.member.store.clone();
+            tokio::task::spawn_blocking(move || execute_range(&*store, &request))
+                .await
+                .map_err(|_| ServerError::Internal)?
+        } else {
+            execute_range(&*self.member.store, &request)
+        }
+        .map_err(ServerError::from)?;
         self.member.fill(&mut response.header);
         Ok(tonic::Response::new(response))
     }

@@ -126,7 +126,7 @@ impl Maintenance for MaintenanceService {
         &self,
         _request: tonic::Request<HashRequest>,
     ) -> Result<tonic::Response<HashResponse>, Status> {
-        let (hash, _, revision) = self.member.store.hash_kv(0).map_err(ServerError::from)?;
+        let (hash, _, revision) = self.member.hash_kv(0).await?;
         Ok(tonic::Response::new(HashResponse {
             header: Some(self.member.header(revision)),
             hash,
@@ -138,11 +138,8 @@ impl Maintenance for MaintenanceService {
         request: tonic::Request<HashKvRequest>,
     ) -> Result<tonic::Response<HashKvResponse>, Status> {
         let request = request.into_inner();
-        let (hash, compact_revision, hash_revision) = self
-            .member
-            .store
-            .hash_kv(request.revision)
-            .map_err(ServerError::from)?;
+        let (hash, compact_revision, hash_revision) =
+            self.member.hash_kv(request.revision).await?;
         Ok(tonic::Response::new(HashKvResponse {
             header: Some(self.member.header(self.member.store.current_revision())),
             hash,
@@ -231,13 +228,13 @@ impl Maintenance for MaintenanceService {
         if target != self.member.member_id {
             self.member.transfer_leader(target).await?;
             // etcd answers once the transferee leads, or fails after a bounded wait.
-            let deadline = tokio::time::Instant::now()
-                + std::time::Duration::from_millis(3 * self.member.config.election_ms);
-            while self.member.status.leader_id.load(Ordering::Relaxed) != target {
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(errors::TIMEOUT.status());
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            let wait = std::time::Duration::from_millis(3 * self.member.config.election_ms);
+            if !self
+                .member
+                .wait_for(wait, |p| p.leader_id == target)
+                .await
+            {
+                return Err(ServerError::Timeout.into());
             }
         }
         Ok(tonic::Response::new(MoveLeaderResponse {

@@ -508,17 +508,13 @@ impl Peer for PeerService {
         let request = request.into_inner();
         self.check_cluster(request.cluster_id)?;
         // Answer once this member has applied the revision (a follower may be a little behind).
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while self.member.store.current_revision() < request.revision
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let (hash, compact_revision, hash_revision) =
+        let wanted = request.revision;
+        if self.member.store.current_revision() < wanted {
             self.member
-                .store
-                .hash_kv(request.revision)
-                .map_err(|e| Status::failed_precondition(e.to_string()))?;
+                .wait_for(Duration::from_secs(2), |p| p.revision >= wanted)
+                .await;
+        }
+        let (hash, compact_revision, hash_revision) = self.member.hash_kv(wanted).await?;
         Ok(tonic::Response::new(HashKvResponse {
             header: Some(self.member.header(self.member.store.current_revision())),
             hash,

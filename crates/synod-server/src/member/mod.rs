@@ -71,6 +71,14 @@ pub enum Command {
     Shutdown,
 }
 
+/// What the node loop has reached, published after every turn for handlers that wait for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub leader_id: u64,
+    pub applied_index: u64,
+    pub revision: i64,
+}
+
 /// The handler-facing side of a running member.
 pub struct Member {
     pub config: Config,
@@ -87,6 +95,7 @@ pub struct Member {
     stopped: AtomicBool,
     request_timeout: Duration,
     transport: Arc<Transport>,
+    progress: tokio::sync::watch::Receiver<Progress>,
 }
 
 impl Member {
@@ -236,6 +245,26 @@ impl Member {
             Answer::Transferred => Ok(()),
             other => Err(unexpected_answer(&other)),
         }
+    }
+
+    /// Waits until the node loop's progress satisfies `reached`, or `timeout` passes; returns
+    /// whether it was reached. A notification, not a poll: the loop publishes after each turn.
+    pub async fn wait_for(&self, timeout: Duration, reached: impl Fn(&Progress) -> bool) -> bool {
+        let mut progress = self.progress.clone();
+        matches!(
+            tokio::time::timeout(timeout, progress.wait_for(|p| reached(p))).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// HashKV at `revision`, computed on a blocking thread: it reads every key, and must not
+    /// stall the clients' requests sharing the runtime's workers.
+    pub async fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), ServerError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.hash_kv(revision))
+            .await
+            .map_err(|_| ServerError::Internal)?
+            .map_err(ServerError::from)
     }
 
     /// Refuses every read and write while the CORRUPT alarm is raised: some member's data

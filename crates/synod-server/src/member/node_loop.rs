@@ -16,7 +16,7 @@ use synod_core::StorageError;
 use synod_core::driver::{Answer, Driver, Input, Output, SnapshotJob};
 use tokio::sync::oneshot;
 
-use super::{Command, FAIL_STOP_EXIT_CODE, REMOVED_EXIT_CODE};
+use super::{Command, FAIL_STOP_EXIT_CODE, Progress, REMOVED_EXIT_CODE};
 use crate::config::Config;
 use crate::error::ServerError;
 use crate::peer::Transport;
@@ -44,6 +44,7 @@ pub struct NodeLoop {
     snapshots_taken: u64,
     transport: Arc<Transport>,
     commands_back: SyncSender<Command>,
+    progress: tokio::sync::watch::Sender<Progress>,
 }
 
 impl NodeLoop {
@@ -52,6 +53,7 @@ impl NodeLoop {
         commands: Receiver<Command>,
         commands_back: SyncSender<Command>,
         transport: Arc<Transport>,
+        progress: tokio::sync::watch::Sender<Progress>,
         config: &Config,
     ) -> NodeLoop {
         NodeLoop {
@@ -63,6 +65,7 @@ impl NodeLoop {
             snapshots_taken: 0,
             transport,
             commands_back,
+            progress,
         }
     }
 
@@ -160,6 +163,7 @@ impl NodeLoop {
                 removed_at = Some(Instant::now());
             }
             self.dispatch(out);
+            self.publish_progress();
             if removed_at.is_some_and(|at| at.elapsed() >= REMOVED_STOP_DELAY) {
                 if let Err(error) = self.driver.node_mut().sync() {
                     fail_stop(&error);
@@ -175,6 +179,21 @@ impl NodeLoop {
             fail_stop(&error);
         }
         tracing::info!("node loop stopped; state machine is durable");
+    }
+
+    /// Tells waiting handlers what this turn reached (only when something changed).
+    fn publish_progress(&self) {
+        let node = self.driver.node();
+        let now = Progress {
+            leader_id: node.raft_view().leader_id,
+            applied_index: node.machine().applied_index(),
+            revision: node.machine().store().current_revision(),
+        };
+        self.progress.send_if_modified(|published| {
+            let changed = *published != now;
+            *published = now;
+            changed
+        });
     }
 
     /// Carries out a turn's output: answers, peer links, snapshot files.

@@ -128,6 +128,7 @@ impl Member {
             sender.clone(),
             tokio::runtime::Handle::current(),
         );
+        let (progress_sender, progress) = tokio::sync::watch::channel(super::Progress::default());
         let member = Arc::new(Member {
             status: driver.node().status().clone(),
             member_id,
@@ -143,8 +144,9 @@ impl Member {
             stopped: AtomicBool::new(false),
             request_timeout,
             config: config.clone(),
+            progress,
         });
-        let node_loop = NodeLoop::new(driver, receiver, sender, transport, &config);
+        let node_loop = NodeLoop::new(driver, receiver, sender, transport, progress_sender, &config);
         Ok((member, node_loop))
     }
 }
