@@ -35,6 +35,84 @@ pub enum ServerError {
     /// A message over the transport's limit, refused as grpc-go refuses it.
     #[error("message larger than {limit} bytes")]
     MessageTooLarge { limit: usize },
+    #[error("given member URLs are invalid")]
+    BadMemberUrls,
+    #[error("cluster ID mismatch")]
+    ClusterIdMismatch,
+    /// An API etcd has that Synod does not implement.
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+/// Failures that carry their own words (a maintenance operation that failed on this member, a
+/// malformed request at the edges, a peer's refusal). Like every failure, they become a gRPC
+/// status here and nowhere else.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("{what} failed: {detail}")]
+    Operation { what: &'static str, detail: String },
+    #[error("invalid request body: {0}")]
+    BadBody(String),
+    #[error("{0}")]
+    BadPeerRequest(String),
+    /// A peer that may not talk to this member (removed, or addressed to another member).
+    #[error("{0}")]
+    PeerRefused(String),
+    /// A member removed from the cluster still sends messages: it must stop.
+    #[error("the member has been permanently removed from the cluster")]
+    Removed,
+    /// The fault-injecting transport of the tests cut this peer off.
+    #[error("partitioned")]
+    Partitioned,
+    /// etcd's concurrency API answers its own errors with code Unknown.
+    #[error("{0}")]
+    Recipe(&'static str),
+}
+
+impl Failure {
+    pub fn operation(what: &'static str, detail: impl std::fmt::Display) -> Failure {
+        Failure::Operation {
+            what,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+impl From<Failure> for tonic::Status {
+    fn from(failure: Failure) -> tonic::Status {
+        let message = failure.to_string();
+        match failure {
+            Failure::Operation { .. } => tonic::Status::internal(message),
+            Failure::BadBody(_) | Failure::BadPeerRequest(_) => {
+                tonic::Status::invalid_argument(message)
+            }
+            Failure::PeerRefused(_) => tonic::Status::failed_precondition(message),
+            Failure::Removed => {
+                let mut status = tonic::Status::failed_precondition(message);
+                status.metadata_mut().insert(
+                    REMOVED_MARK,
+                    tonic::metadata::MetadataValue::from_static("1"),
+                );
+                status
+            }
+            Failure::Partitioned => tonic::Status::unavailable(message),
+            Failure::Recipe(_) => tonic::Status::unknown(message),
+        }
+    }
+}
+
+/// The metadata key that marks a peer's "you were removed" refusal (a typed signal, so the
+/// receiver does not have to recognise a message's text).
+const REMOVED_MARK: &str = "synod-removed";
+
+/// Whether a peer's refusal says this member was removed from the cluster.
+pub fn is_removed_refusal(status: &tonic::Status) -> bool {
+    status.metadata().contains_key(REMOVED_MARK)
+}
+
+/// tonic's answer to a gRPC call of a method nobody serves.
+pub fn unimplemented_http() -> axum::response::Response {
+    tonic::Status::unimplemented("").into_http()
 }
 
 impl From<DriverError> for ServerError {
@@ -111,6 +189,9 @@ impl ServerError {
             ServerError::Storage => errors::STORAGE_FAILURE,
             ServerError::Internal => errors::INTERNAL,
             ServerError::MessageTooLarge { .. } => errors::REQUEST_TOO_LARGE,
+            ServerError::BadMemberUrls => errors::MEMBER_BAD_URLS,
+            ServerError::ClusterIdMismatch => errors::CLUSTER_ID_MISMATCH,
+            ServerError::Unsupported(_) => errors::UNSUPPORTED,
             ServerError::NotLeader => errors::NOT_LEADER,
             ServerError::Corrupt => errors::CORRUPT,
             ServerError::BadLeaderTransferee => errors::BAD_LEADER_TRANSFEREE,
@@ -125,6 +206,7 @@ impl From<ServerError> for tonic::Status {
             ServerError::MessageTooLarge { limit } => tonic::Status::resource_exhausted(format!(
                 "grpc: received message larger than max (more than {limit} bytes)"
             )),
+            ServerError::Unsupported(message) => tonic::Status::unimplemented(message),
             other => other.wire().status(),
         }
     }

@@ -27,6 +27,7 @@ use synod_api::etcdserverpb::maintenance_server::Maintenance;
 use synod_api::etcdserverpb::{LeaseKeepAliveRequest, SnapshotRequest, WatchRequest};
 use tonic::Status;
 
+use crate::error::Failure;
 use crate::kv::KvService;
 use crate::lease::LeaseService;
 use crate::maintenance::{ClusterService, MaintenanceService};
@@ -119,9 +120,9 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonBody {
         let mut seen = 0usize;
         while let Some(chunk) = body.next().await {
             let Ok(chunk) = chunk else {
-                return Err(error_response(&Status::invalid_argument(
-                    "reading the request body failed",
-                )));
+                return Err(error_response(
+                    &Failure::BadBody("reading it failed".to_owned()).into(),
+                ));
             };
             seen += chunk.len();
             if seen <= limit {
@@ -152,7 +153,7 @@ const DEFAULT_BODY_BYTES_MAX: usize = 2 << 20;
 fn json_response<T: Serialize>(value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(error) => error_response(&Status::internal(format!("encoding the response: {error}"))),
+        Err(error) => error_response(&Failure::operation("encoding the response", error).into()),
     }
 }
 
@@ -161,8 +162,7 @@ fn decode<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Status> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body)
-        .map_err(|error| Status::invalid_argument(format!("invalid request body: {error}")))
+    serde_json::from_slice(body).map_err(|error| Failure::BadBody(error.to_string()).into())
 }
 
 /// Decodes a body holding any number of request messages, one after another.
@@ -170,7 +170,7 @@ fn decode_all<T: DeserializeOwned>(body: &[u8]) -> Result<Vec<T>, Status> {
     serde_json::Deserializer::from_slice(body)
         .into_iter::<T>()
         .collect::<Result<Vec<T>, _>>()
-        .map_err(|error| Status::invalid_argument(format!("invalid request body: {error}")))
+        .map_err(|error| Failure::BadBody(error.to_string()).into())
 }
 
 async fn unary<Req, Resp, F, Fut>(body: Bytes, call: F) -> Response

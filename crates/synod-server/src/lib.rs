@@ -105,7 +105,7 @@ fn http_edges(router: axum::Router) -> axum::Router {
     ) -> axum::response::Response {
         use axum::response::IntoResponse;
         if is_grpc(&request) {
-            return tonic::Status::unimplemented("").into_http();
+            return error::unimplemented_http();
         }
         (
             axum::http::StatusCode::NOT_FOUND,

@@ -7,8 +7,6 @@ use std::sync::atomic::Ordering;
 
 use futures::Stream;
 use sha2::Digest;
-use synod_api::errors;
-use synod_api::etcdserverpb::cluster_client::ClusterClient;
 use synod_api::etcdserverpb::cluster_server::Cluster;
 use synod_api::etcdserverpb::maintenance_server::Maintenance;
 use synod_api::etcdserverpb::{
@@ -21,13 +19,14 @@ use synod_api::etcdserverpb::{
 };
 use synod_api::synodpb::MemberRecord;
 use synod_api::synodpb::internal_request::Request;
+use synod_core::RequestError;
 use synod_core::apply::Response;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::error::ServerError;
+use crate::error::{Failure, ServerError};
 use crate::member::{ETCD_API_VERSION, Member, MemberChangeKind, unexpected};
 
 /// Bytes per snapshot message (etcd sends 32 KiB chunks).
@@ -116,7 +115,7 @@ impl Maintenance for MaintenanceService {
         self.member
             .defragment()
             .await
-            .map_err(|message| Status::internal(format!("defragment failed: {message}")))?;
+            .map_err(|message| Failure::operation("defragment", message))?;
         Ok(tonic::Response::new(DefragmentResponse {
             header: Some(self.member.header(self.member.store.current_revision())),
         }))
@@ -138,8 +137,7 @@ impl Maintenance for MaintenanceService {
         request: tonic::Request<HashKvRequest>,
     ) -> Result<tonic::Response<HashKvResponse>, Status> {
         let request = request.into_inner();
-        let (hash, compact_revision, hash_revision) =
-            self.member.hash_kv(request.revision).await?;
+        let (hash, compact_revision, hash_revision) = self.member.hash_kv(request.revision).await?;
         Ok(tonic::Response::new(HashKvResponse {
             header: Some(self.member.header(self.member.store.current_revision())),
             hash,
@@ -159,14 +157,14 @@ impl Maintenance for MaintenanceService {
             .member
             .snapshot_file()
             .await
-            .map_err(|message| Status::internal(format!("snapshot failed: {message}")))?;
+            .map_err(|message| Failure::operation("snapshot", message))?;
         let mut file = tokio::fs::File::open(&path)
             .await
-            .map_err(|e| Status::internal(format!("snapshot failed: {e}")))?;
+            .map_err(|e| Failure::operation("snapshot", e))?;
         let total = file
             .metadata()
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Failure::operation("snapshot", e))?
             .len();
         let header = Some(self.member.header(self.member.store.current_revision()));
         let (output, receiver) = mpsc::channel(SNAPSHOT_QUEUE_MAX);
@@ -182,7 +180,7 @@ impl Maintenance for MaintenanceService {
                     Ok(read) => read,
                     Err(e) => {
                         let _ = output
-                            .send(Err(Status::internal(format!("reading snapshot: {e}"))))
+                            .send(Err(Failure::operation("reading the snapshot", e).into()))
                             .await;
                         break;
                     }
@@ -223,17 +221,13 @@ impl Maintenance for MaintenanceService {
     ) -> Result<tonic::Response<MoveLeaderResponse>, Status> {
         let target = request.into_inner().target_id;
         if !is_leader(&self.member) {
-            return Err(errors::NOT_LEADER.status());
+            return Err(ServerError::NotLeader.into());
         }
         if target != self.member.member_id {
             self.member.transfer_leader(target).await?;
             // etcd answers once the transferee leads, or fails after a bounded wait.
             let wait = std::time::Duration::from_millis(3 * self.member.config.election_ms);
-            if !self
-                .member
-                .wait_for(wait, |p| p.leader_id == target)
-                .await
-            {
+            if !self.member.wait_for(wait, |p| p.leader_id == target).await {
                 return Err(ServerError::Timeout.into());
             }
         }
@@ -246,9 +240,7 @@ impl Maintenance for MaintenanceService {
         &self,
         _request: tonic::Request<DowngradeRequest>,
     ) -> Result<tonic::Response<DowngradeResponse>, Status> {
-        Err(Status::unimplemented(
-            "synod: cluster downgrade is not supported",
-        ))
+        Err(ServerError::Unsupported("synod: cluster downgrade is not supported").into())
     }
 }
 
@@ -267,30 +259,54 @@ pub fn member_list(member: &Member) -> Result<Vec<WireMember>, ServerError> {
     Ok(member.members()?.into_iter().map(wire_member).collect())
 }
 
-/// A client for the leader's Cluster service, for membership changes asked of a follower (only
-/// the leader can check them against the cluster's health, as etcd forwards them too).
-async fn leader_cluster_client(
+/// Makes a membership change and returns the member as it left it. The leader checks it
+/// against the cluster's health and proposes it; a follower forwards it to the leader over the
+/// peer channel (as etcd forwards them too), then waits until it has applied it itself, so its
+/// answer lists the new membership.
+pub async fn change_membership(
     member: &Member,
-) -> Result<ClusterClient<tonic::transport::Channel>, Status> {
-    let leader = member.status.leader_id.load(Ordering::Relaxed);
-    let record = member
-        .members()
-        .map_err(ServerError::from)?
-        .into_iter()
-        .find(|m| m.id == leader)
-        .ok_or_else(|| errors::NO_LEADER.status())?;
-    let url = record
-        .client_urls
-        .first()
-        .ok_or_else(|| errors::NO_LEADER.status())?
-        .clone();
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .map_err(|_| errors::NO_LEADER.status())?
-        .connect_timeout(std::time::Duration::from_secs(1))
-        .connect()
-        .await
-        .map_err(|_| errors::NO_LEADER.status())?;
-    Ok(ClusterClient::new(channel))
+    kind: MemberChangeKind,
+    record: MemberRecord,
+) -> Result<MemberRecord, Status> {
+    if !is_leader(member) {
+        let removes_me = kind == MemberChangeKind::Remove && record.id == member.member_id;
+        let changed = crate::peer::forward_member_change(member, kind, record).await?;
+        if !removes_me {
+            // The change is committed; waiting for it here only makes the member list in the
+            // answer current. A member that is itself removed answers at once: it stops soon.
+            if let Err(error) = member.read_barrier().await {
+                tracing::debug!(%error, "a forwarded membership change is not applied here yet");
+            }
+        }
+        return Ok(changed);
+    }
+    let record = match kind {
+        MemberChangeKind::AddVoter | MemberChangeKind::AddLearner => {
+            check_peer_urls(&record.peer_urls)?;
+            let members = member.members().map_err(ServerError::from)?;
+            if members
+                .iter()
+                .any(|m| m.peer_urls.iter().any(|u| record.peer_urls.contains(u)))
+            {
+                return Err(ServerError::from(RequestError::PeerUrlExists).into());
+            }
+            MemberRecord {
+                id: new_member_id(&record.peer_urls, member.cluster_id),
+                name: String::new(),
+                peer_urls: record.peer_urls,
+                client_urls: Vec::new(),
+                is_learner: kind == MemberChangeKind::AddLearner,
+            }
+        }
+        MemberChangeKind::Promote | MemberChangeKind::Remove => MemberRecord {
+            id: record.id,
+            ..MemberRecord::default()
+        },
+    };
+    match member.change_member(kind, record).await? {
+        Response::Member(record) => Ok(record),
+        other => Err(unexpected(&other).into()),
+    }
 }
 
 fn is_leader(member: &Member) -> bool {
@@ -312,7 +328,7 @@ fn check_peer_urls(urls: &[String]) -> Result<(), Status> {
         })
     };
     if urls.is_empty() || !urls.iter().all(valid) {
-        return Err(errors::MEMBER_BAD_URLS.status());
+        return Err(ServerError::BadMemberUrls.into());
     }
     Ok(())
 }
@@ -354,34 +370,17 @@ impl Cluster for ClusterService {
         request: tonic::Request<MemberAddRequest>,
     ) -> Result<tonic::Response<MemberAddResponse>, Status> {
         let request = request.into_inner();
-        if !is_leader(&self.member) {
-            let mut leader = leader_cluster_client(&self.member).await?;
-            return leader.member_add(request).await;
-        }
-        check_peer_urls(&request.peer_ur_ls)?;
-        let members = self.member.members().map_err(ServerError::from)?;
-        if members
-            .iter()
-            .any(|m| m.peer_urls.iter().any(|u| request.peer_ur_ls.contains(u)))
-        {
-            return Err(errors::PEER_URL_EXIST.status());
-        }
-        let record = MemberRecord {
-            id: new_member_id(&request.peer_ur_ls, self.member.cluster_id),
-            name: String::new(),
-            peer_urls: request.peer_ur_ls.clone(),
-            client_urls: Vec::new(),
-            is_learner: request.is_learner,
-        };
         let kind = if request.is_learner {
             MemberChangeKind::AddLearner
         } else {
             MemberChangeKind::AddVoter
         };
-        let added = match self.member.change_member(kind, record).await? {
-            Response::Member(record) => record,
-            other => return Err(unexpected(&other).into()),
+        let asked = MemberRecord {
+            peer_urls: request.peer_ur_ls,
+            is_learner: request.is_learner,
+            ..MemberRecord::default()
         };
+        let added = change_membership(&self.member, kind, asked).await?;
         Ok(tonic::Response::new(MemberAddResponse {
             header: self.header(),
             member: Some(wire_member(added)),
@@ -394,17 +393,11 @@ impl Cluster for ClusterService {
         request: tonic::Request<MemberRemoveRequest>,
     ) -> Result<tonic::Response<MemberRemoveResponse>, Status> {
         let request = request.into_inner();
-        if !is_leader(&self.member) {
-            let mut leader = leader_cluster_client(&self.member).await?;
-            return leader.member_remove(request).await;
-        }
         let record = MemberRecord {
             id: request.id,
             ..MemberRecord::default()
         };
-        self.member
-            .change_member(MemberChangeKind::Remove, record)
-            .await?;
+        change_membership(&self.member, MemberChangeKind::Remove, record).await?;
         Ok(tonic::Response::new(MemberRemoveResponse {
             header: self.header(),
             members: self.members_now()?,
@@ -421,7 +414,7 @@ impl Cluster for ClusterService {
         if members.iter().any(|m| {
             m.id != request.id && m.peer_urls.iter().any(|u| request.peer_ur_ls.contains(u))
         }) {
-            return Err(errors::PEER_URL_EXIST.status());
+            return Err(ServerError::from(RequestError::PeerUrlExists).into());
         }
         let update = MemberRecord {
             id: request.id,
@@ -457,17 +450,11 @@ impl Cluster for ClusterService {
         request: tonic::Request<MemberPromoteRequest>,
     ) -> Result<tonic::Response<MemberPromoteResponse>, Status> {
         let request = request.into_inner();
-        if !is_leader(&self.member) {
-            let mut leader = leader_cluster_client(&self.member).await?;
-            return leader.member_promote(request).await;
-        }
         let record = MemberRecord {
             id: request.id,
             ..MemberRecord::default()
         };
-        self.member
-            .change_member(MemberChangeKind::Promote, record)
-            .await?;
+        change_membership(&self.member, MemberChangeKind::Promote, record).await?;
         Ok(tonic::Response::new(MemberPromoteResponse {
             header: self.header(),
             members: self.members_now()?,

@@ -19,13 +19,13 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use raft::eraftpb::{Message, MessageType};
-use synod_api::errors;
 use synod_api::etcdserverpb::{HashKvResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse};
 use synod_api::synodpb::peer_client::PeerClient;
 use synod_api::synodpb::peer_server::Peer;
 use synod_api::synodpb::{
     ClusterRequest, ClusterResponse, LeaseRenewRequest, LeaseRenewResponse, LeaseTimeToLiveForward,
-    PeerAck, PeerHashKvRequest, RaftBatch, SnapshotChunk,
+    MemberChangeForward, MemberChangeForwarded, MemberRecord, PeerAck, PeerHashKvRequest,
+    RaftBatch, SnapshotChunk, member_change_forward,
 };
 use synod_core::backend::Backend;
 use synod_core::driver::Input;
@@ -35,10 +35,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::member::{Command, Member};
-
-/// What a member answers a removed member that still sends it messages.
-const REMOVED_MESSAGE: &str = "the member has been permanently removed from the cluster";
+use crate::error::{Failure, ServerError};
+use crate::member::{Command, Member, MemberChangeKind};
 
 /// Messages queued for one peer before the node loop starts dropping them.
 const LINK_QUEUE_MAX: usize = 4096;
@@ -220,7 +218,7 @@ impl Transport {
                     message = queue.recv() => message,
                     ended = &mut call => {
                         if let Ok(Err(status)) = ended {
-                            if status.message() == REMOVED_MESSAGE {
+                            if crate::error::is_removed_refusal(&status) {
                                 self.report(Command::Removed);
                                 return;
                             }
@@ -363,14 +361,14 @@ impl PeerService {
 
     fn check_cluster(&self, cluster_id: u64) -> Result<(), Status> {
         if cluster_id != self.member.cluster_id {
-            return Err(errors::CLUSTER_ID_MISMATCH.status());
+            return Err(ServerError::ClusterIdMismatch.into());
         }
         Ok(())
     }
 
     fn check_leader(&self) -> Result<(), Status> {
         if !self.member.status.is_leader.load(Ordering::Relaxed) {
-            return Err(errors::NOT_LEADER.status());
+            return Err(ServerError::NotLeader.into());
         }
         Ok(())
     }
@@ -378,7 +376,7 @@ impl PeerService {
 
 fn decode(bytes: &[u8]) -> Result<Message, Status> {
     protobuf::Message::parse_from_bytes(bytes)
-        .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+        .map_err(|e| Failure::BadPeerRequest(format!("undecodable raft message: {e}")).into())
 }
 
 async fn write_snapshot(
@@ -388,7 +386,7 @@ async fn write_snapshot(
 ) -> Result<(), Status> {
     use tokio::io::AsyncWriteExt;
     let partial = path.with_extension("part");
-    let io = |e: std::io::Error| Status::internal(format!("writing the snapshot: {e}"));
+    let io = |e: std::io::Error| Status::from(Failure::operation("writing the snapshot", e));
     let mut file = tokio::fs::File::create(&partial).await.map_err(io)?;
     file.write_all(&first_data).await.map_err(io)?;
     while let Some(chunk) = chunks.next().await {
@@ -416,13 +414,14 @@ impl Peer for PeerService {
             if self.member.backend.is_removed(batch.from).unwrap_or(false) {
                 // The sender missed its own removal (it was cut off before the entry reached
                 // it): tell it, so it stops (etcd answers 410 Gone).
-                return Err(Status::failed_precondition(REMOVED_MESSAGE));
+                return Err(Failure::Removed.into());
             }
             if batch.to != self.member.member_id {
-                return Err(Status::failed_precondition(format!(
+                return Err(Failure::PeerRefused(format!(
                     "this is member {:x}, not {:x}",
                     self.member.member_id, batch.to
-                )));
+                ))
+                .into());
             }
             for bytes in &batch.messages {
                 self.member.step(decode(bytes)?);
@@ -437,12 +436,12 @@ impl Peer for PeerService {
     ) -> Result<tonic::Response<PeerAck>, Status> {
         let mut chunks = request.into_inner();
         let Some(first) = chunks.next().await else {
-            return Err(Status::invalid_argument("empty snapshot stream"));
+            return Err(Failure::BadPeerRequest("empty snapshot stream".to_owned()).into());
         };
         let first = first?;
         self.check_cluster(first.cluster_id)?;
         if self.member.transport().faults.is_blocked(first.from) {
-            return Err(Status::unavailable("partitioned"));
+            return Err(Failure::Partitioned.into());
         }
         let mut message = decode(&first.message)?;
         let index = message.get_snapshot().get_metadata().index;
@@ -463,10 +462,7 @@ impl Peer for PeerService {
         &self,
         _request: tonic::Request<ClusterRequest>,
     ) -> Result<tonic::Response<ClusterResponse>, Status> {
-        let members = self
-            .member
-            .members()
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let members = self.member.members().map_err(ServerError::from)?;
         Ok(tonic::Response::new(ClusterResponse {
             cluster_id: self.member.cluster_id,
             members,
@@ -501,6 +497,26 @@ impl Peer for PeerService {
         )))
     }
 
+    async fn change_member(
+        &self,
+        request: tonic::Request<MemberChangeForward>,
+    ) -> Result<tonic::Response<MemberChangeForwarded>, Status> {
+        let request = request.into_inner();
+        self.check_cluster(request.cluster_id)?;
+        self.check_leader()?;
+        let kind = match request.kind() {
+            member_change_forward::Kind::AddVoter => MemberChangeKind::AddVoter,
+            member_change_forward::Kind::AddLearner => MemberChangeKind::AddLearner,
+            member_change_forward::Kind::Promote => MemberChangeKind::Promote,
+            member_change_forward::Kind::Remove => MemberChangeKind::Remove,
+        };
+        let record = request.member.unwrap_or_default();
+        let changed = crate::maintenance::change_membership(&self.member, kind, record).await?;
+        Ok(tonic::Response::new(MemberChangeForwarded {
+            member: Some(changed),
+        }))
+    }
+
     async fn hash_kv(
         &self,
         request: tonic::Request<PeerHashKvRequest>,
@@ -528,12 +544,39 @@ impl Peer for PeerService {
 fn leader_client(member: &Member) -> Result<PeerClient<Channel>, Status> {
     let leader = member.status.leader_id.load(Ordering::Relaxed);
     if leader == 0 {
-        return Err(errors::NO_LEADER.status());
+        return Err(ServerError::NoLeader.into());
     }
     member
         .transport()
         .client(leader)
-        .ok_or_else(|| errors::NO_LEADER.status())
+        .ok_or_else(|| ServerError::NoLeader.into())
+}
+
+/// Forwards a membership change to the leader; returns the member as the change left it.
+pub async fn forward_member_change(
+    member: &Member,
+    kind: MemberChangeKind,
+    record: MemberRecord,
+) -> Result<MemberRecord, Status> {
+    let mut client = leader_client(member)?;
+    let kind = match kind {
+        MemberChangeKind::AddVoter => member_change_forward::Kind::AddVoter,
+        MemberChangeKind::AddLearner => member_change_forward::Kind::AddLearner,
+        MemberChangeKind::Promote => member_change_forward::Kind::Promote,
+        MemberChangeKind::Remove => member_change_forward::Kind::Remove,
+    };
+    let request = MemberChangeForward {
+        cluster_id: member.cluster_id,
+        kind: kind as i32,
+        member: Some(record),
+    };
+    match client.change_member(request).await {
+        Ok(response) => Ok(response.into_inner().member.unwrap_or_default()),
+        Err(status) if status.code() == tonic::Code::Unavailable => {
+            Err(ServerError::NoLeader.into())
+        }
+        Err(status) => Err(status),
+    }
 }
 
 /// Forwards a keep-alive to the leader; returns the TTL (0 for an unknown lease, as etcd does).
@@ -545,7 +588,9 @@ pub async fn forward_renew(member: &Member, id: i64) -> Result<i64, Status> {
     };
     match client.lease_renew(request).await {
         Ok(response) => Ok(response.into_inner().ttl),
-        Err(status) if status.code() == tonic::Code::Unavailable => Err(errors::NO_LEADER.status()),
+        Err(status) if status.code() == tonic::Code::Unavailable => {
+            Err(ServerError::NoLeader.into())
+        }
         Err(status) => Err(status),
     }
 }
@@ -566,7 +611,7 @@ pub async fn forward_time_to_live(
         .map(|r| r.into_inner())
         .map_err(|status| {
             if status.code() == tonic::Code::Unavailable {
-                errors::NO_LEADER.status()
+                ServerError::NoLeader.into()
             } else {
                 status
             }

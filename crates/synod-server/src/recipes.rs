@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::error::ServerError;
+use crate::error::{Failure, ServerError};
 use crate::member::{Member, unexpected};
 use crate::watch::ChannelSink;
 
@@ -322,7 +322,7 @@ impl Lock for LockService {
             range_result(&response, 0)
                 .and_then(|r| r.kvs.first())
                 .map(|kv| kv.create_revision)
-                .ok_or_else(|| Status::unknown(SESSION_EXPIRED))?
+                .ok_or_else(|| Status::from(Failure::Recipe(SESSION_EXPIRED)))?
         };
         let owner = range_result(&response, 1)
             .and_then(|r| r.kvs.first())
@@ -338,7 +338,7 @@ impl Lock for LockService {
             )
             .await?;
             if mine.kvs.is_empty() {
-                return Err(Status::unknown(SESSION_EXPIRED));
+                return Err(Status::from(Failure::Recipe(SESSION_EXPIRED)));
             }
         }
         abandon.keep();
@@ -377,7 +377,7 @@ impl ElectionService {
         };
         let response = txn(&self.member, request).await?;
         if !response.succeeded {
-            return Err(Status::unknown(NOT_LEADER));
+            return Err(Status::from(Failure::Recipe(NOT_LEADER)));
         }
         Ok(response.header.map(|h| h.revision).unwrap_or(0))
     }
@@ -427,7 +427,7 @@ impl Election for ElectionService {
             let existing = range_result(&response, 0)
                 .and_then(|r| r.kvs.first())
                 .cloned()
-                .ok_or_else(|| Status::unknown(NOT_LEADER))?;
+                .ok_or_else(|| Status::from(Failure::Recipe(NOT_LEADER)))?;
             let leader = LeaderKey {
                 name: request.name.clone(),
                 key: key.clone(),
@@ -454,7 +454,7 @@ impl Election for ElectionService {
         let request = request.into_inner();
         let leader = request
             .leader
-            .ok_or_else(|| Status::unknown(MISSING_LEADER_KEY))?;
+            .ok_or_else(|| Status::from(Failure::Recipe(MISSING_LEADER_KEY)))?;
         let revision = self.proclaim_as(&leader, request.value).await?;
         Ok(tonic::Response::new(ProclaimResponse {
             header: header(&self.member, revision),
@@ -466,7 +466,7 @@ impl Election for ElectionService {
         request: tonic::Request<LeaderRequest>,
     ) -> Result<tonic::Response<LeaderResponse>, Status> {
         let (kv, revision) = self.leader_of(&request.into_inner().name).await?;
-        let kv = kv.ok_or_else(|| Status::unknown(NO_LEADER))?;
+        let kv = kv.ok_or_else(|| Status::from(Failure::Recipe(NO_LEADER)))?;
         Ok(tonic::Response::new(LeaderResponse {
             header: header(&self.member, revision),
             kv: Some(kv),
@@ -532,7 +532,7 @@ impl Election for ElectionService {
         let leader = request
             .into_inner()
             .leader
-            .ok_or_else(|| Status::unknown(MISSING_LEADER_KEY))?;
+            .ok_or_else(|| Status::from(Failure::Recipe(MISSING_LEADER_KEY)))?;
         let request = TxnRequest {
             compare: vec![created_at(&leader.key, leader.rev)],
             success: vec![op(request_op::Request::RequestDeleteRange(

@@ -149,6 +149,67 @@ pub struct PeerHashKvRequest {
     #[prost(int64, tag = "2")]
     pub revision: i64,
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MemberChangeForward {
+    #[prost(uint64, tag = "1")]
+    pub cluster_id: u64,
+    #[prost(enumeration = "member_change_forward::Kind", tag = "2")]
+    pub kind: i32,
+    /// For an addition, the peer URLs; otherwise the member's id.
+    #[prost(message, optional, tag = "3")]
+    pub member: ::core::option::Option<MemberRecord>,
+}
+/// Nested message and enum types in `MemberChangeForward`.
+pub mod member_change_forward {
+    #[derive(
+        Clone,
+        Copy,
+        Debug,
+        PartialEq,
+        Eq,
+        Hash,
+        PartialOrd,
+        Ord,
+        ::prost::Enumeration
+    )]
+    #[repr(i32)]
+    pub enum Kind {
+        AddVoter = 0,
+        AddLearner = 1,
+        Promote = 2,
+        Remove = 3,
+    }
+    impl Kind {
+        /// String value of the enum field names used in the ProtoBuf definition.
+        ///
+        /// The values are not transformed in any way and thus are considered stable
+        /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+        pub fn as_str_name(&self) -> &'static str {
+            match self {
+                Self::AddVoter => "ADD_VOTER",
+                Self::AddLearner => "ADD_LEARNER",
+                Self::Promote => "PROMOTE",
+                Self::Remove => "REMOVE",
+            }
+        }
+        /// Creates an enum from field names used in the ProtoBuf definition.
+        pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+            match value {
+                "ADD_VOTER" => Some(Self::AddVoter),
+                "ADD_LEARNER" => Some(Self::AddLearner),
+                "PROMOTE" => Some(Self::Promote),
+                "REMOVE" => Some(Self::Remove),
+                _ => None,
+            }
+        }
+    }
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MemberChangeForwarded {
+    /// The member as the change left it (as it was, for a removal).
+    #[prost(message, optional, tag = "1")]
+    pub member: ::core::option::Option<MemberRecord>,
+}
 /// Generated client implementations.
 pub mod peer_client {
     #![allow(
@@ -359,6 +420,31 @@ pub mod peer_client {
             req.extensions_mut().insert(GrpcMethod::new("synodpb.Peer", "HashKv"));
             self.inner.unary(req, path, codec).await
         }
+        /// A membership change asked of a follower, forwarded for the leader to check against the
+        /// cluster's health and propose; answered once applied on the leader.
+        pub async fn change_member(
+            &mut self,
+            request: impl tonic::IntoRequest<super::MemberChangeForward>,
+        ) -> std::result::Result<
+            tonic::Response<super::MemberChangeForwarded>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/synodpb.Peer/ChangeMember",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("synodpb.Peer", "ChangeMember"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -412,6 +498,15 @@ pub mod peer_server {
             request: tonic::Request<super::PeerHashKvRequest>,
         ) -> std::result::Result<
             tonic::Response<super::super::etcdserverpb::HashKvResponse>,
+            tonic::Status,
+        >;
+        /// A membership change asked of a follower, forwarded for the leader to check against the
+        /// cluster's health and propose; answered once applied on the leader.
+        async fn change_member(
+            &self,
+            request: tonic::Request<super::MemberChangeForward>,
+        ) -> std::result::Result<
+            tonic::Response<super::MemberChangeForwarded>,
             tonic::Status,
         >;
     }
@@ -740,6 +835,49 @@ pub mod peer_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = HashKvSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/synodpb.Peer/ChangeMember" => {
+                    #[allow(non_camel_case_types)]
+                    struct ChangeMemberSvc<T: Peer>(pub Arc<T>);
+                    impl<T: Peer> tonic::server::UnaryService<super::MemberChangeForward>
+                    for ChangeMemberSvc<T> {
+                        type Response = super::MemberChangeForwarded;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::MemberChangeForward>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Peer>::change_member(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ChangeMemberSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -146,7 +146,14 @@ impl Member {
             config: config.clone(),
             progress,
         });
-        let node_loop = NodeLoop::new(driver, receiver, sender, transport, progress_sender, &config);
+        let node_loop = NodeLoop::new(
+            driver,
+            receiver,
+            sender,
+            transport,
+            progress_sender,
+            &config,
+        );
         Ok((member, node_loop))
     }
 }
