@@ -84,7 +84,7 @@ wire_errors! {
     // try another member, and stops if a write fails.
     STORAGE_FAILURE = Unavailable, "etcdserver: storage failure on this member";
     INTERNAL = Internal, "etcdserver: internal error";
-    UNSUPPORTED = Unimplemented, "synod: not supported";
+    UNSUPPORTED = Unimplemented, "etcdserver: not supported by this server";
     NOT_SUPPORTED_FOR_LEARNER = FailedPrecondition, "etcdserver: rpc not supported for learner";
     BAD_LEADER_TRANSFEREE = FailedPrecondition, "etcdserver: bad leader transferee";
     CANCELED = Cancelled, "etcdserver: request canceled";

@@ -8,12 +8,13 @@
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use synod_api::synodpb::MemberRecord;
 
+use crate::disk::{Boxed, Disk, RealDisk};
 use crate::error::StorageError;
 
 /// Key history: revision bytes (see [`crate::mvcc::revision`]) to an encoded `mvccpb.KeyValue`.
@@ -62,6 +63,8 @@ pub struct DurableEvery {
 /// The redb database of one member.
 pub struct Backend {
     path: PathBuf,
+    /// Where snapshot files are written and read, and the file's size is measured.
+    disk: Arc<dyn Disk>,
     /// Write-locked only by defragmentation, which needs the database to itself.
     db: RwLock<Database>,
 }
@@ -70,7 +73,7 @@ impl Backend {
     /// Opens (or creates) the state-machine file at `path`, creating every table.
     pub fn open(path: &Path) -> Result<Backend, StorageError> {
         let db = open_checked(path, |builder| builder.create(path))?;
-        Backend::with_tables(db, path)
+        Backend::with_tables(db, path, Arc::new(RealDisk))
     }
 
     /// Opens (or creates) the state machine on a storage backend of the caller's (the simulator's
@@ -79,16 +82,21 @@ impl Backend {
         storage: impl redb::StorageBackend,
         path: &Path,
         cache_bytes: usize,
+        disk: Arc<dyn Disk>,
     ) -> Result<Backend, StorageError> {
         let db = open_checked(path, |builder| {
             builder
                 .set_cache_size(cache_bytes)
                 .create_with_backend(storage)
         })?;
-        Backend::with_tables(db, path)
+        Backend::with_tables(db, path, disk)
     }
 
-    fn with_tables(db: Database, path: &Path) -> Result<Backend, StorageError> {
+    fn with_tables(
+        db: Database,
+        path: &Path,
+        disk: Arc<dyn Disk>,
+    ) -> Result<Backend, StorageError> {
         let tx = db.begin_write().map_err(StorageError::backend)?;
         {
             tx.open_table(KEY).map_err(StorageError::backend)?;
@@ -105,12 +113,18 @@ impl Backend {
         tx.commit().map_err(StorageError::backend)?;
         Ok(Backend {
             path: path.to_path_buf(),
+            disk,
             db: RwLock::new(db),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The disk snapshot files live on.
+    pub fn disk(&self) -> &Arc<dyn Disk> {
+        &self.disk
     }
 
     pub fn begin_read(&self) -> Result<redb::ReadTransaction, StorageError> {
@@ -125,7 +139,7 @@ impl Backend {
 
     /// Size of the file on disk, in bytes.
     pub fn size_bytes(&self) -> u64 {
-        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+        self.disk.len(&self.path).unwrap_or(0)
     }
 
     /// Rewrites the file to release free pages. Fails while a read transaction is open.
@@ -200,8 +214,13 @@ impl Backend {
     /// snapshot's Raft configuration, encoded). The caller holds whatever locks keep readers from
     /// mixing old and new contents (see `KvStore::restore_from`).
     pub fn restore_from(&self, path: &Path, conf_state: &[u8]) -> Result<(), StorageError> {
-        let source = Database::open(path)
-            .map_err(|e| StorageError::open(path, format!("snapshot file is unreadable: {e}")))?;
+        let unreadable = |e: &dyn std::fmt::Display| {
+            StorageError::open(path, format!("snapshot file is unreadable: {e}"))
+        };
+        let storage = self.disk.storage(path).map_err(|e| unreadable(&e))?;
+        let source = Database::builder()
+            .create_with_backend(Boxed(storage))
+            .map_err(|e| unreadable(&e))?;
         let from = source.begin_read().map_err(StorageError::backend)?;
         let (member_id, _) = self.identity()?;
         let boot_epoch = {
@@ -259,9 +278,18 @@ impl Backend {
 /// Writes every table as `tx` sees it into a new file at `path`: the state-machine snapshot sent
 /// to a follower that is too far behind for the log. Runs on any thread: `tx` is a consistent
 /// view, so the node keeps applying while the copy is made.
-pub fn export(tx: &redb::ReadTransaction, path: &Path) -> Result<(), StorageError> {
-    let _ = std::fs::remove_file(path);
-    let target = Database::create(path).map_err(|e| StorageError::open(path, e))?;
+pub fn export(
+    disk: &dyn Disk,
+    tx: &redb::ReadTransaction,
+    path: &Path,
+) -> Result<(), StorageError> {
+    disk.remove(path).map_err(|e| StorageError::open(path, e))?;
+    let storage = disk
+        .storage(path)
+        .map_err(|e| StorageError::open(path, e))?;
+    let target = Database::builder()
+        .create_with_backend(Boxed(storage))
+        .map_err(|e| StorageError::open(path, e))?;
     let mut out = target.begin_write().map_err(StorageError::backend)?;
     copy_tables(tx, &out, false)?;
     out.set_durability(redb::Durability::Immediate)

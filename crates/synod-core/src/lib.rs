@@ -13,15 +13,17 @@
 //!
 //! This crate must not spawn threads, read a clock, open sockets or depend on an async runtime:
 //! time arrives as ticks and the owner of the [`node::Node`] runs the loop. Disk access goes
-//! through raft-engine and redb, both of which accept a custom file system or storage backend:
-//! `synod-sim` runs this same code on its simulated disk. [`planted`] holds the bugs planted on
+//! through raft-engine's `FileSystem`, redb's `StorageBackend` and [`disk::Disk`] (snapshot
+//! files): `synod-sim` runs this same code on its simulated disk, snapshots included. [`planted`] holds the bugs planted on
 //! purpose for the simulator to catch (compiled only with the `planted-bugs` feature).
 
 pub mod apply;
 pub mod backend;
 pub mod crc32c;
+pub mod disk;
 pub mod driver;
 pub mod error;
+pub mod fault;
 pub mod lease;
 pub mod mvcc;
 pub mod node;

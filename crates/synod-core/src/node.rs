@@ -102,6 +102,20 @@ pub struct RaftView {
 pub struct SnapshotJob {
     pub view: redb::ReadTransaction,
     pub metadata: SnapshotMetadata,
+    disk: Arc<dyn crate::disk::Disk>,
+}
+
+impl SnapshotJob {
+    /// Writes the snapshot file at `path` (on any thread: the view is consistent) and returns the
+    /// Raft snapshot that names it, to hand back with [`Node::offer_snapshot`].
+    pub fn write(self, path: &std::path::Path) -> Result<Snapshot, StorageError> {
+        crate::backend::export(&*self.disk, &self.view, path)?;
+        drop(self.view);
+        let mut snapshot = Snapshot::default();
+        snapshot.set_metadata(self.metadata);
+        snapshot.data = path.display().to_string().into_bytes().into();
+        Ok(snapshot)
+    }
 }
 
 impl std::fmt::Debug for SnapshotJob {
@@ -460,6 +474,7 @@ impl<F: FileSystem> Node<F> {
         if !ready.entries().is_empty() || ready.hs().is_some() {
             let entries = ready.entries();
             self.raw.mut_store().append(entries, ready.hs())?;
+            crate::fault::reach(crate::fault::FaultPoint::AfterLogSync);
         }
         let persisted = ready.take_persisted_messages();
         if !persisted.is_empty() {
@@ -499,10 +514,15 @@ impl<F: FileSystem> Node<F> {
         );
         self.machine
             .install_snapshot(std::path::Path::new(path), metadata)?;
+        crate::fault::reach(crate::fault::FaultPoint::SnapshotInStateMachine);
         self.raw.mut_store().install_snapshot(metadata)?;
         tracing::info!(index = metadata.index, "state-machine snapshot installed");
         // Reads waiting for an index the snapshot covers can go now.
-        let _ = std::fs::remove_file(path);
+        let _ = self
+            .machine
+            .backend()
+            .disk()
+            .remove(std::path::Path::new(path));
         Ok(())
     }
 
@@ -519,7 +539,11 @@ impl<F: FileSystem> Node<F> {
             index = metadata.index,
             "a follower needs a snapshot; writing one"
         );
-        Ok(SnapshotJob { view, metadata })
+        Ok(SnapshotJob {
+            view,
+            metadata,
+            disk: self.machine.backend().disk().clone(),
+        })
     }
 
     /// Offers a snapshot written from a [`SnapshotJob`] (`data` names its file), or reports that

@@ -355,10 +355,9 @@ fn engine_config(dir: &Path, recovery_mode: RecoveryMode) -> Config {
 
 /// The newest file of the append queue.
 fn newest_log_file(dir: &Path) -> Result<Option<PathBuf>, StorageError> {
-    // raft-engine lists its directory on the real file system, whatever `F` is.
-    let entries = std::fs::read_dir(dir).map_err(|e| StorageError::open(dir, e))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
+    let mut files: Vec<PathBuf> = crate::disk::list_dir(dir)
+        .map_err(|e| StorageError::open(dir, e))?
+        .into_iter()
         .filter(|path| path.extension().is_some_and(|ext| ext == "raftlog"))
         .collect();
     files.sort();

@@ -244,6 +244,43 @@ impl SimDisk {
     }
 }
 
+impl synod_core::disk::Disk for SimDisk {
+    fn storage(&self, path: &Path) -> io::Result<Box<dyn redb::StorageBackend>> {
+        Ok(Box::new(SimStorage::open(self, path)))
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        if !state.crashed {
+            state.files.remove(path);
+        }
+        Ok(())
+    }
+
+    fn len(&self, path: &Path) -> io::Result<u64> {
+        Ok(self
+            .file(path)
+            .map_or(0, |file| lock(&file).current.len() as u64))
+    }
+}
+
+impl SimDisk {
+    /// Copies the file at `path` to `target_path` on `target`, written and synced there: a
+    /// snapshot file received over the peer stream (which fails as the target's disk fails).
+    pub fn copy_to(&self, path: &Path, target: &SimDisk, target_path: &Path) -> io::Result<()> {
+        let Some(source) = self.file(path) else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no such snapshot file",
+            ));
+        };
+        let data = lock(&source).current.clone();
+        let file = target.create_file(target_path, false);
+        target.write_at(&file, 0, &data)?;
+        target.sync_file(&file)
+    }
+}
+
 /// raft-engine's view of a [`SimDisk`].
 #[derive(Debug, Clone)]
 pub struct SimFs {

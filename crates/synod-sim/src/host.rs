@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use raft::eraftpb::{Message, Snapshot};
+use raft::eraftpb::Message;
 use synod_api::etcdserverpb::RangeRequest;
 use synod_api::synodpb::{InternalRequest, MemberRecord};
 use synod_core::apply::{Response, StateMachine, execute_range};
@@ -19,6 +19,7 @@ use synod_core::backend::Backend;
 use synod_core::driver::{
     Answer, Driver, DriverConfig, DriverError, Input, MemberChangeKind, Output, Reply,
 };
+use synod_core::fault::FaultPoint;
 use synod_core::node::{AppliedEntry, Node, NodeConfig, RaftView};
 use synod_core::planted::Bug;
 use synod_core::raft_log::RaftLog;
@@ -34,6 +35,9 @@ pub const CALL_TIMEOUT_MS: u64 = 800;
 
 thread_local! {
     static IN_MEMBER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The fault point this turn crashes at, if the simulator chose one, and whether it did.
+    static CRASH_AT: std::cell::Cell<Option<FaultPoint>> = const { std::cell::Cell::new(None) };
+    static CRASHED_AT: std::cell::Cell<Option<FaultPoint>> = const { std::cell::Cell::new(None) };
 }
 
 /// A member that panics (raft-engine panics on a failed fsync, as it should) is a crashed
@@ -116,6 +120,8 @@ pub struct TurnInput {
     pub reports: Vec<PeerReport>,
     /// Where a follower snapshot goes, if Raft asks for one this turn.
     pub snapshot_path: PathBuf,
+    /// Crash the member when its turn reaches this point (its disk takes nothing after it).
+    pub crash_at: Option<FaultPoint>,
 }
 
 /// What came of it.
@@ -138,6 +144,8 @@ pub struct TurnOutput {
     pub busy: bool,
     /// The member stopped: a storage error or a panic, with what it said.
     pub stopped: Option<String>,
+    /// The member crashed at the fault point it was given; the rest of the turn is lost.
+    pub crashed_at: Option<FaultPoint>,
 }
 
 /// A member's state as the checkers see it after a turn.
@@ -211,6 +219,13 @@ impl Host {
         };
         let state = host.call(move |resident| {
             let driver = open_driver(&start)?;
+            let disk = start.disk.clone();
+            synod_core::fault::set_hook(Some(Box::new(move |point| {
+                if CRASH_AT.get() == Some(point) && CRASHED_AT.get().is_none() {
+                    disk.kill();
+                    CRASHED_AT.set(Some(point));
+                }
+            })));
             let collector = Arc::new(Collector::default());
             let hub = driver.node().machine().hub().clone();
             let stream = hub.new_stream();
@@ -275,7 +290,18 @@ impl Host {
                 };
             };
             let mut turn = TurnOutput::default();
-            if let Err(error) = run_turn(resident, input, probe, &mut turn) {
+            CRASH_AT.set(input.crash_at);
+            CRASHED_AT.set(None);
+            let outcome = run_turn(resident, input, probe, &mut turn);
+            CRASH_AT.set(None);
+            if let Some(point) = CRASHED_AT.take() {
+                // Whatever the turn did after the point never happened for the outside world.
+                return TurnOutput {
+                    crashed_at: Some(point),
+                    ..TurnOutput::default()
+                };
+            }
+            if let Err(error) = outcome {
                 turn.stopped = Some(error);
             }
             turn
@@ -406,24 +432,13 @@ fn run_turn(
         .map_err(|e| e.to_string())?;
     turn.synced = resident.disk.counters().0 > syncs_before;
     if let Some(job) = out.snapshot_job.take() {
-        // The server writes it on a thread of its own; here it is ready at once.
-        let written = synod_core::backend::export(&job.view, &input.snapshot_path);
-        drop(job.view);
-        let snapshot = written.ok().map(|()| {
-            let mut snapshot = Snapshot::default();
-            snapshot.set_metadata(job.metadata);
-            snapshot.data = input
-                .snapshot_path
-                .display()
-                .to_string()
-                .into_bytes()
-                .into();
-            snapshot
-        });
+        // The server writes it on a thread of its own; here it is ready at once. The file is on
+        // the member's simulated disk, like everything else it writes.
+        let snapshot = job.write(&input.snapshot_path).ok();
         driver.handle(Input::SnapshotReady(snapshot), &mut out);
     }
     if let Some(file) = out.obsolete_snapshot.take() {
-        let _ = std::fs::remove_file(file);
+        let _ = synod_core::disk::Disk::remove(&resident.disk, Path::new(&file));
     }
     let node = driver.node();
     for Reply { id, outcome } in out.replies {
@@ -489,8 +504,13 @@ fn read_value(node: &Node<SimFs>, key: Vec<u8>, serializable: bool) -> Done {
 /// driver the server runs.
 fn open_driver(start: &Start) -> Result<Driver<SimFs>, String> {
     let db_path = start.dir.join("db");
-    let backend = Backend::open_on(SimStorage::open(&start.disk, &db_path), &db_path, 4 << 20)
-        .map_err(|e| e.to_string())?;
+    let backend = Backend::open_on(
+        SimStorage::open(&start.disk, &db_path),
+        &db_path,
+        4 << 20,
+        Arc::new(start.disk.clone()),
+    )
+    .map_err(|e| e.to_string())?;
     let log = RaftLog::open_with(
         &start.dir.join("raft"),
         Arc::new(SimFs::new(start.disk.clone())),

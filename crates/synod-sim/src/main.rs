@@ -113,9 +113,11 @@ fn main() -> ExitCode {
         sim_ms as f64 / 1000.0
     );
     println!(
-        "  faults: {} crashes ({} torn writes), {} partitions, {} flapping links, {} slow members, {} slow disks, {} pauses, {} fsync failures, {} full disks, {} learners added, {} promoted, {} members removed; {} messages dropped, {} duplicated",
+        "  faults: {} crashes ({} torn writes; {} more inside a turn after the log's fsync, {} inside a snapshot install), {} partitions, {} flapping links, {} slow members, {} slow disks, {} pauses, {} fsync failures, {} full disks, {} learners added, {} promoted, {} members removed; {} messages dropped, {} duplicated",
         faults.crashes,
         faults.torn_writes,
+        faults.crashes_after_fsync,
+        faults.crashes_in_snapshot_install,
         faults.partitions,
         faults.flapping_links,
         faults.slow_members,

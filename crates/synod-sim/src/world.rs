@@ -22,6 +22,7 @@ use synod_api::mvccpb::event::EventType;
 use synod_api::synodpb::{InternalRequest, MemberRecord, internal_request::Request};
 use synod_core::apply::Response;
 use synod_core::driver::MemberChangeKind;
+use synod_core::fault::FaultPoint;
 use synod_core::planted::Bug;
 use synod_core::watch::WatchNotice;
 
@@ -78,6 +79,10 @@ impl SimConfig {
 #[derive(Debug, Default, Clone)]
 pub struct FaultCounts {
     pub crashes: u64,
+    /// Crashes inside a turn: after the log's fsync, before the acknowledgements left.
+    pub crashes_after_fsync: u64,
+    /// Crashes between a snapshot's install into the state machine and its record in the log.
+    pub crashes_in_snapshot_install: u64,
     pub torn_writes: u64,
     pub partitions: u64,
     pub flapping_links: u64,
@@ -96,6 +101,8 @@ pub struct FaultCounts {
 impl FaultCounts {
     pub fn total(&self) -> u64 {
         self.crashes
+            + self.crashes_after_fsync
+            + self.crashes_in_snapshot_install
             + self.partitions
             + self.flapping_links
             + self.slow_members
@@ -110,6 +117,8 @@ impl FaultCounts {
 
     pub fn add(&mut self, other: &FaultCounts) {
         self.crashes += other.crashes;
+        self.crashes_after_fsync += other.crashes_after_fsync;
+        self.crashes_in_snapshot_install += other.crashes_in_snapshot_install;
         self.torn_writes += other.torn_writes;
         self.partitions += other.partitions;
         self.flapping_links += other.flapping_links;
@@ -656,6 +665,8 @@ impl World {
             return None;
         }
         member.snapshots += 1;
+        let crash_at = self.crash_point(index);
+        let member = &mut self.members[index];
         let input = TurnInput {
             ticks,
             inbox: std::mem::take(&mut member.inbox),
@@ -664,11 +675,52 @@ impl World {
             conf_changes: std::mem::take(&mut member.conf_changes),
             reports: std::mem::take(&mut member.reports),
             snapshot_path: member.dir.join(format!("snap-{}.db", member.snapshots)),
+            crash_at,
         };
         Some(member.host.as_ref()?.turn(input, probe))
     }
 
+    /// Now and then a turn crashes its member at a point inside it (never more members than a
+    /// crash between turns could take down).
+    fn crash_point(&mut self, index: usize) -> Option<FaultPoint> {
+        if !self.config.faults || self.now >= self.config.safety_ms {
+            return None;
+        }
+        let live = self.members.iter().filter(|m| !m.removed).count();
+        let down = self
+            .members
+            .iter()
+            .filter(|m| m.host.is_none() && !m.removed)
+            .count();
+        if down >= live / 2 {
+            return None;
+        }
+        let member = &self.members[index];
+        let snapshot_arrives = member
+            .inbox
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+        if snapshot_arrives && self.rng.chance(250_000) {
+            return Some(FaultPoint::SnapshotInStateMachine);
+        }
+        if self.rng.chance(1_000) {
+            return Some(FaultPoint::AfterLogSync);
+        }
+        None
+    }
+
     fn finish_turn(&mut self, index: usize, turn: TurnOutput) {
+        if let Some(point) = turn.crashed_at {
+            match point {
+                FaultPoint::AfterLogSync => self.report.faults.crashes_after_fsync += 1,
+                FaultPoint::SnapshotInStateMachine => {
+                    self.report.faults.crashes_in_snapshot_install += 1
+                }
+            }
+            let after = self.rng.between(20, 600);
+            self.crash(index, after);
+            return;
+        }
         if let Some(error) = turn.stopped {
             self.member_stopped(index, &error);
             return;
@@ -956,7 +1008,14 @@ impl World {
                 let target = self.members[to]
                     .dir
                     .join(format!("received-{}.db", self.net.seq));
-                let copied = std::fs::copy(&source, &target).is_ok();
+                let copied = self.members[from]
+                    .disk
+                    .copy_to(
+                        std::path::Path::new(&source),
+                        &self.members[to].disk,
+                        &target,
+                    )
+                    .is_ok();
                 self.members[from]
                     .reports
                     .push(PeerReport::Snapshot(message.to, copied));

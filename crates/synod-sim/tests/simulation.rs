@@ -57,6 +57,11 @@ fn every_kind_of_fault_is_injected() {
     }
     let kinds = [
         ("crashes", faults.crashes),
+        ("crashes after a log fsync", faults.crashes_after_fsync),
+        (
+            "crashes inside a snapshot install",
+            faults.crashes_in_snapshot_install,
+        ),
         ("torn writes", faults.torn_writes),
         ("partitions", faults.partitions),
         ("flapping links", faults.flapping_links),

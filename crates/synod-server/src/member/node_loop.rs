@@ -11,7 +11,6 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
-use raft::eraftpb::Snapshot;
 use synod_core::StorageError;
 use synod_core::driver::{Answer, Driver, Input, Output, SnapshotJob};
 use tokio::sync::oneshot;
@@ -231,19 +230,15 @@ impl NodeLoop {
             .name("synod-snapshot".to_owned())
             .spawn(move || {
                 let started = Instant::now();
-                let outcome = synod_core::backend::export(&job.view, &path);
-                drop(job.view);
-                let snapshot = match outcome {
-                    Ok(()) => {
+                let index = job.metadata.index;
+                let snapshot = match job.write(&path) {
+                    Ok(snapshot) => {
                         tracing::info!(
-                            index = job.metadata.index,
+                            index,
                             file = %path.display(),
                             elapsed_ms = started.elapsed().as_millis() as u64,
                             "snapshot written"
                         );
-                        let mut snapshot = Snapshot::default();
-                        snapshot.set_metadata(job.metadata);
-                        snapshot.data = path.display().to_string().into_bytes().into();
                         Some(snapshot)
                     }
                     Err(error) => {

@@ -47,6 +47,8 @@ pub struct Member {
     pub peer_port: u16,
     extra_args: Vec<String>,
     log_path: PathBuf,
+    /// A program that runs the server (`prlimit ... --`), if any.
+    wrapper: Vec<String>,
 }
 
 impl Member {
@@ -99,7 +101,18 @@ impl Member {
             peer_port: free_port(),
             extra_args,
             log_path: root.join("server.log"),
+            wrapper: Vec::new(),
         }
+    }
+
+    /// Starts a member under `wrapper`, a program that runs the server in an environment of its
+    /// own (for example `prlimit --nofile=200:200 --`).
+    pub fn start_wrapped(root: &Path, extra_args: &[&str], wrapper: &[&str]) -> Member {
+        let mut member = Member::prepare(root, extra_args.iter().map(|s| s.to_string()).collect());
+        member.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        member.spawn();
+        member.wait_ready();
+        member
     }
 
     /// Starts the process without waiting for it to serve.
@@ -114,6 +127,13 @@ impl Member {
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// Whether the process is alive at this moment (it may have exited on its own).
+    pub fn is_running_now(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -139,7 +159,15 @@ impl Member {
             .append(true)
             .open(&self.log_path)
             .expect("open log");
-        let child = Command::new(synod_binary())
+        let mut command = match self.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(synod_binary());
+                command
+            }
+            None => Command::new(synod_binary()),
+        };
+        let child = command
             .arg("server")
             .arg("--data-dir")
             .arg(&self.data_dir)

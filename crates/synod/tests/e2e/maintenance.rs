@@ -308,3 +308,52 @@ async fn malformed_requests_are_refused_without_harm() {
     let status = client.status().await.expect("status");
     assert!(status.raft_index() > 0);
 }
+
+/// Goal: a member out of file descriptors refuses new connections and keeps serving the ones it
+/// has; it never mistakes the shortage for a failed disk (etcd survives the same). The server
+/// runs with 200 descriptors, soft and hard, and 330 idle connections come at it.
+#[tokio::test]
+async fn running_out_of_descriptors_refuses_connections_not_the_disk() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut member = Member::start_wrapped(
+        root.path(),
+        &["--snapshot-count", "100"],
+        &["prlimit", "--nofile=200:200", "--"],
+    );
+    let mut client = member.etcd_client().await;
+    client.put("before", "v", None).await.expect("put");
+    let idle: Vec<std::net::TcpStream> = (0..330)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", member.client_port)).ok())
+        .collect();
+    assert!(idle.len() > 100, "the flood connected {} times", idle.len());
+    // Writes on the connection it already has go on, through log compactions and snapshots
+    // that open files.
+    let wait = std::time::Duration::from_secs(10);
+    for i in 0..400 {
+        tokio::time::timeout(
+            wait,
+            client.put(format!("flood/{i:03}"), vec![b'x'; 512], None),
+        )
+        .await
+        .expect("a put answered in time while the descriptors are exhausted")
+        .expect("a put while the descriptors are exhausted");
+    }
+    drop(idle);
+    assert!(
+        member.is_running_now(),
+        "the member stopped:\n{}",
+        member.log()
+    );
+    assert!(
+        !member.log().contains("storage failure"),
+        "a descriptor shortage was taken for a storage failure:\n{}",
+        member.log()
+    );
+    // Once the flood is gone, new clients are served again.
+    let mut fresh = member.etcd_client().await;
+    let got = tokio::time::timeout(wait, fresh.get("flood/399", None))
+        .await
+        .expect("a new client is served in time")
+        .expect("get");
+    assert_eq!(got.kvs().len(), 1);
+}

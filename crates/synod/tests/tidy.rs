@@ -1,0 +1,181 @@
+//! Tidy: the structure the architecture promises, checked on the source tree.
+//!
+//! - The crate dependency rule: `synod-api` depends on no Synod crate; `synod-core` on
+//!   `synod-api` alone and on no async runtime or network stack; `synod-sim` on `synod-core` and
+//!   `synod-api`, never the server; `synod-client` on `synod-api` alone.
+//! - The core reads no clock, opens no socket, starts no thread, and touches files only through
+//!   `disk.rs` (its production `Disk`), raft-engine and redb.
+//! - In the server a gRPC `Status` is built only in `error.rs`.
+
+use std::path::{Path, PathBuf};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .and_then(Path::parent)
+        .expect("crates/synod sits two levels below the workspace root")
+        .to_path_buf()
+}
+
+/// The names under `[dependencies]` of a crate's manifest.
+fn dependencies(krate: &str) -> Vec<String> {
+    let manifest = workspace().join("crates").join(krate).join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    let mut in_dependencies = false;
+    let mut names = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_dependencies = line == "[dependencies]";
+            continue;
+        }
+        if in_dependencies && let Some((name, _)) = line.split_once('=') {
+            let name = name.trim().trim_end_matches(".workspace").to_owned();
+            if !name.is_empty() && !name.starts_with('#') {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
+/// Every `.rs` file under `dir`, with its lines.
+fn sources(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("source");
+                found.push((path, text));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Lines of code, without comments (`//` to the end of the line).
+fn code_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines().enumerate().map(|(number, line)| {
+        let code = line.split_once("//").map_or(line, |(code, _)| code);
+        (number + 1, code)
+    })
+}
+
+#[test]
+fn crates_depend_only_downward() {
+    let synod_crates = |krate: &str| -> Vec<String> {
+        dependencies(krate)
+            .into_iter()
+            .filter(|name| name.starts_with("synod"))
+            .collect()
+    };
+    assert_eq!(synod_crates("synod-api"), Vec::<String>::new());
+    assert_eq!(synod_crates("synod-core"), ["synod-api"]);
+    assert_eq!(synod_crates("synod-client"), ["synod-api"]);
+    assert_eq!(synod_crates("synod-sim"), ["synod-api", "synod-core"]);
+    assert_eq!(synod_crates("synod-server"), ["synod-api", "synod-core"]);
+    for runtime in [
+        "tokio",
+        "tonic",
+        "axum",
+        "hyper",
+        "hyper-util",
+        "futures",
+        "tokio-stream",
+    ] {
+        for krate in ["synod-core", "synod-sim"] {
+            assert!(
+                !dependencies(krate).iter().any(|name| name == runtime),
+                "{krate} must not depend on {runtime}: it runs without an async runtime or sockets"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_core_reads_no_clock_and_touches_files_only_through_its_disk() {
+    let forbidden = [
+        (
+            "std::fs",
+            "files go through `disk::Disk`, raft-engine or redb",
+        ),
+        ("SystemTime", "time is ticks"),
+        ("Instant::now", "time is ticks"),
+        ("std::thread", "the owner runs the loop"),
+        ("std::net", "the core opens no socket"),
+        ("tokio", "no async runtime"),
+    ];
+    let root = workspace().join("crates/synod-core/src");
+    let mut found = Vec::new();
+    for (path, text) in sources(&root) {
+        let allowed_fs = path.ends_with("disk.rs");
+        for (number, code) in code_lines(&text) {
+            for (word, why) in forbidden {
+                if code.contains(word) && !(allowed_fs && word == "std::fs") {
+                    found.push(format!("{}:{number}: {word} ({why})", path.display()));
+                }
+            }
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
+#[test]
+fn grpc_statuses_are_built_only_in_error_rs() {
+    let constructors = [
+        "Status::new(",
+        "Status::ok(",
+        "Status::cancelled(",
+        "Status::unknown(",
+        "Status::invalid_argument(",
+        "Status::deadline_exceeded(",
+        "Status::not_found(",
+        "Status::already_exists(",
+        "Status::permission_denied(",
+        "Status::resource_exhausted(",
+        "Status::failed_precondition(",
+        "Status::aborted(",
+        "Status::out_of_range(",
+        "Status::unimplemented(",
+        "Status::internal(",
+        "Status::unavailable(",
+        "Status::data_loss(",
+        "Status::unauthenticated(",
+    ];
+    let root = workspace().join("crates/synod-server/src");
+    let mut found = Vec::new();
+    for (path, text) in sources(&root) {
+        if path.ends_with("error.rs") {
+            continue;
+        }
+        for (number, code) in code_lines(&text) {
+            for constructor in constructors {
+                if code.contains(constructor) {
+                    found.push(format!("{}:{number}: {constructor}", path.display()));
+                }
+            }
+            // A catalogue error turned into a status on the spot (`errors::X.status()`).
+            if code.contains("errors::") && code.contains(".status()") {
+                found.push(format!("{}:{number}: errors::...status()", path.display()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "map the failure to a typed error and build its status in error.rs:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_tidy_checks_see_the_tree() {
+    // A check over no files passes whatever the code does: make sure each one reads something.
+    assert!(sources(&workspace().join("crates/synod-core/src")).len() > 10);
+    assert!(sources(&workspace().join("crates/synod-server/src")).len() > 10);
+    assert!(dependencies("synod-core").iter().any(|d| d == "raft"));
+}
