@@ -50,9 +50,7 @@ impl LeaseService {
             while let Some(Ok(request)) = requests.next().await {
                 let renewed = match member.renew_lease(request.id).await {
                     // Only the leader keeps deadlines: a follower forwards the renewal.
-                    Err(ServerError::NotLeader) => {
-                        crate::peer::forward_renew(&member, request.id).await
-                    }
+                    Err(ServerError::NotLeader) => crate::forward::renew(&member, request.id).await,
                     renewed => renewed.map_err(Status::from),
                 };
                 let ttl = match renewed {
@@ -162,7 +160,7 @@ impl Lease for LeaseService {
             Ok(info) => time_to_live(&self.member, &request, info),
             Err(ServerError::NotLeader) => {
                 // Remaining TTLs exist only on the leader.
-                let mut response = crate::peer::forward_time_to_live(&self.member, request).await?;
+                let mut response = crate::forward::time_to_live(&self.member, request).await?;
                 let revision = response.header.as_ref().map(|h| h.revision).unwrap_or(0);
                 response.header = Some(self.member.header(revision));
                 response

@@ -13,10 +13,14 @@
 //! No lock is held across an `.await`.
 
 pub mod background;
+pub mod command;
 pub mod config;
 pub mod corrupt;
 pub mod error;
+#[cfg(feature = "fault-injection")]
+pub mod fault_routes;
 pub mod faults;
+pub mod forward;
 pub mod gateway;
 pub mod http;
 pub mod kv;
@@ -24,9 +28,11 @@ pub mod lease;
 pub mod log_bridge;
 pub mod maintenance;
 pub mod member;
+pub mod membership;
 pub mod peer;
 pub mod recipes;
 pub mod serve;
+pub mod transport;
 pub mod validate;
 pub mod watch;
 
@@ -90,7 +96,7 @@ pub fn client_router(member: Arc<Member>) -> axum::Router {
         .merge(gateway::router(services, decode_max * 4 / 3 + 64 * 1024))
         .merge(http::router(member.clone()));
     #[cfg(feature = "fault-injection")]
-    let router = router.merge(faults::router(member));
+    let router = router.merge(fault_routes::router(member));
     #[cfg(not(feature = "fault-injection"))]
     let _ = member;
     http_edges(router)

@@ -220,7 +220,7 @@ impl Maintenance for MaintenanceService {
         request: tonic::Request<MoveLeaderRequest>,
     ) -> Result<tonic::Response<MoveLeaderResponse>, Status> {
         let target = request.into_inner().target_id;
-        if !is_leader(&self.member) {
+        if !self.member.status.is_leader.load(Ordering::Relaxed) {
             return Err(ServerError::NotLeader.into());
         }
         if target != self.member.member_id {
@@ -257,90 +257,6 @@ impl ClusterService {
 /// Every member as etcd's `Member` message.
 pub fn member_list(member: &Member) -> Result<Vec<WireMember>, ServerError> {
     Ok(member.members()?.into_iter().map(wire_member).collect())
-}
-
-/// Makes a membership change and returns the member as it left it. The leader checks it
-/// against the cluster's health and proposes it; a follower forwards it to the leader over the
-/// peer channel (as etcd forwards them too), then waits until it has applied it itself, so its
-/// answer lists the new membership.
-pub async fn change_membership(
-    member: &Member,
-    kind: MemberChangeKind,
-    record: MemberRecord,
-) -> Result<MemberRecord, Status> {
-    if !is_leader(member) {
-        let removes_me = kind == MemberChangeKind::Remove && record.id == member.member_id;
-        let changed = crate::peer::forward_member_change(member, kind, record).await?;
-        if !removes_me {
-            // The change is committed; waiting for it here only makes the member list in the
-            // answer current. A member that is itself removed answers at once: it stops soon.
-            if let Err(error) = member.read_barrier().await {
-                tracing::debug!(%error, "a forwarded membership change is not applied here yet");
-            }
-        }
-        return Ok(changed);
-    }
-    let record = match kind {
-        MemberChangeKind::AddVoter | MemberChangeKind::AddLearner => {
-            check_peer_urls(&record.peer_urls)?;
-            let members = member.members().map_err(ServerError::from)?;
-            if members
-                .iter()
-                .any(|m| m.peer_urls.iter().any(|u| record.peer_urls.contains(u)))
-            {
-                return Err(ServerError::from(RequestError::PeerUrlExists).into());
-            }
-            MemberRecord {
-                id: new_member_id(&record.peer_urls, member.cluster_id),
-                name: String::new(),
-                peer_urls: record.peer_urls,
-                client_urls: Vec::new(),
-                is_learner: kind == MemberChangeKind::AddLearner,
-            }
-        }
-        MemberChangeKind::Promote | MemberChangeKind::Remove => MemberRecord {
-            id: record.id,
-            ..MemberRecord::default()
-        },
-    };
-    match member.change_member(kind, record).await? {
-        Response::Member(record) => Ok(record),
-        other => Err(unexpected(&other).into()),
-    }
-}
-
-fn is_leader(member: &Member) -> bool {
-    member.status.is_leader.load(Ordering::Relaxed)
-}
-
-/// Checks peer URLs as etcd does: absolute http(s) URLs with a host and a port.
-fn check_peer_urls(urls: &[String]) -> Result<(), Status> {
-    let valid = |url: &String| {
-        let rest = url
-            .strip_prefix("http://")
-            .or_else(|| url.strip_prefix("https://"));
-        rest.is_some_and(|rest| {
-            let host_port = rest.trim_end_matches('/');
-            !host_port.contains('/')
-                && host_port
-                    .rsplit_once(':')
-                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
-        })
-    };
-    if urls.is_empty() || !urls.iter().all(valid) {
-        return Err(ServerError::BadMemberUrls.into());
-    }
-    Ok(())
-}
-
-/// A new member's id: etcd hashes the peer URLs, the cluster and the time of the request.
-fn new_member_id(urls: &[String], cluster_id: u64) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let id = crate::member::member_id(urls, &format!("{cluster_id:x}-{nanos}"));
-    id.max(1)
 }
 
 impl ClusterService {
@@ -380,7 +296,7 @@ impl Cluster for ClusterService {
             is_learner: request.is_learner,
             ..MemberRecord::default()
         };
-        let added = change_membership(&self.member, kind, asked).await?;
+        let added = crate::membership::change(&self.member, kind, asked).await?;
         Ok(tonic::Response::new(MemberAddResponse {
             header: self.header(),
             member: Some(wire_member(added)),
@@ -397,7 +313,7 @@ impl Cluster for ClusterService {
             id: request.id,
             ..MemberRecord::default()
         };
-        change_membership(&self.member, MemberChangeKind::Remove, record).await?;
+        crate::membership::change(&self.member, MemberChangeKind::Remove, record).await?;
         Ok(tonic::Response::new(MemberRemoveResponse {
             header: self.header(),
             members: self.members_now()?,
@@ -409,7 +325,7 @@ impl Cluster for ClusterService {
         request: tonic::Request<MemberUpdateRequest>,
     ) -> Result<tonic::Response<MemberUpdateResponse>, Status> {
         let request = request.into_inner();
-        check_peer_urls(&request.peer_ur_ls)?;
+        crate::membership::check_peer_urls(&request.peer_ur_ls)?;
         let members = self.member.members().map_err(ServerError::from)?;
         if members.iter().any(|m| {
             m.id != request.id && m.peer_urls.iter().any(|u| request.peer_ur_ls.contains(u))
@@ -454,7 +370,7 @@ impl Cluster for ClusterService {
             id: request.id,
             ..MemberRecord::default()
         };
-        change_membership(&self.member, MemberChangeKind::Promote, record).await?;
+        crate::membership::change(&self.member, MemberChangeKind::Promote, record).await?;
         Ok(tonic::Response::new(MemberPromoteResponse {
             header: self.header(),
             members: self.members_now()?,

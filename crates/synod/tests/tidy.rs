@@ -179,3 +179,90 @@ fn the_tidy_checks_see_the_tree() {
     assert!(sources(&workspace().join("crates/synod-server/src")).len() > 10);
     assert!(dependencies("synod-core").iter().any(|d| d == "raft"));
 }
+
+/// The server's modules (a file `x.rs` or a folder `x/`) and the modules each one names with
+/// `crate::`.
+fn server_module_graph() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let root = workspace().join("crates/synod-server/src");
+    let mut graph = std::collections::BTreeMap::new();
+    for (path, text) in sources(&root) {
+        let relative = path.strip_prefix(&root).expect("under src");
+        let module = relative
+            .components()
+            .next()
+            .and_then(|c| c.as_os_str().to_str())
+            .map(|name| name.trim_end_matches(".rs").to_owned())
+            .expect("a module name");
+        if module == "lib" {
+            continue;
+        }
+        let uses: &mut std::collections::BTreeSet<String> =
+            graph.entry(module.clone()).or_default();
+        for (_, code) in code_lines(&text) {
+            let mut rest = code;
+            while let Some(at) = rest.find("crate::") {
+                rest = &rest[at + "crate::".len()..];
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() && name != module {
+                    uses.insert(name);
+                }
+            }
+            // `use crate::{a, b}` names several at once.
+            if let Some(group) = code.split("crate::{").nth(1) {
+                for name in group.split(['}', ',']).map(|n| n.trim()) {
+                    let name: String = name
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect();
+                    if !name.is_empty() && name != module {
+                        uses.insert(name);
+                    }
+                }
+            }
+        }
+    }
+    graph
+}
+
+#[test]
+fn the_servers_modules_import_each_other_in_no_circle() {
+    let graph = server_module_graph();
+    assert!(graph.contains_key("member") && graph.contains_key("peer"));
+    // Depth-first search for a path that comes back to where it started.
+    fn visit(
+        graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        node: &str,
+        path: &mut Vec<String>,
+        done: &mut std::collections::BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(start) = path.iter().position(|n| n == node) {
+            let mut circle = path[start..].to_vec();
+            circle.push(node.to_owned());
+            return Some(circle);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_owned());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(circle) = visit(graph, next, path, done) {
+                return Some(circle);
+            }
+        }
+        path.pop();
+        done.insert(node.to_owned());
+        None
+    }
+    let mut done = std::collections::BTreeSet::new();
+    for module in graph.keys() {
+        if let Some(circle) = visit(&graph, module, &mut Vec::new(), &mut done) {
+            panic!(
+                "modules import each other in a circle: {}",
+                circle.join(" -> ")
+            );
+        }
+    }
+}

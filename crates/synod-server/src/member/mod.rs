@@ -29,9 +29,10 @@ use synod_core::watch::WatchHub;
 use synod_core::{RequestError, StorageError};
 use tokio::sync::oneshot;
 
+pub use crate::command::Command;
 use crate::config::Config;
 use crate::error::ServerError;
-use crate::peer::Transport;
+use crate::transport::Transport;
 
 pub use node_loop::NodeLoop;
 pub use open::{StartError, cluster_id, member_id};
@@ -48,28 +49,6 @@ pub const REMOVED_EXIT_CODE: i32 = 0;
 /// Exit code of a member stopped by a storage failure (EX_SOFTWARE would hide the cause; 70 is
 /// what operators and the tests look for).
 pub const FAIL_STOP_EXIT_CODE: i32 = 70;
-
-/// Work for the node loop.
-pub enum Command {
-    /// A client's request for the driver, answered on `reply` under request id `id`.
-    Client {
-        id: u64,
-        input: Input,
-        reply: node_loop::Waiter,
-    },
-    /// Something for the driver from the peers or a background job (no answer).
-    Input(Input),
-    /// Make the state machine durable and copy it to a file; reply with the path.
-    Snapshot {
-        reply: oneshot::Sender<Result<PathBuf, String>>,
-    },
-    Defragment {
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-    /// A peer says this member was removed from the cluster.
-    Removed,
-    Shutdown,
-}
 
 /// What the node loop has reached, published after every turn for handlers that wait for it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use synod_core::StorageError;
-use synod_core::driver::{Answer, Driver, Input, Output, SnapshotJob};
-use tokio::sync::oneshot;
+use synod_core::driver::{Driver, Input, Output, SnapshotJob};
 
 use super::{Command, FAIL_STOP_EXIT_CODE, Progress, REMOVED_EXIT_CODE};
+use crate::command::Waiter;
 use crate::config::Config;
 use crate::error::ServerError;
-use crate::peer::Transport;
+use crate::transport::Transport;
 
 /// Commands handled per turn, so ticks are not starved under load.
 const COMMANDS_PER_TURN_MAX: usize = 4 * 1024;
@@ -27,9 +27,6 @@ const COMMANDS_PER_TURN_MAX: usize = 4 * 1024;
 const PROPOSAL_BYTES_PER_TURN_MAX: usize = 8 << 20;
 /// How long a removed member keeps running before it stops (etcd: one second).
 const REMOVED_STOP_DELAY: Duration = Duration::from_secs(1);
-
-/// A handler waiting for the driver's answer.
-pub type Waiter = oneshot::Sender<Result<Answer, ServerError>>;
 
 /// The node loop, ready to run on its own thread.
 pub struct NodeLoop {

@@ -20,7 +20,7 @@ use synod_core::raft_log::RaftLog;
 use super::node_loop::NodeLoop;
 use super::{APPLY_LAG_MAX, COMMAND_QUEUE_MAX, Member};
 use crate::config::Config;
-use crate::peer::Transport;
+use crate::transport::Transport;
 
 /// etcd's member id: SHA-1 of the sorted peer URLs and the cluster token, first 8 bytes.
 pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
@@ -257,11 +257,13 @@ async fn join(config: &Config, backend: &Backend) -> Result<(u64, u64), StartErr
         .flat_map(|(_, urls)| urls.iter().cloned())
         .filter(|url| !own_urls.contains(url))
         .collect();
-    let cluster = crate::peer::fetch_cluster(&others).await.map_err(|error| {
-        StartError::Config(format!(
-            "--initial-cluster-state existing: cannot reach the cluster ({error})"
-        ))
-    })?;
+    let cluster = crate::transport::fetch_cluster(&others)
+        .await
+        .map_err(|error| {
+            StartError::Config(format!(
+                "--initial-cluster-state existing: cannot reach the cluster ({error})"
+            ))
+        })?;
     let Some(this) = cluster
         .members
         .iter()

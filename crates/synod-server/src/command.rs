@@ -1,0 +1,33 @@
+//! The node loop's inbox: what handlers, the peer transport and background jobs send it.
+
+use std::path::PathBuf;
+
+use synod_core::driver::{Answer, Input};
+use tokio::sync::oneshot;
+
+use crate::error::ServerError;
+
+/// A handler waiting for the driver's answer.
+pub type Waiter = oneshot::Sender<Result<Answer, ServerError>>;
+
+/// Work for the node loop.
+pub enum Command {
+    /// A client's request for the driver, answered on `reply` under request id `id`.
+    Client {
+        id: u64,
+        input: Input,
+        reply: Waiter,
+    },
+    /// Something for the driver from the peers or a background job (no answer).
+    Input(Input),
+    /// Make the state machine durable and copy it to a file; reply with the path.
+    Snapshot {
+        reply: oneshot::Sender<Result<PathBuf, String>>,
+    },
+    Defragment {
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// A peer says this member was removed from the cluster.
+    Removed,
+    Shutdown,
+}

@@ -1,0 +1,353 @@
+//! The outbound side of the peer transport: Raft messages to the other members over gRPC on
+//! their peer URLs. Every peer has one link: a bounded queue filled by the node loop (which never
+//! blocks: a full queue drops the message and tells Raft the peer is unreachable, which is all
+//! the backpressure Raft needs) and a task that drains the queue into batches on one long-lived
+//! client stream, reconnecting with backoff when the stream breaks. Snapshots go on a stream of
+//! their own, in chunks, so a large state-machine file never holds up heartbeats. Requests a
+//! follower forwards to the leader use the same link's channel (see `peer`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use raft::eraftpb::{Message, MessageType};
+use synod_api::synodpb::peer_client::PeerClient;
+use synod_api::synodpb::{ClusterRequest, ClusterResponse, RaftBatch, SnapshotChunk};
+use synod_core::backend::Backend;
+use synod_core::driver::Input;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::command::Command;
+
+/// Messages queued for one peer before the node loop starts dropping them.
+const LINK_QUEUE_MAX: usize = 4096;
+/// Messages in one batch on the wire.
+const BATCH_MESSAGES_MAX: usize = 512;
+/// Bytes in one batch on the wire (entries included), below gRPC's message limit.
+const BATCH_BYTES_MAX: usize = 2 << 20;
+/// Size of one snapshot chunk.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Largest message the peer service accepts: a batch, or a snapshot chunk, with room to spare.
+pub const PEER_MESSAGE_BYTES_MAX: usize = 16 << 20;
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// One outbound link.
+struct Link {
+    queue: mpsc::Sender<Message>,
+    client: PeerClient<Channel>,
+    urls: Vec<String>,
+}
+
+/// The outbound side of the peer transport, shared by the node loop and the handlers.
+pub struct Transport {
+    cluster_id: u64,
+    member_id: u64,
+    backend: Arc<Backend>,
+    commands: SyncSender<Command>,
+    runtime: tokio::runtime::Handle,
+    links: Mutex<HashMap<u64, Link>>,
+    /// Faults switched on by tests (nothing, in a build without `fault-injection`).
+    pub faults: crate::faults::Faults,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A lazily connecting channel to the first of `urls`.
+fn channel(urls: &[String]) -> Option<Channel> {
+    let url = urls.first()?;
+    let endpoint = Endpoint::from_shared(url.clone()).ok()?;
+    Some(
+        endpoint
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy(),
+    )
+}
+
+fn client(urls: &[String]) -> Option<PeerClient<Channel>> {
+    Some(
+        PeerClient::new(channel(urls)?)
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
+    )
+}
+
+impl Transport {
+    pub fn new(
+        cluster_id: u64,
+        member_id: u64,
+        backend: Arc<Backend>,
+        commands: SyncSender<Command>,
+        runtime: tokio::runtime::Handle,
+    ) -> Arc<Transport> {
+        Arc::new(Transport {
+            cluster_id,
+            member_id,
+            backend,
+            commands,
+            runtime,
+            links: Mutex::new(HashMap::new()),
+            faults: crate::faults::Faults::default(),
+        })
+    }
+
+    /// Queues messages for their peers; never blocks. Returns the peers whose queue was full or
+    /// who are unknown, for the node to report as unreachable.
+    pub fn send(self: &Arc<Self>, messages: Vec<Message>) -> Vec<u64> {
+        let mut unreachable = Vec::new();
+        let mut links = lock(&self.links);
+        for message in messages {
+            let to = message.to;
+            if to == self.member_id || self.faults.is_blocked(to) {
+                continue;
+            }
+            let link = match links.entry(to) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => match self.open_link(to) {
+                    Some(link) => entry.insert(link),
+                    None => {
+                        unreachable.push(to);
+                        continue;
+                    }
+                },
+            };
+            if link.queue.try_send(message).is_err() && !unreachable.contains(&to) {
+                unreachable.push(to);
+            }
+        }
+        unreachable
+    }
+
+    /// Starts the link to `peer` if its peer URLs are known.
+    fn open_link(self: &Arc<Self>, peer: u64) -> Option<Link> {
+        let record = self
+            .backend
+            .members()
+            .ok()?
+            .into_iter()
+            .find(|m| m.id == peer)?;
+        // Called from the node loop's thread too: channels spawn their connection task.
+        let _runtime = self.runtime.enter();
+        let client = client(&record.peer_urls)?;
+        let (queue, receiver) = mpsc::channel(LINK_QUEUE_MAX);
+        let transport = self.clone();
+        let task_client = client.clone();
+        self.runtime
+            .spawn(async move { transport.run_link(peer, task_client, receiver).await });
+        Some(Link {
+            queue,
+            client,
+            urls: record.peer_urls,
+        })
+    }
+
+    /// Drops links whose member is gone or whose URLs changed (they reopen on the next message).
+    pub fn refresh(&self) {
+        let Ok(members) = self.backend.members() else {
+            return;
+        };
+        let mut links = lock(&self.links);
+        links.retain(|id, link| {
+            members
+                .iter()
+                .any(|m| m.id == *id && m.peer_urls == link.urls)
+        });
+    }
+
+    /// A client for `peer`'s peer service, for requests forwarded to the leader.
+    pub fn client(self: &Arc<Self>, peer: u64) -> Option<PeerClient<Channel>> {
+        if self.faults.is_blocked(peer) {
+            return None;
+        }
+        let mut links = lock(&self.links);
+        if let Some(link) = links.get(&peer) {
+            return Some(link.client.clone());
+        }
+        let link = self.open_link(peer)?;
+        let client = link.client.clone();
+        links.insert(peer, link);
+        Some(client)
+    }
+
+    fn report(&self, command: Command) {
+        // A full node queue loses the report; Raft finds out again on its own.
+        let _ = self.commands.try_send(command);
+    }
+
+    /// Drains the queue into batches on one stream; reconnects with backoff when it breaks.
+    async fn run_link(
+        self: Arc<Self>,
+        peer: u64,
+        mut client: PeerClient<Channel>,
+        mut queue: mpsc::Receiver<Message>,
+    ) {
+        let mut backoff = BACKOFF_MIN;
+        'connect: loop {
+            let (batches, stream) = mpsc::channel::<RaftBatch>(16);
+            let mut call_client = client.clone();
+            let mut call =
+                tokio::spawn(async move { call_client.raft(ReceiverStream::new(stream)).await });
+            loop {
+                let first = tokio::select! {
+                    message = queue.recv() => message,
+                    ended = &mut call => {
+                        if let Ok(Err(status)) = ended {
+                            if crate::error::is_removed_refusal(&status) {
+                                self.report(Command::Removed);
+                                return;
+                            }
+                            tracing::debug!(peer = %format!("{peer:x}"), %status, "peer stream ended");
+                        }
+                        self.report(Command::Input(Input::Unreachable(peer)));
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        continue 'connect;
+                    }
+                };
+                let Some(first) = first else {
+                    // The link was dropped: the member left or its URLs changed.
+                    call.abort();
+                    return;
+                };
+                let mut batch = RaftBatch {
+                    cluster_id: self.cluster_id,
+                    from: self.member_id,
+                    to: peer,
+                    messages: Vec::new(),
+                };
+                let mut bytes = 0;
+                let mut next = Some(first);
+                while let Some(message) = next {
+                    if message.get_msg_type() == MessageType::MsgSnapshot {
+                        let transport = self.clone();
+                        let snapshot_client = client.clone();
+                        tokio::spawn(async move {
+                            let delivered = transport
+                                .send_snapshot(peer, snapshot_client, message)
+                                .await;
+                            transport
+                                .report(Command::Input(Input::SnapshotStatus { peer, delivered }));
+                        });
+                    } else if let Ok(encoded) = protobuf::Message::write_to_bytes(&message) {
+                        bytes += encoded.len();
+                        batch.messages.push(encoded);
+                    }
+                    next = if batch.messages.len() < BATCH_MESSAGES_MAX && bytes < BATCH_BYTES_MAX {
+                        queue.try_recv().ok()
+                    } else {
+                        None
+                    };
+                }
+                if batch.messages.is_empty() {
+                    continue;
+                }
+                if batches.send(batch).await.is_err() {
+                    self.report(Command::Input(Input::Unreachable(peer)));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    client = client.clone();
+                    continue 'connect;
+                }
+                backoff = BACKOFF_MIN;
+            }
+        }
+    }
+
+    /// Streams a snapshot message and the file its data names; returns whether the peer took it.
+    async fn send_snapshot(
+        &self,
+        peer: u64,
+        mut client: PeerClient<Channel>,
+        message: Message,
+    ) -> bool {
+        let path = PathBuf::from(String::from_utf8_lossy(&message.get_snapshot().data).as_ref());
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(error) => {
+                tracing::warn!(file = %path.display(), %error, "cannot open the snapshot to send");
+                return false;
+            }
+        };
+        let Ok(encoded) = protobuf::Message::write_to_bytes(&message) else {
+            return false;
+        };
+        let (chunks, stream) = mpsc::channel::<SnapshotChunk>(4);
+        let (cluster_id, from) = (self.cluster_id, self.member_id);
+        let reader = tokio::spawn(async move {
+            let mut first = Some(encoded);
+            loop {
+                let mut data = vec![0; SNAPSHOT_CHUNK_BYTES];
+                let read = match file.read(&mut data).await {
+                    Ok(read) => read,
+                    Err(_) => return false,
+                };
+                data.truncate(read);
+                let chunk = SnapshotChunk {
+                    cluster_id,
+                    from,
+                    to: peer,
+                    message: first.take().unwrap_or_default(),
+                    data,
+                };
+                if read == 0 {
+                    // The end: an empty chunk (or the message alone, for an empty file).
+                    if !chunk.message.is_empty() {
+                        return chunks.send(chunk).await.is_ok();
+                    }
+                    return true;
+                }
+                if chunks.send(chunk).await.is_err() {
+                    return false;
+                }
+            }
+        });
+        tracing::info!(peer = %format!("{peer:x}"), index = message.get_snapshot().get_metadata().index, "sending a snapshot");
+        let started = std::time::Instant::now();
+        let sent = client.snapshot(ReceiverStream::new(stream)).await;
+        let read_all = reader.await.unwrap_or(false);
+        match sent {
+            Ok(_) if read_all => {
+                tracing::info!(
+                    peer = %format!("{peer:x}"),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "snapshot delivered"
+                );
+                true
+            }
+            Ok(_) => false,
+            Err(status) => {
+                tracing::warn!(peer = %format!("{peer:x}"), %status, "sending the snapshot failed");
+                false
+            }
+        }
+    }
+}
+
+/// Asks the members at `urls` who the cluster is (for a member joining an existing cluster).
+pub async fn fetch_cluster(urls: &[String]) -> Result<ClusterResponse, String> {
+    let mut last_error = String::from("no peer URL to ask");
+    for url in urls {
+        let Some(mut client) = client(std::slice::from_ref(url)) else {
+            continue;
+        };
+        match tokio::time::timeout(Duration::from_secs(3), client.cluster(ClusterRequest {})).await
+        {
+            Ok(Ok(response)) => return Ok(response.into_inner()),
+            Ok(Err(status)) => last_error = format!("{url}: {}", status.message()),
+            Err(_) => last_error = format!("{url}: timed out"),
+        }
+    }
+    Err(last_error)
+}
