@@ -190,6 +190,16 @@ pub async fn run(
     corrupt::spawn_periodic(member.clone());
 
     let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
+    let streams_max = config.concurrent_streams_max;
+    let serve_on = |listener, router| {
+        tokio::spawn(serve::serve(
+            listener,
+            router,
+            streams_max,
+            budget.clone(),
+            stop_receiver.clone(),
+        ))
+    };
     let mut servers = Vec::new();
     for listener in peer_listeners {
         // Raft between members (the `synodpb.Peer` service), and `/version` as on etcd's port.
@@ -204,13 +214,7 @@ pub async fn run(
         .merge(http::router(member.clone()));
         let router = http_edges(router);
         tracing::info!(address = %listener.local_addr()?, "listening for peers");
-        servers.push(tokio::spawn(serve::serve(
-            listener,
-            router,
-            config.concurrent_streams_max,
-            budget.clone(),
-            stop_receiver.clone(),
-        )));
+        servers.push(serve_on(listener, router));
     }
     // Peers are served first: they need this member to catch up, and it must not serve clients
     // before it has compared its data with theirs.
@@ -223,13 +227,7 @@ pub async fn run(
     for listener in client_listeners {
         let router = client_router(member.clone());
         tracing::info!(address = %listener.local_addr()?, "serving clients (gRPC and HTTP)");
-        servers.push(tokio::spawn(serve::serve(
-            listener,
-            router,
-            config.concurrent_streams_max,
-            budget.clone(),
-            stop_receiver.clone(),
-        )));
+        servers.push(serve_on(listener, router));
     }
     tracing::info!(name = %config.name, data_dir = %config.data_dir.display(), "ready to serve");
     shutdown.await;

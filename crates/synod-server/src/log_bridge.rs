@@ -33,9 +33,11 @@ impl log::Log for Bridge {
     fn flush(&self) {}
 }
 
-/// Installs the bridge as the process's `log` logger (once; later calls do nothing).
+/// Installs the bridge as the process's `log` logger (once; later calls do nothing), after the
+/// tracing subscriber: records below what it would show are not even built.
 pub fn install() {
+    use tracing_log::AsLog;
     if log::set_boxed_logger(Box::new(Bridge)).is_ok() {
-        log::set_max_level(log::LevelFilter::Debug);
+        log::set_max_level(tracing::level_filters::LevelFilter::current().as_log());
     }
 }

@@ -680,18 +680,20 @@ impl World {
         Some(member.host.as_ref()?.turn(input, probe))
     }
 
+    /// Members not removed, and how many of them are down.
+    fn live_and_down(&self) -> (usize, usize) {
+        let live = self.members.iter().filter(|m| !m.removed);
+        let down = live.clone().filter(|m| m.host.is_none()).count();
+        (live.count(), down)
+    }
+
     /// Now and then a turn crashes its member at a point inside it (never more members than a
     /// crash between turns could take down).
     fn crash_point(&mut self, index: usize) -> Option<FaultPoint> {
         if !self.config.faults || self.now >= self.config.safety_ms {
             return None;
         }
-        let live = self.members.iter().filter(|m| !m.removed).count();
-        let down = self
-            .members
-            .iter()
-            .filter(|m| m.host.is_none() && !m.removed)
-            .count();
+        let (live, down) = self.live_and_down();
         if down >= live / 2 {
             return None;
         }
@@ -1489,12 +1491,7 @@ impl World {
         }
         // Indexes run over every member ever started; quorum arithmetic over those not removed.
         let total = self.members.len();
-        let live = self.members.iter().filter(|m| !m.removed).count();
-        let down = self
-            .members
-            .iter()
-            .filter(|m| m.host.is_none() && !m.removed)
-            .count();
+        let (live, down) = self.live_and_down();
         let victim = self.rng.below(total as u64) as usize;
         match self.rng.below(100) {
             0..20 => {
