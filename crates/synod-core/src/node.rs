@@ -504,6 +504,15 @@ impl<F: FileSystem> Node<F> {
 
     fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
         let metadata = snapshot.get_metadata();
+        // Guard rail: a snapshot never moves the state machine backwards. raft-rs only hands over
+        // newer ones; if that ever breaks, stop before the older state replaces the newer one.
+        let applied = self.machine.applied_index();
+        if metadata.index < applied {
+            return Err(StorageError::corrupt(format!(
+                "refusing a snapshot at index {} below the applied index {applied}",
+                metadata.index
+            )));
+        }
         let path = std::str::from_utf8(&snapshot.data)
             .map_err(|_| StorageError::corrupt("a raft snapshot names no file"))?;
         tracing::info!(
