@@ -308,6 +308,16 @@ impl<F: FileSystem> Node<F> {
         seed.seen = (now.0, now.1, now.2, timeout);
     }
 
+    /// Numbers this process's ReadIndex requests from `first` on. A ReadIndex answer can arrive
+    /// after the process that asked for it died (the leader's queue to this member outlives the
+    /// connection); numbered from 1 in every process, a new request would match the old answer and
+    /// be released at an index from before the crash: a stale read. The driver starts each process
+    /// past every number an earlier one used (its boot epoch in the high bits), and answers with
+    /// lower numbers than any pending request are ignored.
+    pub fn start_read_contexts_at(&mut self, first: u64) {
+        self.next_read_context = first.max(1);
+    }
+
     /// Reports every applied entry in [`Output::applied_entries`] from now on.
     pub fn trace_applied_entries(&mut self, on: bool) {
         self.trace_applied = on;

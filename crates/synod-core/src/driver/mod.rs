@@ -194,6 +194,7 @@ impl<F: FileSystem> Driver<F> {
     /// one elects itself at once instead of waiting an election timeout.
     pub fn new(mut node: Node<F>, config: DriverConfig) -> Result<Driver<F>, StorageError> {
         let epoch = node.machine().backend().next_boot_epoch()?;
+        node.start_read_contexts_at(RequestIds::new(epoch).next());
         if node.is_single_voter() {
             let _ = node.campaign();
         }
