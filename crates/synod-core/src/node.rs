@@ -444,6 +444,24 @@ impl<F: FileSystem> Node<F> {
             .push_back((context, self.now_tick, tokens));
     }
 
+    /// Stops retrying reads nobody waits for any more (their callers gave up): a member without a
+    /// leader would otherwise carry every read asked of it until one is elected.
+    pub fn forget_reads(&mut self, tokens: &std::collections::BTreeSet<u64>) {
+        if tokens.is_empty() {
+            return;
+        }
+        for (_, _, pending) in self.reads_in_flight.iter_mut() {
+            pending.retain(|token| !tokens.contains(token));
+        }
+        self.reads_in_flight
+            .retain(|(_, _, pending)| !pending.is_empty());
+        for (_, pending) in self.reads_waiting.iter_mut() {
+            pending.retain(|token| !tokens.contains(token));
+        }
+        self.reads_waiting
+            .retain(|(_, pending)| !pending.is_empty());
+    }
+
     /// Feeds a message from a peer.
     pub fn step(&mut self, message: Message) -> Result<(), raft::Error> {
         let outcome = self.raw.step(message);

@@ -521,6 +521,8 @@ impl<F: FileSystem> Driver<F> {
                 outcome: Err(DriverError::Timeout),
             });
         }
+        let forgotten: std::collections::BTreeSet<u64> = stale_reads.iter().copied().collect();
+        self.node.forget_reads(&forgotten);
         for id in stale_reads {
             self.reads.remove(&id);
             out.replies.push(Reply {
