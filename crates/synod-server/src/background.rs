@@ -171,11 +171,7 @@ async fn auto_compact(member: Arc<Member>) {
         if target <= last_compacted || target <= member.store.compact_revision() {
             continue;
         }
-        if !member
-            .status
-            .is_leader
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        if !member.is_leader() {
             // Only the leader compacts (as etcd's compactor): every member proposing the same
             // compaction would only fill the log with duplicates.
             continue;

@@ -12,7 +12,6 @@
 //!   with etcd's "corrupt cluster" rather than serve data that may be wrong.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use synod_api::etcdserverpb::{
@@ -82,9 +81,7 @@ pub fn spawn_periodic(member: Arc<Member>) {
         ticker.tick().await;
         while !member.is_stopped() {
             ticker.tick().await;
-            if member.status.is_leader.load(Ordering::Relaxed)
-                && !member.alarms.is_raised(AlarmType::Corrupt)
-            {
+            if member.is_leader() && !member.alarms.is_raised(AlarmType::Corrupt) {
                 check_once(&member).await;
             }
         }

@@ -220,7 +220,7 @@ impl Maintenance for MaintenanceService {
         request: tonic::Request<MoveLeaderRequest>,
     ) -> Result<tonic::Response<MoveLeaderResponse>, Status> {
         let target = request.into_inner().target_id;
-        if !self.member.status.is_leader.load(Ordering::Relaxed) {
+        if !self.member.is_leader() {
             return Err(ServerError::NotLeader.into());
         }
         if target != self.member.member_id {

@@ -2,8 +2,6 @@
 //! checks the request (URLs, duplicates) and proposes it through the driver, which applies
 //! etcd's strict checks; a follower forwards it to the leader.
 
-use std::sync::atomic::Ordering;
-
 use synod_api::synodpb::MemberRecord;
 use synod_core::RequestError;
 use synod_core::apply::Response;
@@ -21,7 +19,7 @@ pub async fn change(
     kind: MemberChangeKind,
     record: MemberRecord,
 ) -> Result<MemberRecord, Status> {
-    if !is_leader(member) {
+    if !member.is_leader() {
         let removes_me = kind == MemberChangeKind::Remove && record.id == member.member_id;
         let changed = crate::forward::member_change(member, kind, record).await?;
         if !removes_me {
@@ -60,10 +58,6 @@ pub async fn change(
         Response::Member(record) => Ok(record),
         other => Err(unexpected(&other).into()),
     }
-}
-
-fn is_leader(member: &Member) -> bool {
-    member.status.is_leader.load(Ordering::Relaxed)
 }
 
 /// Checks peer URLs as etcd does: absolute http(s) URLs with a host and a port.

@@ -6,7 +6,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -43,7 +42,7 @@ impl PeerService {
     }
 
     fn check_leader(&self) -> Result<(), Status> {
-        if !self.member.status.is_leader.load(Ordering::Relaxed) {
+        if !self.member.is_leader() {
             return Err(ServerError::NotLeader.into());
         }
         Ok(())

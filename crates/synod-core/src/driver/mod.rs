@@ -193,8 +193,10 @@ impl<F: FileSystem> Driver<F> {
     /// Takes over `node`, counting a new boot epoch for this process's request ids. A cluster of
     /// one elects itself at once instead of waiting an election timeout.
     pub fn new(mut node: Node<F>, config: DriverConfig) -> Result<Driver<F>, StorageError> {
-        let epoch = node.machine().backend().next_boot_epoch()?;
-        node.start_read_contexts_at(RequestIds::new(epoch).next());
+        let ids = Arc::new(RequestIds::new(node.machine().backend().next_boot_epoch()?));
+        // Read contexts are numbered from the same sequence as request ids: past every number an
+        // earlier process of this member used.
+        node.start_read_contexts_at(ids.next());
         if node.is_single_voter() {
             let _ = node.campaign();
         }
@@ -203,7 +205,7 @@ impl<F: FileSystem> Driver<F> {
         Ok(Driver {
             node,
             config,
-            ids: Arc::new(RequestIds::new(epoch)),
+            ids,
             proposals: BTreeMap::new(),
             reads: BTreeMap::new(),
             read_batch: Vec::new(),

@@ -171,7 +171,7 @@ impl Member {
     /// Renews a lease on this member, which must lead (confirmed through Raft); returns the TTL,
     /// 0 for an unknown lease (as etcd answers), or `NotLeader` (the caller forwards it).
     pub async fn renew_lease(&self, lease: i64) -> Result<i64, ServerError> {
-        if !self.status.is_leader.load(Ordering::Relaxed) {
+        if !self.is_leader() {
             return Err(ServerError::NotLeader);
         }
         match self
@@ -186,7 +186,7 @@ impl Member {
     /// The leader's view of a lease, after a ReadIndex round confirms it leads; `NotLeader`
     /// elsewhere (only the leader keeps deadlines).
     pub async fn lease_time_to_live(&self, lease: i64) -> Result<Option<LeaseInfo>, ServerError> {
-        if !self.status.is_leader.load(Ordering::Relaxed) {
+        if !self.is_leader() {
             return Err(ServerError::NotLeader);
         }
         match self
@@ -315,6 +315,11 @@ impl Member {
             // A blocking send: shutdown must not be lost behind a full queue.
             let _ = self.commands.send(Command::Shutdown);
         }
+    }
+
+    /// Whether this member leads, as of the node loop's last turn.
+    pub fn is_leader(&self) -> bool {
+        self.status.is_leader.load(Ordering::Relaxed)
     }
 
     pub fn is_stopped(&self) -> bool {
