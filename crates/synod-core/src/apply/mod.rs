@@ -33,9 +33,12 @@ use crate::mvcc::kv_store::{KvStore, RangeOptions, RangeResult, RevisionTxn};
 use crate::watch::WatchHub;
 
 mod checks;
+mod dedup;
 mod read;
 
 use checks::{check_ignore_targets, check_txn, taken_branch};
+pub use dedup::DEDUP_WINDOW_ENTRIES;
+use dedup::{RecentRequests, read_recent_requests};
 use read::txn_path;
 pub use read::{ReadView, compare_holds, execute_range, txn_puts, txn_writes};
 
@@ -153,55 +156,6 @@ pub struct StateMachine {
     /// The requests applied in the last [`DEDUP_WINDOW_ENTRIES`] entries (the in-memory copy of
     /// the `APPLIED_REQUESTS` table).
     recent_requests: RecentRequests,
-}
-
-/// Request ids by the index that applied them, and the set of them.
-#[derive(Default)]
-struct RecentRequests {
-    by_index: BTreeMap<u64, RequestKey>,
-    ids: std::collections::HashSet<RequestKey>,
-}
-
-impl RecentRequests {
-    fn insert(&mut self, index: u64, id: RequestKey) {
-        self.by_index.insert(index, id);
-        self.ids.insert(id);
-    }
-
-    /// Forgets requests applied below `index`; returns whether there were any.
-    fn forget_below(&mut self, index: u64) -> bool {
-        if self
-            .by_index
-            .first_key_value()
-            .is_none_or(|(&oldest, _)| oldest >= index)
-        {
-            return false;
-        }
-        let kept = self.by_index.split_off(&index);
-        let forgotten = std::mem::replace(&mut self.by_index, kept);
-        for id in forgotten.values() {
-            self.ids.remove(id);
-        }
-        !forgotten.is_empty()
-    }
-}
-
-/// How far back (in entries) a request applied twice is recognised. A proposal reaches the log
-/// twice only if a message carrying it is delivered twice, which happens within moments.
-pub const DEDUP_WINDOW_ENTRIES: u64 = 5_000;
-
-/// Reads the recently applied requests from the state-machine file.
-fn read_recent_requests(tx: &redb::ReadTransaction) -> Result<RecentRequests, StorageError> {
-    let table = tx
-        .open_table(backend::APPLIED_REQUESTS)
-        .map_err(StorageError::backend)?;
-    let mut recent = RecentRequests::default();
-    for row in table.iter().map_err(StorageError::backend)? {
-        let (index, key) = row.map_err(StorageError::backend)?;
-        let (origin, id) = key.value();
-        recent.insert(index.value(), RequestKey { origin, id });
-    }
-    Ok(recent)
 }
 
 impl StateMachine {

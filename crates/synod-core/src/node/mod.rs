@@ -28,6 +28,8 @@ use crate::apply::{ApplyResult, RequestKey, StateMachine};
 use crate::error::StorageError;
 use crate::raft_log::RaftLog;
 
+mod reads;
+
 /// Lease checkpoints in one Raft entry (etcd batches 1000 too).
 const CHECKPOINTS_PER_ENTRY_MAX: usize = 1000;
 /// Ticks after which an unanswered ReadIndex request is sent again.
@@ -308,16 +310,6 @@ impl<F: FileSystem> Node<F> {
         seed.seen = (now.0, now.1, now.2, timeout);
     }
 
-    /// Numbers this process's ReadIndex requests from `first` on. A ReadIndex answer can arrive
-    /// after the process that asked for it died (the leader's queue to this member outlives the
-    /// connection); numbered from 1 in every process, a new request would match the old answer and
-    /// be released at an index from before the crash: a stale read. The driver starts each process
-    /// past every number an earlier one used (its boot epoch in the high bits), and answers with
-    /// lower numbers than any pending request are ignored.
-    pub fn start_read_contexts_at(&mut self, first: u64) {
-        self.next_read_context = first.max(1);
-    }
-
     /// Reports every applied entry in [`Output::applied_entries`] from now on.
     pub fn trace_applied_entries(&mut self, on: bool) {
         self.trace_applied = on;
@@ -362,17 +354,7 @@ impl<F: FileSystem> Node<F> {
         self.now_tick += 1;
         self.raw.tick();
         self.reseed_election_timeout();
-        // raft-rs drops a ReadIndex that arrives before the leader has committed an entry in its
-        // term (just after an election), without an answer: ask again for reads left waiting.
-        let mut unanswered = Vec::new();
-        while let Some((_, sent, _)) = self.reads_in_flight.front() {
-            if self.now_tick - sent < READ_RETRY_TICKS {
-                break;
-            }
-            let (_, _, tokens) = self.reads_in_flight.pop_front().expect("front exists");
-            unanswered.extend(tokens);
-        }
-        self.read_index(unanswered);
+        self.retry_unanswered_reads();
         let expired = self.machine.lessor().tick(self.now_tick);
         let expires_leases = self.role == StateRole::Leader
             || (crate::planted::is_planted(crate::planted::Bug::FollowerExpiresLeases)
@@ -422,44 +404,6 @@ impl<F: FileSystem> Node<F> {
         self.raw
             .propose(Vec::new(), request.encode_to_vec())
             .map_err(|_| ProposeError::Dropped)
-    }
-
-    /// Asks Raft for one read index covering every token in `tokens`: reads that arrived in the
-    /// same turn share one round of heartbeats.
-    pub fn read_index(&mut self, tokens: Vec<u64>) {
-        if tokens.is_empty() {
-            return;
-        }
-        if crate::planted::is_planted(crate::planted::Bug::ReadWithoutReadIndex) {
-            self.reads_waiting
-                .push_back((self.machine.applied_index(), tokens));
-            return;
-        }
-        let context = self.next_read_context;
-        self.next_read_context += 1;
-        // Every attempt carries a fresh context, so an answer can never be matched to a read
-        // that did not ask for it.
-        self.raw.read_index(context.to_be_bytes().to_vec());
-        self.reads_in_flight
-            .push_back((context, self.now_tick, tokens));
-    }
-
-    /// Stops retrying reads nobody waits for any more (their callers gave up): a member without a
-    /// leader would otherwise carry every read asked of it until one is elected.
-    pub fn forget_reads(&mut self, tokens: &std::collections::BTreeSet<u64>) {
-        if tokens.is_empty() {
-            return;
-        }
-        for (_, _, pending) in self.reads_in_flight.iter_mut() {
-            pending.retain(|token| !tokens.contains(token));
-        }
-        self.reads_in_flight
-            .retain(|(_, _, pending)| !pending.is_empty());
-        for (_, pending) in self.reads_waiting.iter_mut() {
-            pending.retain(|token| !tokens.contains(token));
-        }
-        self.reads_waiting
-            .retain(|(_, pending)| !pending.is_empty());
     }
 
     /// Feeds a message from a peer.
@@ -742,38 +686,6 @@ impl<F: FileSystem> Node<F> {
             for (_, _, tokens) in self.reads_in_flight.drain(..) {
                 out.reads_failed.extend(tokens);
             }
-        }
-    }
-
-    fn on_read_state(&mut self, context: &[u8], index: u64) {
-        let Ok(bytes) = <[u8; 8]>::try_from(context) else {
-            return;
-        };
-        let context = u64::from_be_bytes(bytes);
-        while let Some((pending, _, _)) = self.reads_in_flight.front() {
-            if *pending > context {
-                break;
-            }
-            let (pending, _, tokens) = self.reads_in_flight.pop_front().expect("front exists");
-            if pending == context {
-                self.reads_waiting.push_back((index, tokens));
-            } else {
-                // An older request whose answer was lost (its leader stepped down): Raft answers
-                // in order, so it will not come now. Serve it with the newer index, which is at
-                // least as recent as any answer it could have had.
-                self.reads_waiting.push_back((index, tokens));
-            }
-        }
-    }
-
-    fn release_reads(&mut self, out: &mut Output) {
-        let applied = self.machine.applied_index();
-        while let Some((index, _)) = self.reads_waiting.front() {
-            if *index > applied {
-                break;
-            }
-            let (_, tokens) = self.reads_waiting.pop_front().expect("front exists");
-            out.reads_ready.extend(tokens);
         }
     }
 
