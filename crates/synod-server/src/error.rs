@@ -34,7 +34,7 @@ pub enum ServerError {
     Internal,
     /// A message over the transport's limit, refused as grpc-go refuses it.
     #[error("message larger than {limit} bytes")]
-    MessageTooLarge { limit: usize },
+    MessageTooLarge { length: usize, limit: usize },
     #[error("given member URLs are invalid")]
     BadMemberUrls,
     #[error("cluster ID mismatch")]
@@ -203,9 +203,9 @@ impl From<ServerError> for tonic::Status {
     fn from(error: ServerError) -> tonic::Status {
         match error {
             // grpc-go's own refusal (etcd answers it from its gRPC layer, not its catalogue).
-            ServerError::MessageTooLarge { limit } => tonic::Status::resource_exhausted(format!(
-                "grpc: received message larger than max (more than {limit} bytes)"
-            )),
+            ServerError::MessageTooLarge { length, limit } => {
+                synod_api::codec::message_too_large(length, limit)
+            }
             ServerError::Unsupported(message) => tonic::Status::unimplemented(message),
             other => other.wire().status(),
         }

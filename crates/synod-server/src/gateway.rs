@@ -136,7 +136,11 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonBody {
         }
         if seen > limit {
             return Err(error_response(
-                &crate::error::ServerError::MessageTooLarge { limit }.into(),
+                &crate::error::ServerError::MessageTooLarge {
+                    length: seen,
+                    limit,
+                }
+                .into(),
             ));
         }
         Ok(JsonBody(Bytes::from(bytes)))

@@ -239,11 +239,6 @@ impl<F: FileSystem> Driver<F> {
         self.node.has_work() || !self.read_batch.is_empty()
     }
 
-    /// Requests waiting for an answer (proposals, reads).
-    pub fn pending(&self) -> usize {
-        self.proposals.len() + self.reads.len()
-    }
-
     /// Takes one input. Answers that need no Raft round (refusals, a leadership transfer) go to
     /// `out` at once; the rest come out of later [`Driver::advance`] calls.
     pub fn handle(&mut self, input: Input, out: &mut Output) {

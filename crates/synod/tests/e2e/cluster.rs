@@ -1604,6 +1604,7 @@ async fn mutual_exclusion_under_faults_is_kept_by_fencing() {
     let started = Instant::now();
     let mut faults_done = 0;
     let mut stopped: Option<(u32, Instant)> = None;
+    let mut killed: Option<u32> = None;
     while started.elapsed() < Duration::from_secs(14) {
         // Keep four contenders going: one that finished (or was killed) is replaced.
         for (i, contender) in contenders.iter_mut().enumerate() {
@@ -1616,11 +1617,16 @@ async fn mutual_exclusion_under_faults_is_kept_by_fencing() {
             // kill -9 the holder's `synod lock`: its writer goes on with a stale token.
             if let Some(pid) = holder_pid(&mut client).await {
                 signal(pid, "KILL");
+                killed = Some(pid);
                 faults_done = 1;
             }
         } else if faults_done == 1 && elapsed > Duration::from_secs(5) {
-            // SIGSTOP the holder past its 2 s TTL, resume it 3 s later.
-            if let Some(pid) = holder_pid(&mut client).await {
+            // SIGSTOP the holder past its 2 s TTL, resume it 3 s later. On a loaded machine the
+            // next holder may not have written yet: the last writer is then still the killed
+            // one, and stopping it would be no fault at all, so wait for the new holder.
+            if let Some(pid) = holder_pid(&mut client).await
+                && Some(pid) != killed
+            {
                 signal(pid, "STOP");
                 stopped = Some((pid, Instant::now()));
                 faults_done = 2;
