@@ -12,6 +12,7 @@
 //! Handlers never write state: they validate, propose or read, map the error and fill the header.
 //! No lock is held across an `.await`.
 
+pub mod authority;
 pub mod background;
 pub mod command;
 pub mod config;

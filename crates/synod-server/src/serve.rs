@@ -7,6 +7,8 @@
 //!   the same for etcd), and connections are capped below it, keeping a reserve of descriptors
 //!   for the Raft log and the state machine: a flood of idle clients is refused at the door
 //!   instead of making a log file fail to open, which would stop the member as a storage failure.
+//! - An HTTP/2 `:authority` holding a whole URL (etcdctl 3.4) is accepted, as Go's server does
+//!   ([`crate::authority`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,6 +19,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+use crate::authority::LenientAuthority;
 
 /// Descriptors kept free of client connections: log and state-machine files, snapshot files,
 /// peer connections.
@@ -140,7 +144,7 @@ pub async fn serve(
         }
         let service = TowerToHyperService::new(router.clone());
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(LenientAuthority::new(stream)), service)
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::{Member, run_tool, signal};
+use crate::harness::{Cluster, Member, run_tool, signal};
 
 fn etcdctl() -> &'static str {
     let found = Command::new("etcdctl")
@@ -237,4 +237,45 @@ fn etcdctl_maintenance() {
     assert!(std::fs::metadata(&snapshot).expect("snapshot file").len() > 32);
     assert_eq!(ctl(&member, &["alarm", "list"]), "");
     assert!(ctl(&member, &["defrag"]).contains("Finished defragmenting"));
+}
+
+/// Goal: the health checks people put in runbooks work: etcdctl 3.4's `endpoint status
+/// --cluster` and `endpoint health --cluster`, and any endpoint written with its scheme. That
+/// etcdctl sends the whole URL as the HTTP/2 `:authority` (bug row 41).
+#[test]
+fn etcdctl_cluster_wide_endpoint_commands() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let cluster = Cluster::start(root.path(), 3, &[]);
+    let urls = cluster.urls();
+    let endpoints = format!("--endpoints={}", urls[0]);
+    let run = |args: &[&str]| {
+        let (ok, stdout, stderr) = run_tool(etcdctl(), &[&endpoints], args, None);
+        assert!(ok, "etcdctl {args:?} failed:\n{stdout}\n{stderr}");
+        (stdout, stderr)
+    };
+    let (status, _) = run(&["endpoint", "status", "--cluster"]);
+    for url in &urls {
+        assert!(
+            status.contains(&format!("{url}, ")),
+            "{url} missing:\n{status}"
+        );
+    }
+    assert_eq!(
+        status.matches(", true, false, ").count(),
+        1,
+        "one leader:\n{status}"
+    );
+    // etcdctl 3.4 prints health results on stderr.
+    let (_, health) = run(&["endpoint", "health", "--cluster"]);
+    for url in &urls {
+        assert!(
+            health.contains(&format!("{url} is healthy")),
+            "{url}:\n{health}"
+        );
+    }
+    run(&["put", "with-scheme", "yes"]);
+    assert_eq!(
+        run(&["get", "with-scheme", "--print-value-only"]).0,
+        "yes\n"
+    );
 }
