@@ -6,6 +6,7 @@
 //! [`Client::connect_any`] tries endpoints in order. [`ClientError`] renders a server error as
 //! etcd's message, the way etcdctl prints it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use synod_api::etcdserverpb;
@@ -16,6 +17,7 @@ use synod_api::etcdserverpb::{
 pub use synod_api::mvccpb;
 pub use synod_api::v3electionpb;
 pub use synod_api::v3lockpb;
+pub use synod_tls::{ClientFiles, ClientTls, Policy};
 use tonic::transport::{Channel, Endpoint};
 
 /// A failure talking to a member.
@@ -28,15 +30,27 @@ pub enum ClientError {
     Status { code: tonic::Code, message: String },
     #[error("{0}")]
     Other(String),
+    #[error(transparent)]
+    Tls(#[from] synod_tls::TlsError),
 }
 
 impl From<tonic::Status> for ClientError {
     fn from(status: tonic::Status) -> ClientError {
-        let message = if status.message().is_empty() {
+        let mut message = if status.message().is_empty() {
             format!("{:?}", status.code())
         } else {
             status.message().to_owned()
         };
+        // A transport failure ("transport error") says what failed only in its sources: a
+        // refused client certificate, plaintext against TLS.
+        if let Some(source) = std::error::Error::source(&status) {
+            let chain = source_chain(source);
+            message = if chain.starts_with(&message) {
+                chain
+            } else {
+                format!("{message}: {chain}")
+            };
+        }
         ClientError::Status {
             code: status.code(),
             message,
@@ -46,6 +60,20 @@ impl From<tonic::Status> for ClientError {
 
 /// Messages as large as etcd allows on its default send side.
 const MESSAGE_BYTES_MAX: usize = 64 << 20;
+
+/// How to reach members: the connection timeout, and TLS for `https://` endpoints (and for
+/// endpoints without a scheme when TLS is given, as etcdctl does).
+#[derive(Clone, Default)]
+pub struct Dial {
+    pub timeout: Duration,
+    pub tls: Option<Arc<ClientTls>>,
+}
+
+impl From<Duration> for Dial {
+    fn from(timeout: Duration) -> Dial {
+        Dial { timeout, tls: None }
+    }
+}
 
 /// A connection to one member.
 #[derive(Debug, Clone)]
@@ -64,20 +92,42 @@ pub fn endpoint_url(endpoint: &str) -> String {
 }
 
 impl Client {
-    /// Connects to one endpoint (`host:port` or `http://host:port`).
-    pub async fn connect(endpoint: &str, dial_timeout: Duration) -> Result<Client, ClientError> {
-        let url = endpoint_url(endpoint);
+    /// Connects to one endpoint (`host:port`, `http://host:port` or `https://host:port`).
+    pub async fn connect(endpoint: &str, dial: impl Into<Dial>) -> Result<Client, ClientError> {
+        let dial = dial.into();
         let connect_error = |message: String| ClientError::Connect {
             endpoint: endpoint.to_owned(),
             message,
         };
-        let channel = Endpoint::from_shared(url.clone())
+        let (url, secure) = match endpoint.strip_prefix("https://") {
+            Some(rest) => (format!("http://{rest}"), true),
+            None => (
+                endpoint_url(endpoint),
+                dial.tls.is_some() && !endpoint.contains("://"),
+            ),
+        };
+        let builder = Endpoint::from_shared(url)
             .map_err(|e| connect_error(e.to_string()))?
-            .connect_timeout(dial_timeout)
+            .connect_timeout(dial.timeout)
             .timeout(Duration::from_secs(3600))
-            .tcp_nodelay(true)
-            .connect()
-            .await
+            .tcp_nodelay(true);
+        let connected = if secure {
+            let tls = match dial.tls {
+                Some(tls) => tls,
+                // An https:// endpoint and no TLS flags: the system's CAs, no client certificate.
+                None => Arc::new(
+                    ClientTls::new(ClientFiles::default(), Policy::default())
+                        .map_err(|e| connect_error(e.to_string()))?,
+                ),
+            };
+            // The connector does the TLS on the plain form of the URL (see its docs).
+            builder
+                .connect_with_connector(tls.connector(dial.timeout))
+                .await
+        } else {
+            builder.connect().await
+        };
+        let channel = connected
             .map_err(|e| connect_error(format!("cannot connect: {}", source_chain(&e))))?;
         Ok(Client {
             endpoint: endpoint.to_owned(),
@@ -88,11 +138,12 @@ impl Client {
     /// Connects to the first endpoint that answers.
     pub async fn connect_any(
         endpoints: &[String],
-        dial_timeout: Duration,
+        dial: impl Into<Dial>,
     ) -> Result<Client, ClientError> {
+        let dial = dial.into();
         let mut last = ClientError::Other("no endpoints given".to_owned());
         for endpoint in endpoints {
-            match Client::connect(endpoint, dial_timeout).await {
+            match Client::connect(endpoint, dial.clone()).await {
                 Ok(client) => return Ok(client),
                 Err(error) => last = error,
             }
@@ -139,8 +190,12 @@ fn source_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
+        // Wrappers often repeat their source's text (an I/O error around a TLS error).
+        let inner_text = inner.to_string();
+        if !text.ends_with(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
         source = inner.source();
     }
     text

@@ -33,6 +33,7 @@ pub mod membership;
 pub mod peer;
 pub mod recipes;
 pub mod serve;
+pub mod tls;
 pub mod transport;
 pub mod validate;
 pub mod watch;
@@ -158,6 +159,32 @@ fn is_grpc(request: &axum::extract::Request) -> bool {
             .is_some_and(|value| value.starts_with("application/grpc"))
 }
 
+/// Warns about plaintext URLs that other machines can reach: everything on them, keys and
+/// Raft traffic alike, travels in clear and anyone who can connect is served.
+fn warn_if_plaintext_off_loopback(config: &Config) {
+    let urls = config
+        .listen_client_urls
+        .iter()
+        .chain(&config.listen_peer_urls);
+    for url in urls {
+        let Some(rest) = url.strip_prefix("http://") else {
+            continue;
+        };
+        let host = rest
+            .rsplit_once(':')
+            .map_or(rest, |(host, _)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            tracing::warn!(%url, "serving without TLS on an address other machines can reach; use https:// URLs with --cert-file/--key-file (or --auto-tls)");
+        }
+    }
+}
+
 /// Runs a member until `shutdown` resolves, then stops it gracefully: the listeners close, the
 /// node loop makes the state machine durable, and the function returns.
 pub async fn run(
@@ -165,6 +192,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let budget = serve::ConnectionBudget::for_descriptor_limit(serve::raise_descriptor_limit());
+    let tls = config.tls.build().context("setting up TLS")?;
+    warn_if_plaintext_off_loopback(&config);
     let mut client_listeners = Vec::new();
     for url in &config.listen_client_urls {
         let address = config::socket_address(url)?;
@@ -181,7 +210,7 @@ pub async fn run(
             .with_context(|| format!("listening for peers on {address}"))?;
         peer_listeners.push(listener);
     }
-    let (member, node_loop) = Member::open(config.clone())
+    let (member, node_loop) = Member::open(config.clone(), tls.peer_dial.clone())
         .await
         .context("opening the member")?;
     let node_thread = std::thread::Builder::new()
@@ -192,12 +221,13 @@ pub async fn run(
 
     let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
     let streams_max = config.concurrent_streams_max;
-    let serve_on = |listener, router| {
+    let serve_on = |listener, router, tls| {
         tokio::spawn(serve::serve(
             listener,
             router,
             streams_max,
             budget.clone(),
+            tls,
             stop_receiver.clone(),
         ))
     };
@@ -214,8 +244,8 @@ pub async fn run(
         .into_axum_router()
         .merge(http::router(member.clone()));
         let router = http_edges(router);
-        tracing::info!(address = %listener.local_addr()?, "listening for peers");
-        servers.push(serve_on(listener, router));
+        tracing::info!(address = %listener.local_addr()?, tls = tls.peer.is_some(), "listening for peers");
+        servers.push(serve_on(listener, router, tls.peer.clone()));
     }
     // Peers are served first: they need this member to catch up, and it must not serve clients
     // before it has compared its data with theirs.
@@ -227,8 +257,8 @@ pub async fn run(
     }
     for listener in client_listeners {
         let router = client_router(member.clone());
-        tracing::info!(address = %listener.local_addr()?, "serving clients (gRPC and HTTP)");
-        servers.push(serve_on(listener, router));
+        tracing::info!(address = %listener.local_addr()?, tls = tls.client.is_some(), "serving clients (gRPC and HTTP)");
+        servers.push(serve_on(listener, router, tls.client.clone()));
     }
     tracing::info!(name = %config.name, data_dir = %config.data_dir.display(), "ready to serve");
     shutdown.await;

@@ -10,13 +10,17 @@
 //! - An HTTP/2 `:authority` holding a whole URL (etcdctl 3.4) is accepted, as Go's server does
 //!   ([`crate::authority`]).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::Watcher;
 use hyper_util::service::TowerToHyperService;
+use synod_tls::ServerTls;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -93,13 +97,43 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// Logs refused TLS handshakes: the first of each second in full, the others counted, so a
+/// flood of bad clients cannot flood the log.
+#[derive(Default)]
+struct Refusals {
+    state: std::sync::Mutex<(Option<Instant>, u64)>,
+}
+
+impl Refusals {
+    fn note(&self, side: &str, remote: SocketAddr, reason: &str) {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
+        if state
+            .0
+            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
+        {
+            state.1 += 1;
+            return;
+        }
+        let suppressed = state.1;
+        *state = (Some(now), 0);
+        drop(state);
+        tracing::warn!(side, %remote, reason, suppressed, "rejected connection: TLS handshake failed");
+    }
+}
+
 /// Serves `router` on `listener` until `stop` turns true, then lets open connections finish
-/// their requests (streams such as watches are cut when the process exits).
+/// their requests (streams such as watches are cut when the process exits). With `tls`, every
+/// connection first completes a TLS handshake (off the accept loop, under a deadline).
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     max_concurrent_streams: u32,
     budget: ConnectionBudget,
+    tls: Option<Arc<ServerTls>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -107,6 +141,7 @@ pub async fn serve(
         .http2()
         .max_concurrent_streams(max_concurrent_streams);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let refusals = Arc::new(Refusals::default());
     let mut refused_since_log = 0u64;
     let mut last_refusal_log: Option<Instant> = None;
     loop {
@@ -114,8 +149,8 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
             _ = stop.wait_for(|stopped| *stopped) => break,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, remote) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) => {
                 // Out of descriptors (or another transient failure): wait, do not spin or stop.
                 tracing::warn!(%error, "accepting a connection failed");
@@ -143,18 +178,46 @@ pub async fn serve(
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
         let service = TowerToHyperService::new(router.clone());
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(LenientAuthority::new(stream)), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "connection ended with an error");
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        match &tls {
+            None => {
+                tokio::spawn(serve_connection(builder, stream, service, watcher, slot));
             }
-            drop(slot);
-        });
+            Some(tls) => {
+                let tls = tls.clone();
+                let refusals = refusals.clone();
+                tokio::spawn(async move {
+                    match tls.accept(stream).await {
+                        Ok(stream) => {
+                            serve_connection(builder, stream, service, watcher, slot).await;
+                        }
+                        Err(reason) => refusals.note(tls.side(), remote, &reason),
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     // Requests in flight finish; long streams are cut at exit.
     let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on one connection until it ends; its slot is given back then.
+async fn serve_connection<S>(
+    builder: auto::Builder<TokioExecutor>,
+    stream: S,
+    service: TowerToHyperService<axum::Router>,
+    watcher: Watcher,
+    slot: ConnectionSlot,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(LenientAuthority::new(stream)), service)
+        .into_owned();
+    if let Err(error) = watcher.watch(connection).await {
+        tracing::debug!(%error, "connection ended with an error");
+    }
+    drop(slot);
 }

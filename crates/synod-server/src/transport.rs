@@ -17,6 +17,7 @@ use synod_api::synodpb::peer_client::PeerClient;
 use synod_api::synodpb::{ClusterRequest, ClusterResponse, RaftBatch, SnapshotChunk};
 use synod_core::backend::Backend;
 use synod_core::driver::Input;
+use synod_tls::ClientTls;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -52,6 +53,8 @@ pub struct Transport {
     commands: SyncSender<Command>,
     runtime: tokio::runtime::Handle,
     links: Mutex<HashMap<u64, Link>>,
+    /// Dials `https://` peers.
+    tls: Option<Arc<ClientTls>>,
     /// Faults switched on by tests (nothing, in a build without `fault-injection`).
     pub faults: crate::faults::Faults,
 }
@@ -62,23 +65,34 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A lazily connecting channel to the first of `urls`.
-fn channel(urls: &[String]) -> Option<Channel> {
+/// Time to open a connection to a peer (TCP, and TLS for `https://` peers).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A lazily connecting channel to the first of `urls`; `https://` URLs go through `tls`.
+fn channel(urls: &[String], tls: Option<&Arc<ClientTls>>) -> Option<Channel> {
     let url = urls.first()?;
-    let endpoint = Endpoint::from_shared(url.clone()).ok()?;
-    Some(
-        endpoint
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy(),
-    )
+    let secure = url.strip_prefix("https://");
+    // The connector does the TLS; tonic is given the plain form (see `synod_tls::Connector`).
+    let plain = secure.map_or_else(|| url.clone(), |rest| format!("http://{rest}"));
+    let endpoint = Endpoint::from_shared(plain)
+        .ok()?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5));
+    if secure.is_none() {
+        return Some(endpoint.connect_lazy());
+    }
+    let Some(tls) = tls else {
+        tracing::error!(%url, "a peer URL is https:// but this member has no peer TLS settings (--peer-trusted-ca-file, --peer-cert-file, --peer-key-file or --peer-auto-tls)");
+        return None;
+    };
+    Some(endpoint.connect_with_connector_lazy(tls.connector(CONNECT_TIMEOUT)))
 }
 
-fn client(urls: &[String]) -> Option<PeerClient<Channel>> {
+fn client(urls: &[String], tls: Option<&Arc<ClientTls>>) -> Option<PeerClient<Channel>> {
     Some(
-        PeerClient::new(channel(urls)?)
+        PeerClient::new(channel(urls, tls)?)
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
     )
@@ -91,6 +105,7 @@ impl Transport {
         backend: Arc<Backend>,
         commands: SyncSender<Command>,
         runtime: tokio::runtime::Handle,
+        tls: Option<Arc<ClientTls>>,
     ) -> Arc<Transport> {
         Arc::new(Transport {
             cluster_id,
@@ -99,6 +114,7 @@ impl Transport {
             commands,
             runtime,
             links: Mutex::new(HashMap::new()),
+            tls,
             faults: crate::faults::Faults::default(),
         })
     }
@@ -140,7 +156,7 @@ impl Transport {
             .find(|m| m.id == peer)?;
         // Called from the node loop's thread too: channels spawn their connection task.
         let _runtime = self.runtime.enter();
-        let client = client(&record.peer_urls)?;
+        let client = client(&record.peer_urls, self.tls.as_ref())?;
         let (queue, receiver) = mpsc::channel(LINK_QUEUE_MAX);
         let transport = self.clone();
         let task_client = client.clone();
@@ -336,10 +352,13 @@ impl Transport {
 }
 
 /// Asks the members at `urls` who the cluster is (for a member joining an existing cluster).
-pub async fn fetch_cluster(urls: &[String]) -> Result<ClusterResponse, String> {
+pub async fn fetch_cluster(
+    urls: &[String],
+    tls: Option<&Arc<ClientTls>>,
+) -> Result<ClusterResponse, String> {
     let mut last_error = String::from("no peer URL to ask");
     for url in urls {
-        let Some(mut client) = client(std::slice::from_ref(url)) else {
+        let Some(mut client) = client(std::slice::from_ref(url), tls) else {
             continue;
         };
         match tokio::time::timeout(Duration::from_secs(3), client.cluster(ClusterRequest {})).await

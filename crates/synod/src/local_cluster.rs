@@ -28,6 +28,11 @@ pub struct UpArgs {
     /// Number ports from here instead (member i: client port P+2i, peer port P+2i+1).
     #[arg(long)]
     base_port: Option<u16>,
+    /// Mutual TLS everywhere: a CA, a certificate per member and one for clients are made in
+    /// `<dir>/tls` (kept for the next run), clients and peers must present theirs, and peers
+    /// only accept the members' names.
+    #[arg(long)]
+    tls: bool,
     /// Extra flags for every member (for example --heartbeat-interval=50).
     #[arg(last = true)]
     server_args: Vec<String>,
@@ -46,17 +51,83 @@ fn ports(index: u16, base: Option<u16>) -> (u16, u16) {
     (2379 + offset, 2380 + offset)
 }
 
+/// The files `--tls` makes, under `<dir>/tls`.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    fn cert(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.pem"))
+    }
+
+    fn key(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}-key.pem"))
+    }
+
+    /// Makes the CA and the certificates of `members` and of `client`, unless an earlier run
+    /// left them all.
+    fn ensure(dir: PathBuf, members: &[String]) -> Result<Pki, synod_tls::TlsError> {
+        let pki = Pki { dir };
+        let names = members.iter().map(String::as_str).chain(["client"]);
+        let complete = pki.ca().exists()
+            && names
+                .clone()
+                .all(|name| pki.cert(name).exists() && pki.key(name).exists());
+        if complete {
+            return Ok(pki);
+        }
+        std::fs::create_dir_all(&pki.dir).map_err(|e| synod_tls::TlsError::File {
+            path: pki.dir.clone(),
+            message: e.to_string(),
+        })?;
+        let ca = synod_tls::generate::Authority::new("synod local cluster CA")?;
+        synod_tls::generate::write_file(&pki.ca(), ca.cert_pem().as_bytes(), 0o644)?;
+        let hosts = ["127.0.0.1".to_owned(), "localhost".to_owned()];
+        for name in names {
+            ca.issue(name, &hosts)?.write(&pki.dir, name)?;
+        }
+        Ok(pki)
+    }
+
+    /// The TLS flags of member `name`.
+    fn server_flags(&self, name: &str, members: &[String]) -> Vec<String> {
+        let path = |p: PathBuf| p.display().to_string();
+        vec![
+            format!("--cert-file={}", path(self.cert(name))),
+            format!("--key-file={}", path(self.key(name))),
+            format!("--trusted-ca-file={}", path(self.ca())),
+            "--client-cert-auth=true".to_owned(),
+            format!("--peer-cert-file={}", path(self.cert(name))),
+            format!("--peer-key-file={}", path(self.key(name))),
+            format!("--peer-trusted-ca-file={}", path(self.ca())),
+            "--peer-client-cert-auth=true".to_owned(),
+            format!("--peer-cert-allowed-cn={}", members.join(",")),
+        ]
+    }
+}
+
 pub async fn run(command: ClusterCommand) -> Result<ExitCode, ClientError> {
     let ClusterCommand::Up(args) = command;
     let exe = std::env::current_exe()
         .map_err(|e| ClientError::Other(format!("cannot find the synod binary: {e}")))?;
     let names: Vec<String> = (1..=args.size).map(|i| format!("m{i}")).collect();
+    let pki = if args.tls {
+        Some(Pki::ensure(args.dir.join("tls"), &names)?)
+    } else {
+        None
+    };
+    let scheme = if args.tls { "https" } else { "http" };
     let initial_cluster = names
         .iter()
         .enumerate()
         .map(|(i, name)| {
             format!(
-                "{name}=http://127.0.0.1:{}",
+                "{name}={scheme}://127.0.0.1:{}",
                 ports(i as u16, args.base_port).1
             )
         })
@@ -73,18 +144,23 @@ pub async fn run(command: ClusterCommand) -> Result<ExitCode, ClientError> {
             .arg(args.dir.join(name))
             .args([
                 "--listen-client-urls",
-                &format!("http://127.0.0.1:{client}"),
+                &format!("{scheme}://127.0.0.1:{client}"),
                 "--advertise-client-urls",
-                &format!("http://127.0.0.1:{client}"),
+                &format!("{scheme}://127.0.0.1:{client}"),
                 "--listen-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
+                &format!("{scheme}://127.0.0.1:{peer}"),
                 "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
+                &format!("{scheme}://127.0.0.1:{peer}"),
                 "--initial-cluster",
                 &initial_cluster,
                 "--initial-cluster-token",
                 "synod-local-cluster",
             ])
+            .args(
+                pki.as_ref()
+                    .map(|pki| pki.server_flags(name, &names))
+                    .unwrap_or_default(),
+            )
             .args(&args.server_args)
             .env("SYNOD_LOG_FORMAT", "text")
             .stdin(Stdio::null())
@@ -117,17 +193,32 @@ pub async fn run(command: ClusterCommand) -> Result<ExitCode, ClientError> {
         children.push(child);
     }
     let endpoints: Vec<String> = (0..args.size)
-        .map(|i| format!("127.0.0.1:{}", ports(i, args.base_port).0))
+        .map(|i| {
+            let port = ports(i, args.base_port).0;
+            if args.tls {
+                format!("https://127.0.0.1:{port}")
+            } else {
+                format!("127.0.0.1:{port}")
+            }
+        })
         .collect();
+    let mut flags = format!("--endpoints {}", endpoints.join(","));
+    if let Some(pki) = &pki {
+        flags.push_str(&format!(
+            " --cacert {} --cert {} --key {}",
+            pki.ca().display(),
+            pki.cert("client").display(),
+            pki.key("client").display()
+        ));
+    }
     println!(
-        "synod cluster: {} members, data in {}; Ctrl-C stops them.\n\
-         try:   synod --endpoints {} endpoint status -w table\n\
-         \x20      synod --endpoints {} put hello world\n\
+        "synod cluster: {} members{}, data in {}; Ctrl-C stops them.\n\
+         try:   synod {flags} endpoint status -w table\n\
+         \x20      synod {flags} put hello world\n\
          then kill the leader's process and watch another take over.",
         args.size,
+        if args.tls { " with mutual TLS" } else { "" },
         args.dir.display(),
-        endpoints.join(","),
-        endpoints.join(","),
     );
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);

@@ -59,6 +59,52 @@ pub struct Global {
     /// Write keys and values as hex (simple output).
     #[arg(long, global = true)]
     pub hex: bool,
+    /// CA bundle (PEM) that members' certificates must chain to [default: the system's].
+    #[arg(
+        long = "cacert",
+        id = "tls_cacert",
+        global = true,
+        env = "SYNOD_CACERT"
+    )]
+    pub cacert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) to present to members.
+    #[arg(long = "cert", id = "tls_cert", global = true, env = "SYNOD_CERT")]
+    pub cert: Option<std::path::PathBuf>,
+    /// Key of `--cert`.
+    #[arg(long = "key", id = "tls_key", global = true, env = "SYNOD_KEY")]
+    pub key: Option<std::path::PathBuf>,
+    /// Accept any member certificate (for self-signed `--auto-tls` members; not for production).
+    #[arg(long, global = true)]
+    pub insecure_skip_tls_verify: bool,
+}
+
+impl Global {
+    /// How to reach the endpoints: with TLS when any TLS flag is given (then endpoints without
+    /// a scheme use TLS, as with etcdctl), and for every `https://` endpoint.
+    pub fn dial(&self) -> Result<synod_client::Dial, synod_tls::TlsError> {
+        let wants_tls = self.cacert.is_some()
+            || self.cert.is_some()
+            || self.key.is_some()
+            || self.insecure_skip_tls_verify;
+        let tls = if wants_tls {
+            let files = synod_tls::ClientFiles {
+                ca: self.cacert.clone(),
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+                skip_verify: self.insecure_skip_tls_verify,
+            };
+            Some(std::sync::Arc::new(synod_tls::ClientTls::new(
+                files,
+                synod_tls::Policy::default(),
+            )?))
+        } else {
+            None
+        };
+        Ok(synod_client::Dial {
+            timeout: self.dial_timeout,
+            tls,
+        })
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

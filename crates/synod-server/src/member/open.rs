@@ -61,7 +61,11 @@ pub enum StartError {
 impl Member {
     /// Opens (or bootstraps) the member in `config.data_dir`. Returns the member and its node
     /// loop, which the caller runs on a thread of its own with [`NodeLoop::run`].
-    pub async fn open(config: Config) -> Result<(Arc<Member>, NodeLoop), StartError> {
+    /// Opens the member in `config.data_dir`; `peer_tls` dials `https://` peers.
+    pub async fn open(
+        config: Config,
+        peer_tls: Option<Arc<synod_tls::ClientTls>>,
+    ) -> Result<(Arc<Member>, NodeLoop), StartError> {
         let member_dir = config.data_dir.join("member");
         std::fs::create_dir_all(member_dir.join("snap"))
             .map_err(|e| StartError::Config(format!("creating {}: {e}", member_dir.display())))?;
@@ -75,7 +79,7 @@ impl Member {
                 .into());
             }
             (0, _) if config.initial_cluster_new => bootstrap(&config, &backend)?,
-            (0, _) => join(&config, &backend).await?,
+            (0, _) => join(&config, &backend, peer_tls.as_ref()).await?,
             identity => identity,
         };
         remove_stale_snapshots(&member_dir.join("snap"));
@@ -127,6 +131,7 @@ impl Member {
             backend.clone(),
             sender.clone(),
             tokio::runtime::Handle::current(),
+            peer_tls,
         );
         let (progress_sender, progress) = tokio::sync::watch::channel(super::Progress::default());
         let member = Arc::new(Member {
@@ -248,7 +253,11 @@ fn bootstrap(config: &Config, backend: &Backend) -> Result<(u64, u64), StartErro
 /// Joins an existing cluster (`--initial-cluster-state existing`): asks the other members listed
 /// in `--initial-cluster` who the cluster is and finds this member (already added with
 /// `member add`) by its peer URLs. The log starts empty; the leader sends a snapshot.
-async fn join(config: &Config, backend: &Backend) -> Result<(u64, u64), StartError> {
+async fn join(
+    config: &Config,
+    backend: &Backend,
+    peer_tls: Option<&Arc<synod_tls::ClientTls>>,
+) -> Result<(u64, u64), StartError> {
     let mut own_urls = config.advertise_peer_urls.clone();
     own_urls.sort();
     let others: Vec<String> = config
@@ -257,7 +266,7 @@ async fn join(config: &Config, backend: &Backend) -> Result<(u64, u64), StartErr
         .flat_map(|(_, urls)| urls.iter().cloned())
         .filter(|url| !own_urls.contains(url))
         .collect();
-    let cluster = crate::transport::fetch_cluster(&others)
+    let cluster = crate::transport::fetch_cluster(&others, peer_tls)
         .await
         .map_err(|error| {
             StartError::Config(format!(

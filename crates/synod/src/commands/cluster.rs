@@ -11,7 +11,7 @@ pub(super) async fn endpoints(
     if !cluster.cluster {
         return Ok(global.endpoints.clone());
     }
-    let client = Client::connect_any(&global.endpoints, global.dial_timeout).await?;
+    let client = Client::connect_any(&global.endpoints, global.dial()?).await?;
     let members = with_timeout(global, async {
         Ok(client
             .cluster()
@@ -38,7 +38,7 @@ pub(super) async fn hashkv(
     let revision = match revision {
         Some(revision) => revision,
         None => {
-            let client = Client::connect_any(&endpoints, global.dial_timeout).await?;
+            let client = Client::connect_any(&endpoints, global.dial()?).await?;
             with_timeout(global, async {
                 Ok(client
                     .kv()
@@ -61,7 +61,7 @@ pub(super) async fn hashkv(
     let mut failed = false;
     for endpoint in &endpoints {
         let result = with_timeout(global, async {
-            let client = Client::connect(endpoint, global.dial_timeout).await?;
+            let client = Client::connect(endpoint, global.dial()?).await?;
             Ok(client
                 .maintenance()
                 .hash_kv(synod_client::etcdserverpb::HashKvRequest { revision })
@@ -122,7 +122,7 @@ pub(super) async fn endpoint(global: &Global, command: EndpointCommand) -> Resul
     let mut failed = false;
     let mut rows = Vec::new();
     for endpoint in &endpoints {
-        let client = match Client::connect(endpoint, global.dial_timeout).await {
+        let client = match Client::connect(endpoint, global.dial()?).await {
             Ok(client) => client,
             Err(error) => {
                 eprintln!("{endpoint} is unhealthy: {error}");
@@ -363,7 +363,7 @@ pub(super) async fn member(
 /// Asks the leader (found among the endpoints) to hand leadership to `target`.
 pub(super) async fn move_leader(global: &Global, target: u64) -> Result<(), ClientError> {
     for endpoint in &global.endpoints {
-        let Ok(client) = Client::connect(endpoint, global.dial_timeout).await else {
+        let Ok(client) = Client::connect(endpoint, global.dial()?).await else {
             continue;
         };
         let Ok(status) = client.maintenance().status(StatusRequest {}).await else {

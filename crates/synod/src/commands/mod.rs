@@ -319,15 +319,15 @@ pub async fn run(
 ) -> Result<std::process::ExitCode, ClientError> {
     match command {
         ClientCommand::Lock(args) => {
-            let client = Client::connect_any(&global.endpoints, global.dial_timeout).await?;
+            let client = Client::connect_any(&global.endpoints, global.dial()?).await?;
             return crate::recipes::lock(&client, args).await;
         }
         ClientCommand::Elect(args) => {
-            let client = Client::connect_any(&global.endpoints, global.dial_timeout).await?;
+            let client = Client::connect_any(&global.endpoints, global.dial()?).await?;
             return crate::recipes::elect(&client, args).await;
         }
         ClientCommand::Fence(args) => {
-            let client = Client::connect_any(&global.endpoints, global.dial_timeout).await?;
+            let client = Client::connect_any(&global.endpoints, global.dial()?).await?;
             return with_timeout(global, crate::recipes::fence(&client, args)).await;
         }
         ClientCommand::Endpoint(command) => {
@@ -338,26 +338,26 @@ pub async fn run(
         ClientCommand::Cluster(command) => return crate::local_cluster::run(command).await,
         ClientCommand::Bench(args) => return crate::bench::run(&global.endpoints, args).await,
         ClientCommand::Watch(args) => {
-            let client = Client::connect_any(&global.endpoints, global.dial_timeout).await?;
+            let client = Client::connect_any(&global.endpoints, global.dial()?).await?;
             return watch(global, &client, args)
                 .await
                 .map(|()| std::process::ExitCode::SUCCESS);
         }
         ClientCommand::Lease(LeaseCommand::KeepAlive { id, once }) => {
-            let client = Client::connect_any(&global.endpoints, global.dial_timeout).await?;
+            let client = Client::connect_any(&global.endpoints, global.dial()?).await?;
             return keep_alive(global, &client, id, once)
                 .await
                 .map(|()| std::process::ExitCode::SUCCESS);
         }
         ClientCommand::Snapshot(SnapshotCommand::Save { file }) => {
-            let client = Client::connect_any(&global.endpoints, global.dial_timeout).await?;
+            let client = Client::connect_any(&global.endpoints, global.dial()?).await?;
             return snapshot_save(&client, &file)
                 .await
                 .map(|()| std::process::ExitCode::SUCCESS);
         }
         _ => {}
     }
-    let client = Client::connect_any(&global.endpoints, global.dial_timeout).await?;
+    let client = Client::connect_any(&global.endpoints, global.dial()?).await?;
     with_timeout(global, unary(global, &client, command))
         .await
         .map(|()| std::process::ExitCode::SUCCESS)

@@ -16,4 +16,5 @@ mod kv;
 mod lease;
 mod maintenance;
 mod recipes;
+mod tls;
 mod watch;

@@ -15,7 +15,7 @@ use synod_sim::linearizability::{
     KvInput, KvModel, KvOutput, Operation, Verdict, check_kv, check_partitioned,
 };
 
-use crate::harness::{Cluster, eventually, run_tool, signal};
+use crate::harness::{Cluster, MemberTls, eventually, run_tool, signal};
 
 mod faults;
 mod health;
@@ -40,8 +40,28 @@ struct Load {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// Where a client connects: a member's URL, and its TLS files when it has TLS.
+type Target = (String, Option<MemberTls>);
+
+fn targets(cluster: &Cluster) -> Vec<Target> {
+    cluster
+        .members
+        .iter()
+        .map(|m| (m.url(), m.tls.clone()))
+        .collect()
+}
+
+/// Connect options for a target: `base`, with its TLS.
+fn options(target: &Target, base: etcd_client::ConnectOptions) -> etcd_client::ConnectOptions {
+    match &target.1 {
+        Some(tls) => tls.with_tls(base),
+        None => base,
+    }
+}
+
 impl Load {
-    fn start(urls: &[String], clients: usize) -> Load {
+    fn start(cluster: &Cluster, clients: usize) -> Load {
+        let urls = targets(cluster);
         let history: History = Arc::new(Mutex::new(Vec::new()));
         let acked = Arc::new(Mutex::new(BTreeMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -80,7 +100,7 @@ impl Load {
 
 async fn run_client(
     mut client: u64,
-    url: String,
+    target: Target,
     history: History,
     acked: Arc<Mutex<BTreeMap<(String, String), i64>>>,
     stop: Arc<AtomicBool>,
@@ -92,10 +112,13 @@ async fn run_client(
     let mut last_seen: BTreeMap<String, Option<String>> = BTreeMap::new();
     while !stop.load(Ordering::Relaxed) {
         if connection.is_none() {
-            let options = etcd_client::ConnectOptions::new()
-                .with_timeout(Duration::from_secs(3))
-                .with_connect_timeout(Duration::from_secs(1));
-            match etcd_client::Client::connect([url.clone()], Some(options)).await {
+            let options = options(
+                &target,
+                etcd_client::ConnectOptions::new()
+                    .with_timeout(Duration::from_secs(3))
+                    .with_connect_timeout(Duration::from_secs(1)),
+            );
+            match etcd_client::Client::connect([target.0.clone()], Some(options)).await {
                 Ok(connected) => connection = Some(connected),
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -223,7 +246,8 @@ struct MovingWatcher {
 }
 
 impl MovingWatcher {
-    fn start(urls: Vec<String>, first: usize, start_revision: i64) -> MovingWatcher {
+    fn start(cluster: &Cluster, first: usize, start_revision: i64) -> MovingWatcher {
+        let urls = targets(cluster);
         let events = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (sink, stopped) = (events.clone(), stop.clone());
@@ -231,9 +255,11 @@ impl MovingWatcher {
             let mut next = start_revision;
             let mut at = first;
             while !stopped.load(Ordering::Relaxed) {
-                let url = urls[at % urls.len()].clone();
+                let target = urls[at % urls.len()].clone();
                 at += 1;
-                let Ok(mut client) = etcd_client::Client::connect([url], None).await else {
+                let options = options(&target, etcd_client::ConnectOptions::new());
+                let Ok(mut client) = etcd_client::Client::connect([target.0], Some(options)).await
+                else {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
@@ -344,8 +370,9 @@ async fn assert_holds_acknowledged(
 }
 
 async fn current_revision(cluster: &Cluster) -> i64 {
-    for url in cluster.urls() {
-        if let Ok(mut client) = etcd_client::Client::connect([url], None).await
+    for member in cluster.members.iter().filter(|m| m.is_running()) {
+        if let Ok(mut client) =
+            etcd_client::Client::connect([member.url()], member.etcd_client_options()).await
             && let Ok(response) = client.get("lin/", None).await
         {
             return response.header().expect("header").revision();
@@ -374,10 +401,9 @@ fn assert_linearizable(history: &[Operation<KvInput, KvOutput>], minimum_complet
 /// Every member reports the same HashKV at `revision`.
 async fn assert_same_hash(cluster: &Cluster, revision: i64) {
     let mut hashes = Vec::new();
-    for url in cluster.urls() {
-        let mut client = etcd_client::Client::connect([url.clone()], None)
-            .await
-            .expect("connect");
+    for member in cluster.members.iter().filter(|m| m.is_running()) {
+        let url = member.url();
+        let mut client = member.etcd_client().await;
         // A member may still be applying: wait until it has the revision.
         let reached = eventually(Duration::from_secs(20), async || {
             client
@@ -507,7 +533,7 @@ async fn membership_changes_under_load() {
     let root = tempfile::tempdir().expect("temp dir");
     let mut cluster = Cluster::start(root.path(), 3, &[]);
     let urls: Vec<String> = cluster.members.iter().map(|m| m.url()).collect();
-    let load = Load::start(&urls, 4);
+    let load = Load::start(&cluster, 4);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Add a learner and start it against the existing cluster.

@@ -2,6 +2,10 @@
 //! 127.0.0.1; every process is killed by PID when its handle drops, so a failing test leaves no
 //! server behind.
 
+mod pki;
+
+pub use pki::{MemberTls, TestPki};
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -49,6 +53,10 @@ pub struct Member {
     log_path: PathBuf,
     /// A program that runs the server (`prlimit ... --`), if any.
     wrapper: Vec<String>,
+    /// Mutual TLS on both ports, when set.
+    pub tls: Option<MemberTls>,
+    /// `--auto-tls` and `--peer-auto-tls`: https with self-signed certificates.
+    pub auto_tls: bool,
 }
 
 impl Member {
@@ -83,7 +91,7 @@ impl Member {
                 }
                 return false;
             }
-            if http_get(self.client_port, "/health").is_some() {
+            if self.health().is_some() {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -102,6 +110,8 @@ impl Member {
             extra_args,
             log_path: root.join("server.log"),
             wrapper: Vec::new(),
+            tls: None,
+            auto_tls: false,
         }
     }
 
@@ -121,8 +131,67 @@ impl Member {
         self.spawn();
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() || self.auto_tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.peer_port)
+    }
+
+    /// `GET /health`: (status code, body), over TLS for a TLS member.
+    pub fn health(&self) -> Option<(u16, String)> {
+        self.http("GET", "/health", None)
+    }
+
+    /// An HTTP request to the client port (curl with the client certificate for a TLS member).
+    pub fn http(&self, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
+        let mut args = match (&self.tls, self.auto_tls) {
+            (Some(tls), _) => tls.curl_flags(),
+            (None, true) => vec!["--insecure".to_owned()],
+            (None, false) => return http_request(self.client_port, method, path, body),
+        };
+        args.extend(
+            [
+                "-s",
+                "-X",
+                method,
+                "-w",
+                "\n%{http_code}",
+                "--max-time",
+                "5",
+            ]
+            .map(str::to_owned),
+        );
+        if let Some(body) = body {
+            args.extend([
+                "-H".to_owned(),
+                "Content-Type: application/json".to_owned(),
+                "-d".to_owned(),
+                body.to_owned(),
+            ]);
+        }
+        args.push(format!("{}{path}", self.url()));
+        let output = Command::new("curl").args(&args).output().ok()?;
+        if !output.status.success() {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n')?;
+        Some((code.trim().parse().ok()?, body.to_owned()))
+    }
+
+    /// etcdctl's flags (and synod's CLI's) to reach this member.
+    pub fn client_flags(&self) -> Vec<String> {
+        let mut flags = vec![format!("--endpoints={}", self.endpoint())];
+        if let Some(tls) = &self.tls {
+            flags.extend(tls.client_flags());
+        }
+        flags
     }
 
     pub fn is_running(&self) -> bool {
@@ -145,12 +214,16 @@ impl Member {
         self.extra_args = extra_args;
     }
 
+    /// `host:port`, or the https URL of a TLS member.
     pub fn endpoint(&self) -> String {
+        if self.tls.is_some() || self.auto_tls {
+            return self.url();
+        }
         format!("127.0.0.1:{}", self.client_port)
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
     }
 
     fn spawn(&mut self) {
@@ -176,9 +249,16 @@ impl Member {
             .arg("--advertise-client-urls")
             .arg(self.url())
             .arg("--listen-peer-urls")
-            .arg(format!("http://127.0.0.1:{}", self.peer_port))
+            .arg(self.peer_url())
             .arg("--initial-advertise-peer-urls")
-            .arg(format!("http://127.0.0.1:{}", self.peer_port))
+            .arg(self.peer_url())
+            .args(self.tls.iter().flat_map(MemberTls::server_flags))
+            .args(
+                self.auto_tls
+                    .then_some(["--auto-tls", "--peer-auto-tls"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(&self.extra_args)
             .env("SYNOD_LOG", "info")
             .stdin(Stdio::null())
@@ -201,7 +281,7 @@ impl Member {
                     self.log()
                 );
             }
-            if http_get(self.client_port, "/health").is_some_and(|(code, _)| code == 200) {
+            if self.health().is_some_and(|(code, _)| code == 200) {
                 return;
             }
             assert!(
@@ -298,9 +378,14 @@ impl Member {
 
     /// Connects the `etcd-client` crate to this member.
     pub async fn etcd_client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([self.url()], None)
+        etcd_client::Client::connect([self.url()], self.etcd_client_options())
             .await
             .expect("etcd-client connects")
+    }
+
+    /// The `etcd-client` crate's options for this member (TLS for a TLS member).
+    pub fn etcd_client_options(&self) -> Option<etcd_client::ConnectOptions> {
+        self.tls.as_ref().map(MemberTls::etcd_client_options)
     }
 }
 
@@ -528,8 +613,33 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `size` members of a new cluster and waits until every one serves.
     pub fn start(root: &Path, size: usize, extra_args: &[&str]) -> Cluster {
+        Cluster::start_with(root, size, extra_args, None)
+    }
+
+    /// Starts a cluster with mutual TLS on every client and peer port: member `mI` gets a
+    /// certificate with CN `mI` from `pki`, clients the certificate of `client`.
+    pub fn start_tls(
+        root: &Path,
+        size: usize,
+        extra_args: &[&str],
+        pki: &TestPki,
+        client: &str,
+    ) -> Cluster {
+        Cluster::start_with(root, size, extra_args, Some((pki, client)))
+    }
+
+    fn start_with(
+        root: &Path,
+        size: usize,
+        extra_args: &[&str],
+        tls: Option<(&TestPki, &str)>,
+    ) -> Cluster {
         let mut members: Vec<Member> = (0..size)
-            .map(|i| Member::prepare(&root.join(format!("m{i}")), Vec::new()))
+            .map(|i| {
+                let mut member = Member::prepare(&root.join(format!("m{i}")), Vec::new());
+                member.tls = tls.map(|(pki, client)| pki.member(&format!("m{i}"), client));
+                member
+            })
             .collect();
         let initial_cluster = members
             .iter()
@@ -567,12 +677,9 @@ impl Cluster {
         let deadline = Instant::now() + START_TIMEOUT;
         let size = self.members.len();
         loop {
-            let (ok, out, _) = run_tool(
-                "etcdctl",
-                &["--endpoints", &self.members[0].endpoint()],
-                &["member", "list"],
-                None,
-            );
+            let flags = self.members[0].client_flags();
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            let (ok, out, _) = run_tool("etcdctl", &flags, &["member", "list"], None);
             let published = out
                 .lines()
                 .filter(|line| line.contains(", started, ") && line.contains("127.0.0.1"))
@@ -619,9 +726,10 @@ impl Cluster {
                 ids.push(0);
                 continue;
             }
-            let mut client = etcd_client::Client::connect([member.url()], None)
-                .await
-                .ok()?;
+            let mut client =
+                etcd_client::Client::connect([member.url()], member.etcd_client_options())
+                    .await
+                    .ok()?;
             let status = tokio::time::timeout(Duration::from_secs(2), client.status())
                 .await
                 .ok()?
@@ -666,26 +774,18 @@ impl Cluster {
                 vec![&ids[index]]
             };
             let body = serde_json::json!({ "peers": peers }).to_string();
-            let (code, _) = http_request(
-                member.client_port,
-                "POST",
-                "/synod/test/partition",
-                Some(&body),
-            )
-            .expect("partition request");
+            let (code, _) = member
+                .http("POST", "/synod/test/partition", Some(&body))
+                .expect("partition request");
             assert_eq!(code, 200);
         }
     }
 
     pub fn heal(&self) {
         for member in self.members.iter().filter(|m| m.is_running()) {
-            let (code, _) = http_request(
-                member.client_port,
-                "POST",
-                "/synod/test/partition",
-                Some(r#"{"peers": []}"#),
-            )
-            .expect("heal request");
+            let (code, _) = member
+                .http("POST", "/synod/test/partition", Some(r#"{"peers": []}"#))
+                .expect("heal request");
             assert_eq!(code, 200);
         }
     }
