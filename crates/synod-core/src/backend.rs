@@ -35,6 +35,10 @@ pub const APPLIED_REQUESTS: TableDefinition<u64, (u64, u64)> =
 const APPLIED_REQUESTS_OLD: TableDefinition<u64, u64> = TableDefinition::new("applied_requests");
 /// Raised alarms: (member id, alarm type).
 pub const ALARM: TableDefinition<(u64, i32), ()> = TableDefinition::new("alarm");
+/// Auth users: name to an encoded `authpb.User` (password as a bcrypt hash).
+pub const AUTH_USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_users");
+/// Auth roles: name to an encoded `authpb.Role`.
+pub const AUTH_ROLES: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_roles");
 
 /// Index of the last Raft entry applied to this file.
 pub const META_APPLIED_INDEX: &str = "applied_index";
@@ -46,6 +50,11 @@ pub const META_COMPACT_REVISION: &str = "compact_revision";
 pub const META_CLUSTER_ID: &str = "cluster_id";
 /// The Raft configuration (an encoded `eraftpb.ConfState`) as of the applied index.
 pub const META_CONF_STATE: &str = "conf_state";
+
+/// 1 when authentication is on.
+pub const META_AUTH_ENABLED: &str = "auth_enabled";
+/// The auth revision (etcd's `authRevision`); 1 until the first change.
+pub const META_AUTH_REVISION: &str = "auth_revision";
 
 /// This member's own id, fixed at bootstrap.
 pub const META_MEMBER_ID: &str = "member_id";
@@ -339,6 +348,8 @@ fn copy_tables(
     copy(from, to, MEMBERS, replace)?;
     copy(from, to, ALARM, replace)?;
     copy(from, to, REMOVED, replace)?;
+    copy(from, to, AUTH_USERS, replace)?;
+    copy(from, to, AUTH_ROLES, replace)?;
     copy(from, to, APPLIED_REQUESTS, replace)
 }
 

@@ -48,6 +48,40 @@ pub enum RequestError {
     LearnerNotReady,
     #[error("Peer URLs already exists")]
     PeerUrlExists,
+    #[error("root user does not exist")]
+    RootUserNotExist,
+    #[error("root user does not have root role")]
+    RootRoleNotExist,
+    #[error("user name already exists")]
+    UserAlreadyExists,
+    #[error("user name is empty")]
+    UserEmpty,
+    #[error("user name not found")]
+    UserNotFound,
+    #[error("role name already exists")]
+    RoleAlreadyExists,
+    #[error("role name not found")]
+    RoleNotFound,
+    #[error("role name is empty")]
+    RoleEmpty,
+    #[error("authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("permission not given")]
+    PermissionNotGiven,
+    #[error("permission denied")]
+    PermissionDenied,
+    #[error("role is not granted to the user")]
+    RoleNotGranted,
+    #[error("permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("invalid auth token")]
+    InvalidAuthToken,
+    #[error("invalid auth management")]
+    InvalidAuthMgmt,
+    #[error("revision of auth store is old")]
+    AuthOldRevision,
 }
 
 /// A failure of the disk or of a file's contents. The member cannot go on safely after one.

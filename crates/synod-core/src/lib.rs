@@ -8,6 +8,7 @@
 //!   redb plus the in-memory [`mvcc::key_index::TreeIndex`]), the [`lease::Lessor`] and the
 //!   alarms, sharing one [`backend::Backend`] (the redb file).
 //! - [`watch::WatchHub`]: watchers, fed by apply and caught up from history.
+//! - [`auth::AuthStore`]: etcd's users, roles, permissions and simple tokens.
 //! - [`driver::Driver`]: the member's decisions around the node (waiters, refusals, membership
 //!   checks, lease renewal), fed inputs by the server's node loop and the simulator alike.
 //!
@@ -18,6 +19,7 @@
 //! purpose for the simulator to catch (compiled only with the `planted-bugs` feature).
 
 pub mod apply;
+pub mod auth;
 pub mod backend;
 pub mod crc32c;
 pub mod disk;

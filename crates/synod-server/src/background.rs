@@ -99,8 +99,21 @@ async fn watch_disk_space(member: Arc<Member>) {
 const WATCH_SYNC_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Spawns the member's periodic tasks on the current runtime.
+/// Drops expired simple tokens once a second (etcd's sweep), so tokens nobody uses again do not
+/// pile up in memory.
+async fn sweep_tokens(member: Arc<Member>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    while !member.is_stopped() {
+        interval.tick().await;
+        member
+            .auth
+            .sweep_tokens(member.clock_ms(), member.config.auth_token_ttl_ms);
+    }
+}
+
 pub fn spawn(member: Arc<Member>) {
     tokio::spawn(publish(member.clone()));
+    tokio::spawn(sweep_tokens(member.clone()));
     if member.config.disk_space_reserve_bytes > 0 {
         tokio::spawn(watch_disk_space(member.clone()));
     }

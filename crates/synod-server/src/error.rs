@@ -67,6 +67,9 @@ pub enum Failure {
     /// etcd's concurrency API answers its own errors with code Unknown.
     #[error("{0}")]
     Recipe(&'static str),
+    /// An etcd error with no gRPC mapping, which etcd answers as Unknown with its own text.
+    #[error("{0}")]
+    Unmapped(&'static str),
 }
 
 impl Failure {
@@ -96,7 +99,7 @@ impl From<Failure> for tonic::Status {
                 status
             }
             Failure::Partitioned => tonic::Status::unavailable(message),
-            Failure::Recipe(_) => tonic::Status::unknown(message),
+            Failure::Recipe(_) | Failure::Unmapped(_) => tonic::Status::unknown(message),
         }
     }
 }
@@ -170,6 +173,23 @@ pub fn request_wire_error(error: RequestError) -> WireError {
         RequestError::MemberNotLearner => errors::MEMBER_NOT_LEARNER,
         RequestError::LearnerNotReady => errors::LEARNER_NOT_READY,
         RequestError::PeerUrlExists => errors::PEER_URL_EXIST,
+        RequestError::RootUserNotExist => errors::ROOT_USER_NOT_EXIST,
+        RequestError::RootRoleNotExist => errors::ROOT_ROLE_NOT_EXIST,
+        RequestError::UserAlreadyExists => errors::USER_ALREADY_EXIST,
+        RequestError::UserEmpty => errors::USER_EMPTY,
+        RequestError::UserNotFound => errors::USER_NOT_FOUND,
+        RequestError::RoleAlreadyExists => errors::ROLE_ALREADY_EXIST,
+        RequestError::RoleNotFound => errors::ROLE_NOT_FOUND,
+        RequestError::RoleEmpty => errors::ROLE_EMPTY,
+        RequestError::AuthFailed => errors::AUTH_FAILED,
+        RequestError::PermissionNotGiven => errors::PERMISSION_NOT_GIVEN,
+        RequestError::PermissionDenied => errors::PERMISSION_DENIED,
+        RequestError::RoleNotGranted => errors::ROLE_NOT_GRANTED,
+        RequestError::PermissionNotGranted => errors::PERMISSION_NOT_GRANTED,
+        RequestError::AuthNotEnabled => errors::AUTH_NOT_ENABLED,
+        RequestError::InvalidAuthToken => errors::INVALID_AUTH_TOKEN,
+        RequestError::InvalidAuthMgmt => errors::INVALID_AUTH_MGMT,
+        RequestError::AuthOldRevision => errors::AUTH_OLD_REVISION,
     }
 }
 

@@ -20,6 +20,7 @@ use axum::routing::post;
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use synod_api::etcdserverpb::auth_server::Auth;
 use synod_api::etcdserverpb::cluster_server::Cluster;
 use synod_api::etcdserverpb::kv_server::Kv;
 use synod_api::etcdserverpb::lease_server::Lease;
@@ -27,6 +28,8 @@ use synod_api::etcdserverpb::maintenance_server::Maintenance;
 use synod_api::etcdserverpb::{LeaseKeepAliveRequest, SnapshotRequest, WatchRequest};
 use tonic::Status;
 
+use crate::auth::AuthService;
+use crate::caller::Credentials;
 use crate::error::Failure;
 use crate::kv::KvService;
 use crate::lease::LeaseService;
@@ -46,6 +49,7 @@ pub struct Gateway {
     pub cluster: Arc<ClusterService>,
     pub lock: Arc<LockService>,
     pub election: Arc<ElectionService>,
+    pub auth: Arc<AuthService>,
 }
 
 /// grpc-gateway's mapping from gRPC codes to HTTP statuses.
@@ -147,6 +151,24 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonBody {
     }
 }
 
+/// The credentials of a gateway request (its `Authorization` header and its connection's client
+/// certificate), for the services it calls.
+pub struct GatewayCredentials(Credentials);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for GatewayCredentials {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(GatewayCredentials(Credentials::of_http(
+            &parts.headers,
+            &parts.extensions,
+        )))
+    }
+}
+
 /// The largest JSON body the gateway reads, set per router from `--max-request-bytes`.
 #[derive(Debug, Clone, Copy)]
 struct BodyLimit(usize);
@@ -177,7 +199,7 @@ fn decode_all<T: DeserializeOwned>(body: &[u8]) -> Result<Vec<T>, Status> {
         .map_err(|error| Failure::BadBody(error.to_string()).into())
 }
 
-async fn unary<Req, Resp, F, Fut>(body: Bytes, call: F) -> Response
+async fn unary<Req, Resp, F, Fut>(body: Bytes, credentials: Credentials, call: F) -> Response
 where
     Req: DeserializeOwned + Default,
     Resp: Serialize,
@@ -188,7 +210,9 @@ where
         Ok(request) => request,
         Err(status) => return error_response(&status),
     };
-    match call(tonic::Request::new(request)).await {
+    let mut request = tonic::Request::new(request);
+    credentials.attach(&mut request);
+    match call(request).await {
         Ok(response) => json_response(&response.into_inner()),
         Err(status) => error_response(&status),
     }
@@ -219,8 +243,10 @@ where
 macro_rules! unary_route {
     ($service:ident . $method:ident) => {
         post(
-            |State(gateway): State<Arc<Gateway>>, JsonBody(body): JsonBody| async move {
-                unary(body, |request| async move {
+            |State(gateway): State<Arc<Gateway>>,
+             GatewayCredentials(credentials): GatewayCredentials,
+             JsonBody(body): JsonBody| async move {
+                unary(body, credentials, |request| async move {
                     gateway.$service.$method(request).await
                 })
                 .await
@@ -229,45 +255,58 @@ macro_rules! unary_route {
     };
 }
 
-async fn watch(State(gateway): State<Arc<Gateway>>, JsonBody(body): JsonBody) -> Response {
+async fn watch(
+    State(gateway): State<Arc<Gateway>>,
+    GatewayCredentials(credentials): GatewayCredentials,
+    JsonBody(body): JsonBody,
+) -> Response {
     match decode_all::<WatchRequest>(&body) {
-        Ok(requests) => stream_response(
-            gateway
-                .watch
-                .open(futures::stream::iter(requests.into_iter().map(Ok))),
-        ),
+        Ok(requests) => stream_response(gateway.watch.open(
+            futures::stream::iter(requests.into_iter().map(Ok)),
+            credentials,
+        )),
         Err(status) => error_response(&status),
     }
 }
 
-async fn keep_alive(State(gateway): State<Arc<Gateway>>, JsonBody(body): JsonBody) -> Response {
+async fn keep_alive(
+    State(gateway): State<Arc<Gateway>>,
+    GatewayCredentials(credentials): GatewayCredentials,
+    JsonBody(body): JsonBody,
+) -> Response {
     match decode_all::<LeaseKeepAliveRequest>(&body) {
-        Ok(requests) => stream_response(
-            gateway
-                .lease
-                .keep_alive_stream(futures::stream::iter(requests.into_iter().map(Ok))),
-        ),
+        Ok(requests) => stream_response(gateway.lease.keep_alive_stream(
+            futures::stream::iter(requests.into_iter().map(Ok)),
+            credentials,
+        )),
         Err(status) => error_response(&status),
     }
 }
 
-async fn snapshot(State(gateway): State<Arc<Gateway>>) -> Response {
-    match gateway
-        .maintenance
-        .snapshot(tonic::Request::new(SnapshotRequest {}))
-        .await
-    {
+async fn snapshot(
+    State(gateway): State<Arc<Gateway>>,
+    GatewayCredentials(credentials): GatewayCredentials,
+) -> Response {
+    let mut request = tonic::Request::new(SnapshotRequest {});
+    credentials.attach(&mut request);
+    match gateway.maintenance.snapshot(request).await {
         Ok(response) => stream_response(response.into_inner()),
         Err(status) => error_response(&status),
     }
 }
 
-async fn observe(State(gateway): State<Arc<Gateway>>, JsonBody(body): JsonBody) -> Response {
+async fn observe(
+    State(gateway): State<Arc<Gateway>>,
+    GatewayCredentials(credentials): GatewayCredentials,
+    JsonBody(body): JsonBody,
+) -> Response {
     let request = match decode::<LeaderRequest>(&body) {
         Ok(request) => request,
         Err(status) => return error_response(&status),
     };
-    match gateway.election.observe(tonic::Request::new(request)).await {
+    let mut request = tonic::Request::new(request);
+    credentials.attach(&mut request);
+    match gateway.election.observe(request).await {
         Ok(response) => stream_response(response.into_inner()),
         Err(status) => error_response(&status),
     }
@@ -330,6 +369,29 @@ fn api() -> Router<Arc<Gateway>> {
         .route("/election/leader", unary_route!(election.leader))
         .route("/election/observe", post(observe))
         .route("/election/resign", unary_route!(election.resign))
+        .route("/auth/enable", unary_route!(auth.auth_enable))
+        .route("/auth/disable", unary_route!(auth.auth_disable))
+        .route("/auth/status", unary_route!(auth.auth_status))
+        .route("/auth/authenticate", unary_route!(auth.authenticate))
+        .route("/auth/user/add", unary_route!(auth.user_add))
+        .route("/auth/user/get", unary_route!(auth.user_get))
+        .route("/auth/user/list", unary_route!(auth.user_list))
+        .route("/auth/user/delete", unary_route!(auth.user_delete))
+        .route(
+            "/auth/user/changepw",
+            unary_route!(auth.user_change_password),
+        )
+        .route("/auth/user/grant", unary_route!(auth.user_grant_role))
+        .route("/auth/user/revoke", unary_route!(auth.user_revoke_role))
+        .route("/auth/role/add", unary_route!(auth.role_add))
+        .route("/auth/role/get", unary_route!(auth.role_get))
+        .route("/auth/role/list", unary_route!(auth.role_list))
+        .route("/auth/role/delete", unary_route!(auth.role_delete))
+        .route("/auth/role/grant", unary_route!(auth.role_grant_permission))
+        .route(
+            "/auth/role/revoke",
+            unary_route!(auth.role_revoke_permission),
+        )
 }
 
 /// The gateway's routes under `/v3` and `/v3beta`. Bodies may be `body_bytes_max` long (the

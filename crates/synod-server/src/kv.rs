@@ -11,8 +11,10 @@ use synod_api::etcdserverpb::{
 };
 use synod_api::synodpb::internal_request::Request;
 use synod_core::apply::{Response, execute_range, txn_puts};
+use synod_core::auth::Access;
 use tonic::Status;
 
+use crate::caller;
 use crate::error::ServerError;
 use crate::member::{Member, unexpected};
 use crate::validate;
@@ -39,8 +41,13 @@ impl Kv for KvService {
         request: tonic::Request<RangeRequest>,
     ) -> Result<tonic::Response<RangeResponse>, Status> {
         self.member.check_corrupt()?;
+        let caller = caller::of(&self.member, &request).await?;
         let request = request.into_inner();
         validate::check_range(&request).map_err(ServerError::from)?;
+        self.member
+            .auth
+            .check_keys(&caller, Access::Read, &request.key, &request.range_end)
+            .map_err(ServerError::from)?;
         if !request.serializable {
             self.member.read_barrier().await?;
         }
@@ -64,10 +71,15 @@ impl Kv for KvService {
         request: tonic::Request<PutRequest>,
     ) -> Result<tonic::Response<PutResponse>, Status> {
         self.member.check_corrupt()?;
+        let caller = caller::of(&self.member, &request).await?;
         let request = request.into_inner();
         validate::check_put(&request).map_err(ServerError::from)?;
         self.member.check_quota(request.encoded_len()).await?;
-        match self.member.propose(Request::Put(request)).await? {
+        match self
+            .member
+            .propose_for(&caller, Request::Put(request))
+            .await?
+        {
             Response::Put(mut response) => {
                 self.member.fill(&mut response.header);
                 Ok(tonic::Response::new(response))
@@ -81,9 +93,14 @@ impl Kv for KvService {
         request: tonic::Request<DeleteRangeRequest>,
     ) -> Result<tonic::Response<DeleteRangeResponse>, Status> {
         self.member.check_corrupt()?;
+        let caller = caller::of(&self.member, &request).await?;
         let request = request.into_inner();
         validate::check_delete(&request).map_err(ServerError::from)?;
-        match self.member.propose(Request::DeleteRange(request)).await? {
+        match self
+            .member
+            .propose_for(&caller, Request::DeleteRange(request))
+            .await?
+        {
             Response::DeleteRange(mut response) => {
                 self.member.fill(&mut response.header);
                 Ok(tonic::Response::new(response))
@@ -97,12 +114,17 @@ impl Kv for KvService {
         request: tonic::Request<TxnRequest>,
     ) -> Result<tonic::Response<TxnResponse>, Status> {
         self.member.check_corrupt()?;
+        let caller = caller::of(&self.member, &request).await?;
         let request = request.into_inner();
         validate::check_txn(&request, self.member.config.txn_ops_max).map_err(ServerError::from)?;
         if txn_puts(&request) {
             self.member.check_quota(request.encoded_len()).await?;
         }
-        match self.member.propose(Request::Txn(request)).await? {
+        match self
+            .member
+            .propose_for(&caller, Request::Txn(request))
+            .await?
+        {
             Response::Txn(mut response) => {
                 self.member.fill(&mut response.header);
                 Ok(tonic::Response::new(response))
@@ -116,8 +138,13 @@ impl Kv for KvService {
         request: tonic::Request<CompactionRequest>,
     ) -> Result<tonic::Response<CompactionResponse>, Status> {
         self.member.check_corrupt()?;
+        let caller = caller::of(&self.member, &request).await?;
         let request = request.into_inner();
-        match self.member.propose(Request::Compaction(request)).await? {
+        match self
+            .member
+            .propose_for(&caller, Request::Compaction(request))
+            .await?
+        {
             Response::Compaction(mut response) => {
                 self.member.fill(&mut response.header);
                 Ok(tonic::Response::new(response))

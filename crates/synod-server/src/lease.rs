@@ -11,13 +11,16 @@ use synod_api::etcdserverpb::{
     LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
+use synod_api::synodpb::AuthHeader;
 use synod_api::synodpb::internal_request::Request;
-use synod_core::apply::Response;
+use synod_core::apply::{Response, check_lease_keys};
+use synod_core::auth::Access;
 use synod_core::lease::LeaseInfo;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
+use crate::caller::{self, Credentials};
 use crate::error::ServerError;
 use crate::member::{Member, unexpected};
 
@@ -40,6 +43,7 @@ impl LeaseService {
     pub fn keep_alive_stream<S>(
         &self,
         mut requests: S,
+        credentials: Credentials,
     ) -> ReceiverStream<Result<LeaseKeepAliveResponse, Status>>
     where
         S: Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Send + Unpin + 'static,
@@ -48,10 +52,15 @@ impl LeaseService {
         let member = self.member.clone();
         tokio::spawn(async move {
             while let Some(Ok(request)) = requests.next().await {
-                let renewed = match member.renew_lease(request.id).await {
-                    // Only the leader keeps deadlines: a follower forwards the renewal.
-                    Err(ServerError::NotLeader) => crate::forward::renew(&member, request.id).await,
-                    renewed => renewed.map_err(Status::from),
+                let renewed = match may_renew(&member, &credentials, request.id).await {
+                    Err(refused) => Err(Status::from(refused)),
+                    Ok(()) => match member.renew_lease(request.id).await {
+                        // Only the leader keeps deadlines: a follower forwards the renewal.
+                        Err(ServerError::NotLeader) => {
+                            crate::forward::renew(&member, request.id).await
+                        }
+                        renewed => renewed.map_err(Status::from),
+                    },
                 };
                 let ttl = match renewed {
                     Ok(ttl) => ttl,
@@ -72,6 +81,32 @@ impl LeaseService {
         });
         ReceiverStream::new(receiver)
     }
+}
+
+/// Keeping a lease alive keeps its keys: WRITE on every one of them (root is exempt).
+async fn may_renew(
+    member: &Member,
+    credentials: &Credentials,
+    lease: i64,
+) -> Result<(), ServerError> {
+    let caller = caller::resolve(member, credentials).await?;
+    check_lease_keys(&member.auth, &member.lessor, &caller, lease).map_err(ServerError::from)
+}
+
+/// READ on every key in `keys` (root is exempt).
+fn may_read_keys(
+    member: &Member,
+    caller: &AuthHeader,
+    keys: &[Vec<u8>],
+) -> Result<(), ServerError> {
+    member.auth.check_authenticated(caller)?;
+    if member.auth.is_root(caller) {
+        return Ok(());
+    }
+    for key in keys {
+        member.auth.check_keys(caller, Access::Read, key, &[])?;
+    }
+    Ok(())
 }
 
 /// `LeaseTimeToLive`'s answer from a lease as the leader sees it (a missing lease is TTL -1, not
@@ -106,13 +141,18 @@ impl Lease for LeaseService {
         request: tonic::Request<LeaseGrantRequest>,
     ) -> Result<tonic::Response<LeaseGrantResponse>, Status> {
         self.member.check_corrupt()?;
+        let caller = caller::of(&self.member, &request).await?;
         let mut request = request.into_inner();
         if request.id == 0 {
             // Chosen before proposing, so every member applies the same id.
             request.id = self.member.new_lease_id();
         }
         self.member.check_quota(64).await?;
-        match self.member.propose(Request::LeaseGrant(request)).await? {
+        match self
+            .member
+            .propose_for(&caller, Request::LeaseGrant(request))
+            .await?
+        {
             Response::LeaseGrant(mut response) => {
                 self.member.fill(&mut response.header);
                 Ok(tonic::Response::new(response))
@@ -126,9 +166,13 @@ impl Lease for LeaseService {
         request: tonic::Request<LeaseRevokeRequest>,
     ) -> Result<tonic::Response<LeaseRevokeResponse>, Status> {
         self.member.check_corrupt()?;
+        let caller = caller::of(&self.member, &request).await?;
+        let request = request.into_inner();
+        check_lease_keys(&self.member.auth, &self.member.lessor, &caller, request.id)
+            .map_err(ServerError::from)?;
         match self
             .member
-            .propose(Request::LeaseRevoke(request.into_inner()))
+            .propose_for(&caller, Request::LeaseRevoke(request))
             .await?
         {
             Response::LeaseRevoke(mut response) => {
@@ -146,8 +190,9 @@ impl Lease for LeaseService {
         &self,
         request: tonic::Request<tonic::Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<tonic::Response<Self::LeaseKeepAliveStream>, Status> {
+        let credentials = Credentials::of(&request);
         Ok(tonic::Response::new(Box::pin(
-            self.keep_alive_stream(request.into_inner()),
+            self.keep_alive_stream(request.into_inner(), credentials),
         )))
     }
 
@@ -155,6 +200,11 @@ impl Lease for LeaseService {
         &self,
         request: tonic::Request<LeaseTimeToLiveRequest>,
     ) -> Result<tonic::Response<LeaseTimeToLiveResponse>, Status> {
+        let caller = caller::of(&self.member, &request).await?;
+        self.member
+            .auth
+            .check_authenticated(&caller)
+            .map_err(ServerError::from)?;
         let request = request.into_inner();
         let response = match self.member.lease_time_to_live(request.id).await {
             Ok(info) => time_to_live(&self.member, &request, info),
@@ -167,14 +217,28 @@ impl Lease for LeaseService {
             }
             Err(error) => return Err(error.into()),
         };
+        // The keys' names are data too (CVE-2023-32082).
+        if request.keys {
+            may_read_keys(&self.member, &caller, &response.keys)?;
+        }
         Ok(tonic::Response::new(response))
     }
 
     async fn lease_leases(
         &self,
-        _request: tonic::Request<LeaseLeasesRequest>,
+        request: tonic::Request<LeaseLeasesRequest>,
     ) -> Result<tonic::Response<LeaseLeasesResponse>, Status> {
+        let caller = caller::of(&self.member, &request).await?;
         self.member.read_barrier().await?;
+        for id in self.member.lessor.ids() {
+            let keys = self
+                .member
+                .lessor
+                .info(id)
+                .map(|i| i.keys)
+                .unwrap_or_default();
+            may_read_keys(&self.member, &caller, &keys)?;
+        }
         let leases = self
             .member
             .lessor

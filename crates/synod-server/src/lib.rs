@@ -12,8 +12,11 @@
 //! Handlers never write state: they validate, propose or read, map the error and fill the header.
 //! No lock is held across an `.await`.
 
+pub mod args;
+pub mod auth;
 pub mod authority;
 pub mod background;
+pub mod caller;
 pub mod command;
 pub mod config;
 pub mod corrupt;
@@ -43,8 +46,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use synod_api::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use synod_api::v3electionpb::election_server::ElectionServer;
 use synod_api::v3lockpb::lock_server::LockServer;
@@ -72,6 +75,7 @@ pub fn client_router(member: Arc<Member>) -> axum::Router {
         cluster: Arc::new(maintenance::ClusterService::new(member.clone())),
         lock: Arc::new(recipes::LockService::new(member.clone())),
         election: Arc::new(recipes::ElectionService::new(member.clone())),
+        auth: Arc::new(auth::AuthService::new(member.clone())),
     });
     let routes = tonic::service::Routes::new(
         KvServer::from_arc(services.kv.clone()).max_decoding_message_size(buffer_max),
@@ -90,6 +94,7 @@ pub fn client_router(member: Arc<Member>) -> axum::Router {
         ClusterServer::from_arc(services.cluster.clone()).max_decoding_message_size(buffer_max),
     )
     .add_service(LockServer::from_arc(services.lock.clone()).max_decoding_message_size(buffer_max))
+    .add_service(AuthServer::from_arc(services.auth.clone()).max_decoding_message_size(buffer_max))
     .add_service(
         ElectionServer::from_arc(services.election.clone()).max_decoding_message_size(buffer_max),
     );
@@ -221,13 +226,14 @@ pub async fn run(
 
     let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
     let streams_max = config.concurrent_streams_max;
-    let serve_on = |listener, router, tls| {
+    let serve_on = |listener, router, tls, identify_clients| {
         tokio::spawn(serve::serve(
             listener,
             router,
             streams_max,
             budget.clone(),
             tls,
+            identify_clients,
             stop_receiver.clone(),
         ))
     };
@@ -245,7 +251,7 @@ pub async fn run(
         .merge(http::router(member.clone()));
         let router = http_edges(router);
         tracing::info!(address = %listener.local_addr()?, tls = tls.peer.is_some(), "listening for peers");
-        servers.push(serve_on(listener, router, tls.peer.clone()));
+        servers.push(serve_on(listener, router, tls.peer.clone(), false));
     }
     // Peers are served first: they need this member to catch up, and it must not serve clients
     // before it has compared its data with theirs.
@@ -258,7 +264,12 @@ pub async fn run(
     for listener in client_listeners {
         let router = client_router(member.clone());
         tracing::info!(address = %listener.local_addr()?, tls = tls.client.is_some(), "serving clients (gRPC and HTTP)");
-        servers.push(serve_on(listener, router, tls.client.clone()));
+        servers.push(serve_on(
+            listener,
+            router,
+            tls.client.clone(),
+            config.client_cert_auth,
+        ));
     }
     tracing::info!(name = %config.name, data_dir = %config.data_dir.display(), "ready to serve");
     shutdown.await;

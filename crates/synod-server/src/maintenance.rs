@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
+use crate::caller;
 use crate::error::{Failure, ServerError};
 use crate::member::{ETCD_API_VERSION, Member, MemberChangeKind, unexpected};
 
@@ -88,9 +89,16 @@ impl Maintenance for MaintenanceService {
         &self,
         request: tonic::Request<AlarmRequest>,
     ) -> Result<tonic::Response<AlarmResponse>, Status> {
+        let caller = if request.get_ref().action
+            == synod_api::etcdserverpb::alarm_request::AlarmAction::Get as i32
+        {
+            caller::user(&self.member, &request).await?
+        } else {
+            caller::root(&self.member, &request).await?
+        };
         match self
             .member
-            .propose(Request::Alarm(request.into_inner()))
+            .propose_for(&caller, Request::Alarm(request.into_inner()))
             .await?
         {
             Response::Alarm(mut response) => {
@@ -103,15 +111,17 @@ impl Maintenance for MaintenanceService {
 
     async fn status(
         &self,
-        _request: tonic::Request<StatusRequest>,
+        request: tonic::Request<StatusRequest>,
     ) -> Result<tonic::Response<StatusResponse>, Status> {
+        caller::user(&self.member, &request).await?;
         Ok(tonic::Response::new(status(&self.member)))
     }
 
     async fn defragment(
         &self,
-        _request: tonic::Request<DefragmentRequest>,
+        request: tonic::Request<DefragmentRequest>,
     ) -> Result<tonic::Response<DefragmentResponse>, Status> {
+        caller::root(&self.member, &request).await?;
         self.member
             .defragment()
             .await
@@ -123,8 +133,9 @@ impl Maintenance for MaintenanceService {
 
     async fn hash(
         &self,
-        _request: tonic::Request<HashRequest>,
+        request: tonic::Request<HashRequest>,
     ) -> Result<tonic::Response<HashResponse>, Status> {
+        caller::root(&self.member, &request).await?;
         let (hash, _, revision) = self.member.hash_kv(0).await?;
         Ok(tonic::Response::new(HashResponse {
             header: Some(self.member.header(revision)),
@@ -136,6 +147,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: tonic::Request<HashKvRequest>,
     ) -> Result<tonic::Response<HashKvResponse>, Status> {
+        caller::root(&self.member, &request).await?;
         let request = request.into_inner();
         let (hash, compact_revision, hash_revision) = self.member.hash_kv(request.revision).await?;
         Ok(tonic::Response::new(HashKvResponse {
@@ -151,8 +163,9 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _request: tonic::Request<SnapshotRequest>,
+        request: tonic::Request<SnapshotRequest>,
     ) -> Result<tonic::Response<Self::SnapshotStream>, Status> {
+        caller::root(&self.member, &request).await?;
         let path = self
             .member
             .snapshot_file()
@@ -219,6 +232,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: tonic::Request<MoveLeaderRequest>,
     ) -> Result<tonic::Response<MoveLeaderResponse>, Status> {
+        caller::root(&self.member, &request).await?;
         let target = request.into_inner().target_id;
         if !self.member.is_leader() {
             return Err(ServerError::NotLeader.into());
@@ -238,8 +252,9 @@ impl Maintenance for MaintenanceService {
 
     async fn downgrade(
         &self,
-        _request: tonic::Request<DowngradeRequest>,
+        request: tonic::Request<DowngradeRequest>,
     ) -> Result<tonic::Response<DowngradeResponse>, Status> {
+        caller::root(&self.member, &request).await?;
         Err(ServerError::Unsupported("synod: cluster downgrade is not supported").into())
     }
 }
@@ -285,6 +300,7 @@ impl Cluster for ClusterService {
         &self,
         request: tonic::Request<MemberAddRequest>,
     ) -> Result<tonic::Response<MemberAddResponse>, Status> {
+        caller::root(&self.member, &request).await?;
         let request = request.into_inner();
         let kind = if request.is_learner {
             MemberChangeKind::AddLearner
@@ -308,6 +324,7 @@ impl Cluster for ClusterService {
         &self,
         request: tonic::Request<MemberRemoveRequest>,
     ) -> Result<tonic::Response<MemberRemoveResponse>, Status> {
+        caller::root(&self.member, &request).await?;
         let request = request.into_inner();
         let record = MemberRecord {
             id: request.id,
@@ -324,6 +341,7 @@ impl Cluster for ClusterService {
         &self,
         request: tonic::Request<MemberUpdateRequest>,
     ) -> Result<tonic::Response<MemberUpdateResponse>, Status> {
+        let caller = caller::root(&self.member, &request).await?;
         let request = request.into_inner();
         crate::membership::check_peer_urls(&request.peer_ur_ls)?;
         let members = self.member.members().map_err(ServerError::from)?;
@@ -337,7 +355,11 @@ impl Cluster for ClusterService {
             peer_urls: request.peer_ur_ls,
             ..MemberRecord::default()
         };
-        match self.member.propose(Request::MemberUpdate(update)).await? {
+        match self
+            .member
+            .propose_for(&caller, Request::MemberUpdate(update))
+            .await?
+        {
             Response::Member(_) => {}
             other => return Err(unexpected(&other).into()),
         }
@@ -351,6 +373,7 @@ impl Cluster for ClusterService {
         &self,
         request: tonic::Request<MemberListRequest>,
     ) -> Result<tonic::Response<MemberListResponse>, Status> {
+        caller::user(&self.member, &request).await?;
         if request.into_inner().linearizable {
             self.member.read_barrier().await?;
         }
@@ -365,6 +388,7 @@ impl Cluster for ClusterService {
         &self,
         request: tonic::Request<MemberPromoteRequest>,
     ) -> Result<tonic::Response<MemberPromoteResponse>, Status> {
+        caller::root(&self.member, &request).await?;
         let request = request.into_inner();
         let record = MemberRecord {
             id: request.id,

@@ -29,11 +29,13 @@ use synod_api::v3electionpb::{
 use synod_api::v3lockpb::lock_server::Lock;
 use synod_api::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 use synod_core::apply::{Response, execute_range};
+use synod_core::auth::Access;
 use synod_core::watch::{WatchNotice, WatchRequest};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
+use crate::caller;
 use crate::error::{Failure, ServerError};
 use crate::member::{Member, unexpected};
 use crate::watch::ChannelSink;
@@ -261,6 +263,44 @@ pub async fn check_fence(
     })
 }
 
+/// The permission checks of the Lock and Election services: etcd runs them as the caller
+/// through its own KV, so the caller needs what those reads and writes need. `writes` says
+/// whether the call writes; `keys` is the holders' prefix `name/` or one holder's key.
+async fn may_use<T>(
+    member: &Member,
+    request: &tonic::Request<T>,
+    keys: Keys<'_>,
+    writes: bool,
+) -> Result<(), ServerError> {
+    let caller = caller::of(member, request).await?;
+    let (key, range_end) = match keys {
+        Keys::Holders(name) => {
+            let (prefix, _) = holder_key(name, 0);
+            let end = synod_api::prefix_range_end(&prefix);
+            (prefix, end)
+        }
+        Keys::Holder(key) => (key.to_vec(), Vec::new()),
+    };
+    member
+        .auth
+        .check_keys(&caller, Access::Read, &key, &range_end)?;
+    if writes {
+        member
+            .auth
+            .check_keys(&caller, Access::Write, &key, &range_end)?;
+    }
+    Ok(())
+}
+
+/// The keys a Lock or Election call touches.
+#[derive(Clone, Copy)]
+enum Keys<'a> {
+    /// Every holder of the lock or election `name`.
+    Holders(&'a [u8]),
+    /// One holder's key.
+    Holder(&'a [u8]),
+}
+
 pub struct LockService {
     member: Arc<Member>,
 }
@@ -277,6 +317,13 @@ impl Lock for LockService {
         &self,
         request: tonic::Request<LockRequest>,
     ) -> Result<tonic::Response<LockResponse>, Status> {
+        may_use(
+            &self.member,
+            &request,
+            Keys::Holders(&request.get_ref().name),
+            true,
+        )
+        .await?;
         let request = request.into_inner();
         let member = &self.member;
         let lease = if request.lease != 0 {
@@ -352,6 +399,13 @@ impl Lock for LockService {
         &self,
         request: tonic::Request<UnlockRequest>,
     ) -> Result<tonic::Response<UnlockResponse>, Status> {
+        may_use(
+            &self.member,
+            &request,
+            Keys::Holder(&request.get_ref().key),
+            true,
+        )
+        .await?;
         let revision = delete(&self.member, &request.into_inner().key).await?;
         Ok(tonic::Response::new(UnlockResponse {
             header: header(&self.member, revision),
@@ -399,6 +453,13 @@ impl Election for ElectionService {
         &self,
         request: tonic::Request<CampaignRequest>,
     ) -> Result<tonic::Response<CampaignResponse>, Status> {
+        may_use(
+            &self.member,
+            &request,
+            Keys::Holders(&request.get_ref().name),
+            true,
+        )
+        .await?;
         let request = request.into_inner();
         let member = &self.member;
         let (prefix, key) = holder_key(&request.name, request.lease);
@@ -451,6 +512,13 @@ impl Election for ElectionService {
         &self,
         request: tonic::Request<ProclaimRequest>,
     ) -> Result<tonic::Response<ProclaimResponse>, Status> {
+        let leader_key = request
+            .get_ref()
+            .leader
+            .as_ref()
+            .map(|l| l.key.clone())
+            .unwrap_or_default();
+        may_use(&self.member, &request, Keys::Holder(&leader_key), true).await?;
         let request = request.into_inner();
         let leader = request
             .leader
@@ -465,6 +533,13 @@ impl Election for ElectionService {
         &self,
         request: tonic::Request<LeaderRequest>,
     ) -> Result<tonic::Response<LeaderResponse>, Status> {
+        may_use(
+            &self.member,
+            &request,
+            Keys::Holders(&request.get_ref().name),
+            false,
+        )
+        .await?;
         let (kv, revision) = self.leader_of(&request.into_inner().name).await?;
         let kv = kv.ok_or_else(|| Status::from(Failure::Recipe(NO_LEADER)))?;
         Ok(tonic::Response::new(LeaderResponse {
@@ -479,6 +554,13 @@ impl Election for ElectionService {
         &self,
         request: tonic::Request<LeaderRequest>,
     ) -> Result<tonic::Response<ObserveStream>, Status> {
+        may_use(
+            &self.member,
+            &request,
+            Keys::Holders(&request.get_ref().name),
+            false,
+        )
+        .await?;
         let name = request.into_inner().name;
         let service = ElectionService {
             member: self.member.clone(),
@@ -529,6 +611,13 @@ impl Election for ElectionService {
         &self,
         request: tonic::Request<ResignRequest>,
     ) -> Result<tonic::Response<ResignResponse>, Status> {
+        let leader_key = request
+            .get_ref()
+            .leader
+            .as_ref()
+            .map(|l| l.key.clone())
+            .unwrap_or_default();
+        may_use(&self.member, &request, Keys::Holder(&leader_key), true).await?;
         let leader = request
             .into_inner()
             .leader

@@ -19,12 +19,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
 use hyper_util::service::TowerToHyperService;
-use synod_tls::ServerTls;
+use synod_tls::{ServerStream, ServerTls};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::authority::LenientAuthority;
+use crate::caller::ClientCertificate;
 
 /// Descriptors kept free of client connections: log and state-machine files, snapshot files,
 /// peer connections.
@@ -134,6 +135,7 @@ pub async fn serve(
     max_concurrent_streams: u32,
     budget: ConnectionBudget,
     tls: Option<Arc<ServerTls>>,
+    identify_clients: bool,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -177,19 +179,26 @@ pub async fn serve(
             // Without it a small response after a watch event waits for a delayed ACK.
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        let service = TowerToHyperService::new(router.clone());
         let builder = builder.clone();
         let watcher = graceful.watcher();
         match &tls {
             None => {
+                let service = TowerToHyperService::new(Identified::new(router.clone(), None));
                 tokio::spawn(serve_connection(builder, stream, service, watcher, slot));
             }
             Some(tls) => {
                 let tls = tls.clone();
                 let refusals = refusals.clone();
+                let router = router.clone();
                 tokio::spawn(async move {
                     match tls.accept(stream).await {
                         Ok(stream) => {
+                            // Under --client-cert-auth the certificate's CN names the user.
+                            let certificate = identify_clients
+                                .then(|| client_certificate(&stream))
+                                .flatten();
+                            let service =
+                                TowerToHyperService::new(Identified::new(router, certificate));
                             serve_connection(builder, stream, service, watcher, slot).await;
                         }
                         Err(reason) => refusals.note(tls.side(), remote, &reason),
@@ -203,11 +212,58 @@ pub async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
 }
 
+/// The CN of the verified certificate a TLS client presented, if any.
+fn client_certificate(stream: &ServerStream<TcpStream>) -> Option<ClientCertificate> {
+    let leaf = stream.get_ref().1.peer_certificates()?.first()?;
+    Some(ClientCertificate {
+        common_name: synod_tls::common_name(leaf)?,
+    })
+}
+
+/// The router, with the connection's client certificate attached to every request.
+#[derive(Clone)]
+pub struct Identified {
+    router: axum::Router,
+    certificate: Option<ClientCertificate>,
+}
+
+impl Identified {
+    fn new(router: axum::Router, certificate: Option<ClientCertificate>) -> Identified {
+        Identified {
+            router,
+            certificate,
+        }
+    }
+}
+
+impl<B> tower_service::Service<axum::http::Request<B>> for Identified
+where
+    axum::Router: tower_service::Service<axum::http::Request<B>>,
+{
+    type Response = <axum::Router as tower_service::Service<axum::http::Request<B>>>::Response;
+    type Error = <axum::Router as tower_service::Service<axum::http::Request<B>>>::Error;
+    type Future = <axum::Router as tower_service::Service<axum::http::Request<B>>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        tower_service::Service::<axum::http::Request<B>>::poll_ready(&mut self.router, cx)
+    }
+
+    fn call(&mut self, mut request: axum::http::Request<B>) -> Self::Future {
+        if let Some(certificate) = &self.certificate {
+            request.extensions_mut().insert(certificate.clone());
+        }
+        self.router.call(request)
+    }
+}
+
 /// Serves HTTP/1.1 or HTTP/2 on one connection until it ends; its slot is given back then.
 async fn serve_connection<S>(
     builder: auto::Builder<TokioExecutor>,
     stream: S,
-    service: TowerToHyperService<axum::Router>,
+    service: TowerToHyperService<Identified>,
     watcher: Watcher,
     slot: ConnectionSlot,
 ) where

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use synod_tls::{ClientFiles, ClientTls, Policy, ServerFiles, ServerTls, TlsError};
 
-use crate::config::{ConfigError, ServerArgs};
+use crate::args::ServerArgs;
 
 /// Where a listener's certificate comes from.
 #[derive(Debug, Clone)]
@@ -83,16 +83,16 @@ impl TlsSettings {
         client_urls: &[String],
         peer_urls: &[String],
         data_dir: &Path,
-    ) -> Result<TlsSettings, ConfigError> {
+    ) -> Result<TlsSettings, String> {
         let policy = Policy::parse(
             args.tls_min_version.as_deref(),
             args.tls_max_version.as_deref(),
             args.cipher_suites.as_deref(),
         )
-        .map_err(|e| ConfigError::new(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
         let validity_years = args.self_signed_cert_validity.unwrap_or(1);
         if validity_years == 0 {
-            return Err(ConfigError::new(
+            return Err(String::from(
                 "--self-signed-cert-validity must be at least 1 (years)",
             ));
         }
@@ -241,7 +241,7 @@ struct SideArgs<'a> {
 }
 
 /// One side's listener settings, with etcd's start-up errors and warnings.
-fn side(args: SideArgs<'_>, flags: &str) -> Result<Option<Side>, ConfigError> {
+fn side(args: SideArgs<'_>, flags: &str) -> Result<Option<Side>, String> {
     let secure: Vec<&String> = args
         .urls
         .iter()
@@ -259,10 +259,10 @@ fn side(args: SideArgs<'_>, flags: &str) -> Result<Option<Side>, ConfigError> {
         return Ok(None);
     }
     if secure.len() != args.urls.len() {
-        return Err(ConfigError::new(format!(
+        return Err(format!(
             "{} URLs mix http:// and https://; use one scheme",
             args.name
-        )));
+        ));
     }
     let material = match (args.cert, args.key) {
         (Some(cert), Some(key)) => {
@@ -283,10 +283,10 @@ fn side(args: SideArgs<'_>, flags: &str) -> Result<Option<Side>, ConfigError> {
             validity_years: args.validity_years,
         },
         _ => {
-            return Err(ConfigError::new(format!(
+            return Err(format!(
                 "TLS key/cert ({flags}) must be provided for {} url {} with HTTPS scheme",
                 args.name, secure[0]
-            )));
+            ));
         }
     };
     Ok(Some(Side {

@@ -20,12 +20,15 @@ use synod_api::etcdserverpb::{
     watch_request::RequestUnion,
 };
 use synod_api::mvccpb::Event;
+use synod_core::auth::Access;
 use synod_core::mvcc::kv_store::RangeOptions;
 use synod_core::watch::{WatchNotice, WatchRequest as HubRequest, WatchSink};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
+use crate::caller::{self, Credentials};
+use crate::error::ServerError;
 use crate::member::Member;
 
 /// Responses buffered for a client before the stream's task waits for it to read.
@@ -76,6 +79,7 @@ struct WatcherOptions {
 
 struct StreamTask {
     member: Arc<Member>,
+    credentials: Credentials,
     stream: u64,
     sink: Arc<ChannelSink>,
     output: mpsc::Sender<Result<WatchResponse, Status>>,
@@ -92,7 +96,12 @@ impl WatchService {
     /// Serves one watch stream: `requests` are the client's create, cancel and progress
     /// requests; the returned stream carries the responses. Shared by gRPC and the HTTP gateway.
     /// As in etcd, the stream stays open after the client stops sending requests.
-    pub fn open<S>(&self, mut requests: S) -> ReceiverStream<Result<WatchResponse, Status>>
+    /// `credentials` are the stream's; each watcher is checked against them when created.
+    pub fn open<S>(
+        &self,
+        mut requests: S,
+        credentials: Credentials,
+    ) -> ReceiverStream<Result<WatchResponse, Status>>
     where
         S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
     {
@@ -100,6 +109,7 @@ impl WatchService {
         let (notices, mut notice_receiver) = mpsc::channel(NOTICE_QUEUE_MAX);
         let mut task = StreamTask {
             member: self.member.clone(),
+            credentials,
             stream: self.member.hub.new_stream(),
             sink: Arc::new(ChannelSink(notices)),
             output,
@@ -145,8 +155,9 @@ impl Watch for WatchService {
         &self,
         request: tonic::Request<tonic::Streaming<WatchRequest>>,
     ) -> Result<tonic::Response<Self::WatchStream>, Status> {
+        let credentials = Credentials::of(&request);
         Ok(tonic::Response::new(Box::pin(
-            self.open(request.into_inner()),
+            self.open(request.into_inner(), credentials),
         )))
     }
 }
@@ -207,6 +218,19 @@ impl StreamTask {
             cancel_reason: reason.to_owned(),
             ..WatchResponse::default()
         };
+        // READ on the range as sent (etcd checks before it widens anything: GHSA-xg4h-6gfc-h4m8).
+        let allowed = match caller::resolve(&self.member, &self.credentials).await {
+            Ok(caller) => self
+                .member
+                .auth
+                .check_keys(&caller, Access::Read, &create.key, &create.range_end)
+                .map_err(ServerError::from),
+            Err(refused) => Err(refused),
+        };
+        if let Err(refused) = allowed {
+            let status = Status::from(refused);
+            return self.send(refuse(status.message())).await;
+        }
         let is_range_to_end = create.range_end == [0];
         if !create.range_end.is_empty() && !is_range_to_end && create.key >= create.range_end {
             return self.send(refuse(EMPTY_WATCHER_RANGE)).await;

@@ -11,9 +11,14 @@ pub struct InternalRequest {
     /// key under which a request is applied at most once.
     #[prost(uint64, tag = "2")]
     pub origin: u64,
+    /// Who asked, for requests from clients (none for the member's own requests,
+    /// such as revoking an expired lease): checked against the permissions when
+    /// the entry is applied, so a permission taken away before then holds.
+    #[prost(message, optional, tag = "30")]
+    pub auth: ::core::option::Option<AuthHeader>,
     #[prost(
         oneof = "internal_request::Request",
-        tags = "3, 4, 5, 6, 7, 8, 9, 10, 11, 12"
+        tags = "3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24"
     )]
     pub request: ::core::option::Option<internal_request::Request>,
 }
@@ -44,7 +49,58 @@ pub mod internal_request {
         /// serves (etcd's publish).
         #[prost(message, tag = "12")]
         MemberAttributes(super::MemberRecord),
+        /// etcd's Auth service: every change to users, roles and the switch goes
+        /// through the log, checked (root only, once enabled) when applied.
+        #[prost(message, tag = "13")]
+        AuthEnable(super::super::etcdserverpb::AuthEnableRequest),
+        #[prost(message, tag = "14")]
+        AuthDisable(super::super::etcdserverpb::AuthDisableRequest),
+        /// `password` is always empty: the proposing member hashed it into
+        /// `hashedPassword`, so no password in clear reaches the log.
+        #[prost(message, tag = "15")]
+        UserAdd(super::super::etcdserverpb::AuthUserAddRequest),
+        #[prost(message, tag = "16")]
+        UserDelete(super::super::etcdserverpb::AuthUserDeleteRequest),
+        #[prost(message, tag = "17")]
+        UserChangePassword(super::super::etcdserverpb::AuthUserChangePasswordRequest),
+        #[prost(message, tag = "18")]
+        UserGrantRole(super::super::etcdserverpb::AuthUserGrantRoleRequest),
+        #[prost(message, tag = "19")]
+        UserRevokeRole(super::super::etcdserverpb::AuthUserRevokeRoleRequest),
+        #[prost(message, tag = "20")]
+        RoleAdd(super::super::etcdserverpb::AuthRoleAddRequest),
+        #[prost(message, tag = "21")]
+        RoleDelete(super::super::etcdserverpb::AuthRoleDeleteRequest),
+        #[prost(message, tag = "22")]
+        RoleGrantPermission(super::super::etcdserverpb::AuthRoleGrantPermissionRequest),
+        #[prost(message, tag = "23")]
+        RoleRevokePermission(
+            super::super::etcdserverpb::AuthRoleRevokePermissionRequest,
+        ),
+        #[prost(message, tag = "24")]
+        Authenticate(super::InternalAuthenticateRequest),
     }
+}
+/// The caller of a client request, as the receiving member identified it.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AuthHeader {
+    /// Empty when the request carried no credentials.
+    #[prost(string, tag = "1")]
+    pub username: ::prost::alloc::string::String,
+    /// The auth revision the member saw; an older one than the store's at apply
+    /// time is refused ("revision of auth store is old").
+    #[prost(uint64, tag = "2")]
+    pub auth_revision: u64,
+}
+/// A successful password check, turned into a token when applied. The
+/// password itself never enters the log.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct InternalAuthenticateRequest {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// Random letters; the token is `<simple_token>.<index of this entry>`.
+    #[prost(string, tag = "2")]
+    pub simple_token: ::prost::alloc::string::String,
 }
 /// What the state machine remembers about a member, keyed by its id.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

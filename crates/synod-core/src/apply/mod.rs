@@ -23,8 +23,11 @@ use synod_api::etcdserverpb::{
     request_op, response_op,
 };
 use synod_api::mvccpb::KeyValue;
-use synod_api::synodpb::{InternalRequest, MemberChange, MemberRecord, internal_request::Request};
+use synod_api::synodpb::{
+    AuthHeader, InternalRequest, MemberChange, MemberRecord, internal_request::Request,
+};
 
+use crate::auth::{AuthStore, Change};
 use crate::backend::{self, ALARM, Backend, META};
 use crate::error::{Error, RequestError, StorageError};
 use crate::lease::Lessor;
@@ -34,11 +37,13 @@ use crate::watch::WatchHub;
 
 mod checks;
 mod dedup;
+mod permissions;
 mod read;
 
 use checks::{check_ignore_targets, check_txn, taken_branch};
 pub use dedup::DEDUP_WINDOW_ENTRIES;
 use dedup::{RecentRequests, read_recent_requests};
+pub use permissions::{check_lease_keys, check_read_only_txn};
 use read::txn_path;
 pub use read::{ReadView, compare_holds, execute_range, txn_puts, txn_writes};
 
@@ -56,6 +61,8 @@ pub enum Response {
     /// A membership change (add, promote, remove, update) took effect; the member as it is now
     /// (as it was, for a removal).
     Member(MemberRecord),
+    /// An Auth-service change took effect, or a token was issued.
+    Auth(crate::auth::Outcome),
 }
 
 /// The cluster-wide key of a proposed request: the member that proposed it and its id there.
@@ -149,6 +156,7 @@ pub struct StateMachine {
     lessor: Arc<Lessor>,
     hub: Arc<WatchHub>,
     alarms: Arc<Alarms>,
+    auth: Arc<AuthStore>,
     applied_index: u64,
     applied_term: u64,
     durable_applied_index: u64,
@@ -182,6 +190,7 @@ impl StateMachine {
             recent_requests = RecentRequests::default();
         }
         let raised = read_alarms(&tx)?;
+        let auth = Arc::new(AuthStore::open(&tx)?);
         let hub = Arc::new(WatchHub::new(store.current_revision()));
         Ok(StateMachine {
             backend,
@@ -191,6 +200,7 @@ impl StateMachine {
             alarms: Arc::new(Alarms {
                 raised: Mutex::new(raised),
             }),
+            auth,
             applied_index,
             applied_term,
             durable_applied_index: applied_index,
@@ -213,6 +223,10 @@ impl StateMachine {
 
     pub fn alarms(&self) -> &Arc<Alarms> {
         &self.alarms
+    }
+
+    pub fn auth(&self) -> &Arc<AuthStore> {
+        &self.auth
     }
 
     pub fn backend(&self) -> &Arc<Backend> {
@@ -271,6 +285,7 @@ impl StateMachine {
         }
         self.lessor.reload(&self.backend, leased)?;
         self.alarms.reload(&tx)?;
+        self.auth.reload(&tx)?;
         self.recent_requests = read_recent_requests(&tx)?;
         self.applied_index = metadata.index;
         self.applied_term = metadata.term;
@@ -336,7 +351,12 @@ impl StateMachine {
                                 origin: request.origin,
                                 id: request.id,
                             };
-                            let result = self.apply_request(&mut batch, request.request)?;
+                            let result = self.apply_request(
+                                &mut batch,
+                                request.auth.as_ref(),
+                                request.request,
+                                entry.index,
+                            )?;
                             applied.results.push((key, result));
                             if key.id != 0 {
                                 batch
@@ -422,10 +442,73 @@ impl StateMachine {
     fn apply_request(
         &self,
         batch: &mut crate::mvcc::kv_store::WriteBatch<'_>,
+        caller: Option<&AuthHeader>,
+        request: Option<Request>,
+        index: u64,
+    ) -> Result<ApplyResult, StorageError> {
+        if let (Some(caller), Some(request)) = (caller, &request)
+            && let Err(refused) = permissions::check(&self.auth, &self.lessor, caller, request)
+        {
+            return Ok(Err(refused));
+        }
+        let change = match request {
+            Some(Request::AuthEnable(_)) => Some(Change::Enable),
+            Some(Request::AuthDisable(_)) => Some(Change::Disable),
+            Some(Request::UserAdd(add)) => Some(Change::UserAdd(add)),
+            Some(Request::UserDelete(delete)) => Some(Change::UserDelete(delete.name)),
+            Some(Request::UserChangePassword(change)) => Some(Change::UserChangePassword(change)),
+            Some(Request::UserGrantRole(grant)) => Some(Change::UserGrantRole {
+                user: grant.user,
+                role: grant.role,
+            }),
+            Some(Request::UserRevokeRole(revoke)) => Some(Change::UserRevokeRole {
+                user: revoke.name,
+                role: revoke.role,
+            }),
+            Some(Request::RoleAdd(add)) => Some(Change::RoleAdd(add.name)),
+            Some(Request::RoleDelete(delete)) => Some(Change::RoleDelete(delete.role)),
+            Some(Request::RoleGrantPermission(grant)) => Some(Change::RoleGrantPermission(grant)),
+            Some(Request::RoleRevokePermission(revoke)) => {
+                Some(Change::RoleRevokePermission(revoke))
+            }
+            Some(Request::Authenticate(authenticate)) => Some(Change::Authenticate {
+                name: authenticate.name,
+                simple_token: authenticate.simple_token,
+            }),
+            other => return self.apply_data_request(batch, other),
+        };
+        let Some(change) = change else {
+            return Ok(Err(RequestError::KeyNotFound));
+        };
+        Ok(self
+            .auth
+            .apply(batch.transaction(), caller, change, index)?
+            .map(Response::Auth))
+    }
+
+    /// Applies a request to the keys, the leases, the alarms or the members.
+    fn apply_data_request(
+        &self,
+        batch: &mut crate::mvcc::kv_store::WriteBatch<'_>,
         request: Option<Request>,
     ) -> Result<ApplyResult, StorageError> {
         let outcome = match request {
             None => return Ok(Err(RequestError::KeyNotFound)),
+            // Routed to the auth store by `apply_request`.
+            Some(
+                Request::AuthEnable(_)
+                | Request::AuthDisable(_)
+                | Request::UserAdd(_)
+                | Request::UserDelete(_)
+                | Request::UserChangePassword(_)
+                | Request::UserGrantRole(_)
+                | Request::UserRevokeRole(_)
+                | Request::RoleAdd(_)
+                | Request::RoleDelete(_)
+                | Request::RoleGrantPermission(_)
+                | Request::RoleRevokePermission(_)
+                | Request::Authenticate(_),
+            ) => return Ok(Err(RequestError::InvalidAuthMgmt)),
             Some(Request::Put(put)) => {
                 if self.alarms.is_raised(AlarmType::Nospace) {
                     return Ok(Err(RequestError::NoSpace));
@@ -752,6 +835,7 @@ mod tests {
 
     fn put_entry(index: u64, id: u64, value: &str) -> Entry {
         let request = InternalRequest {
+            auth: None,
             id,
             origin: 7,
             request: Some(Request::Put(PutRequest {

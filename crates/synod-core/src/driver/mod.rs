@@ -406,6 +406,7 @@ impl<F: FileSystem> Driver<F> {
                     let request = InternalRequest {
                         id: token,
                         origin: self.node.id(),
+                        auth: None,
                         request: Some(Request::LeaseCheckpoint(LeaseCheckpointRequest {
                             checkpoints: vec![LeaseCheckpoint {
                                 id: lease,

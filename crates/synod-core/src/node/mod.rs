@@ -364,6 +364,7 @@ impl<F: FileSystem> Node<F> {
                 let request = InternalRequest {
                     id: 0,
                     origin: 0,
+                    auth: None,
                     request: Some(Request::LeaseRevoke(LeaseRevokeRequest { id })),
                 };
                 // A dropped revoke is retried by the lessor after its retry interval.
@@ -381,6 +382,7 @@ impl<F: FileSystem> Node<F> {
                 let request = InternalRequest {
                     id: 0,
                     origin: 0,
+                    auth: None,
                     request: Some(Request::LeaseCheckpoint(LeaseCheckpointRequest {
                         checkpoints,
                     })),

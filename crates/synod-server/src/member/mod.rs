@@ -18,8 +18,9 @@ use std::time::Duration;
 use prost::Message as _;
 use raft::eraftpb::Message;
 use synod_api::etcdserverpb::{AlarmType, ResponseHeader};
-use synod_api::synodpb::{InternalRequest, MemberRecord, internal_request::Request};
+use synod_api::synodpb::{AuthHeader, InternalRequest, MemberRecord, internal_request::Request};
 use synod_core::apply::{Alarms, Response};
+use synod_core::auth::AuthStore;
 use synod_core::backend::Backend;
 use synod_core::driver::{Answer, Input, RequestIds};
 use synod_core::lease::{LeaseInfo, Lessor};
@@ -68,7 +69,10 @@ pub struct Member {
     pub lessor: Arc<Lessor>,
     pub hub: Arc<WatchHub>,
     pub alarms: Arc<Alarms>,
+    pub auth: Arc<AuthStore>,
     pub backend: Arc<Backend>,
+    /// The zero of [`Member::clock_ms`].
+    started: std::time::Instant,
     commands: SyncSender<Command>,
     ids: Arc<RequestIds>,
     stopped: AtomicBool,
@@ -78,6 +82,11 @@ pub struct Member {
 }
 
 impl Member {
+    /// Milliseconds since this process opened the member: the clock of token TTLs.
+    pub fn clock_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     /// A new request id, unique among this member's requests across restarts (see
     /// `synod_core::driver::RequestIds`).
     pub fn next_id(&self) -> u64 {
@@ -133,13 +142,33 @@ impl Member {
         }
     }
 
-    /// Proposes a request through Raft and waits until it is applied here.
+    /// Proposes the member's own request (no caller: not checked against permissions) through
+    /// Raft and waits until it is applied here.
     pub async fn propose(&self, request: Request) -> Result<Response, ServerError> {
+        self.propose_with(None, request).await
+    }
+
+    /// Proposes a client's request: `caller` goes into the entry and is checked against the
+    /// permissions when it is applied.
+    pub async fn propose_for(
+        &self,
+        caller: &AuthHeader,
+        request: Request,
+    ) -> Result<Response, ServerError> {
+        self.propose_with(Some(caller.clone()), request).await
+    }
+
+    async fn propose_with(
+        &self,
+        caller: Option<AuthHeader>,
+        request: Request,
+    ) -> Result<Response, ServerError> {
         // Measured as etcd measures it, with a full-width request id (the origin is the driver's).
         let mut request = InternalRequest {
             id: u64::MAX,
             origin: 0,
             request: Some(request),
+            auth: caller,
         };
         if request.encoded_len() > self.config.request_bytes_max {
             return Err(ServerError::RequestTooLarge);

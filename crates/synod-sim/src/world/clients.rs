@@ -70,6 +70,7 @@ impl World {
     pub(super) fn attach_lease_key(&mut self, index: usize, lease: i64) {
         let id = self.next_request();
         let request = InternalRequest {
+            auth: None,
             id,
             origin: 0,
             request: Some(Request::Put(PutRequest {
@@ -247,6 +248,7 @@ impl World {
                 .reads
                 .push((id, ReadKind::Kv(input.key().as_bytes().to_vec()))),
             Some(request) => target.proposals.push(InternalRequest {
+                auth: None,
                 id,
                 origin: 0,
                 request: Some(request),
@@ -267,6 +269,7 @@ impl World {
                 let member = self.rng.below(self.members.len() as u64) as usize;
                 let id = self.next_request();
                 let request = InternalRequest {
+                    auth: None,
                     id,
                     origin: 0,
                     request: Some(Request::LeaseGrant(LeaseGrantRequest {
@@ -313,6 +316,7 @@ impl World {
                     let target = &mut self.members[member];
                     if target.host.is_some() {
                         target.proposals.push(InternalRequest {
+                            auth: None,
                             id,
                             origin: 0,
                             request: Some(Request::LeaseRevoke(LeaseRevokeRequest { id: lease })),

@@ -464,6 +464,7 @@ impl World {
             let id = self.next_request();
             let member = &mut self.members[leader];
             member.proposals.push(InternalRequest {
+                auth: None,
                 id,
                 origin: 0,
                 request: Some(Request::Put(PutRequest {

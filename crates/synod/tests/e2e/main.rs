@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod auth;
 mod bench;
 mod cli;
 mod client_recipes;

@@ -1,0 +1,156 @@
+//! Who makes a request: the credentials it came with (a token in the `token` or `authorization`
+//! metadata, or the CN of the TLS client certificate under `--client-cert-auth`) resolved
+//! against the auth store into an [`AuthHeader`], which the checks and the log entry carry.
+//!
+//! While auth is off every request resolves to the anonymous header (no user, the current auth
+//! revision); a write proposed then and applied after auth was switched on is refused ("user
+//! name is empty"), as in etcd.
+
+use std::time::Duration;
+
+use synod_api::synodpb::AuthHeader;
+use synod_core::RequestError;
+
+use crate::error::ServerError;
+use crate::member::Member;
+
+/// How long a request waits for this member to apply the entry that issued its token (a client
+/// that authenticated through another member and came here right away).
+const TOKEN_APPLY_WAIT: Duration = Duration::from_secs(5);
+
+/// The CN of a verified client certificate, attached to every request of a TLS connection by
+/// the server when `--client-cert-auth` is on.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate {
+    pub common_name: String,
+}
+
+/// The credentials of a request, not yet resolved.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    token: Option<String>,
+    common_name: Option<String>,
+}
+
+/// A token from etcd's metadata keys: `token`, or `authorization` (what the gateway and some
+/// clients send), with an optional `Bearer ` prefix.
+fn token_from(value: Option<&str>) -> Option<String> {
+    let value = value?.trim();
+    let value = value.strip_prefix("Bearer ").unwrap_or(value).trim();
+    (!value.is_empty()).then(|| value.to_owned())
+}
+
+impl Credentials {
+    /// The credentials of a gRPC request.
+    pub fn of<T>(request: &tonic::Request<T>) -> Credentials {
+        let metadata = request.metadata();
+        let text = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok());
+        Credentials {
+            token: token_from(text("token")).or_else(|| token_from(text("authorization"))),
+            common_name: request
+                .extensions()
+                .get::<ClientCertificate>()
+                .map(|c| c.common_name.clone()),
+        }
+    }
+
+    /// The credentials of a JSON-gateway request: the `Authorization` header, and the client
+    /// certificate of its connection.
+    pub fn of_http(
+        headers: &axum::http::HeaderMap,
+        extensions: &axum::http::Extensions,
+    ) -> Credentials {
+        let text = |key| headers.get(key).and_then(|v| v.to_str().ok());
+        Credentials {
+            token: token_from(text("token")).or_else(|| token_from(text("authorization"))),
+            common_name: extensions
+                .get::<ClientCertificate>()
+                .map(|c| c.common_name.clone()),
+        }
+    }
+
+    /// Copies these credentials onto a request the gateway builds for a service.
+    pub fn attach<T>(&self, request: &mut tonic::Request<T>) {
+        if let Some(token) = &self.token
+            && let Ok(value) = token.parse()
+        {
+            request.metadata_mut().insert("token", value);
+        }
+        if let Some(common_name) = &self.common_name {
+            request.extensions_mut().insert(ClientCertificate {
+                common_name: common_name.clone(),
+            });
+        }
+    }
+
+    /// The token, for the Auth service's own use.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+}
+
+/// Resolves `credentials` into the header the request is checked and proposed with.
+pub async fn resolve(
+    member: &Member,
+    credentials: &Credentials,
+) -> Result<AuthHeader, ServerError> {
+    let auth = &member.auth;
+    if !auth.is_enabled() {
+        return Ok(auth.header(""));
+    }
+    if let Some(token) = &credentials.token {
+        return resolve_token(member, token).await;
+    }
+    if let Some(common_name) = &credentials.common_name {
+        return Ok(auth.header(common_name));
+    }
+    Ok(auth.header(""))
+}
+
+/// Resolves the credentials of a gRPC request.
+pub async fn of<T>(
+    member: &Member,
+    request: &tonic::Request<T>,
+) -> Result<AuthHeader, ServerError> {
+    resolve(member, &Credentials::of(request)).await
+}
+
+/// The caller of a gRPC request that only root may make (admin RPCs).
+pub async fn root<T>(
+    member: &Member,
+    request: &tonic::Request<T>,
+) -> Result<AuthHeader, ServerError> {
+    let caller = of(member, request).await?;
+    member.auth.check_root(&caller)?;
+    Ok(caller)
+}
+
+/// The caller of a gRPC request that any authenticated user may make.
+pub async fn user<T>(
+    member: &Member,
+    request: &tonic::Request<T>,
+) -> Result<AuthHeader, ServerError> {
+    let caller = of(member, request).await?;
+    member.auth.check_authenticated(&caller)?;
+    Ok(caller)
+}
+
+async fn resolve_token(member: &Member, token: &str) -> Result<AuthHeader, ServerError> {
+    let (now_ms, ttl_ms) = (member.clock_ms(), member.config.auth_token_ttl_ms);
+    if let Some(user) = member.auth.token_user(token, now_ms, ttl_ms) {
+        return Ok(member.auth.header(&user));
+    }
+    // `<letters>.<index>`: issued at a log index this member may not have applied yet.
+    let issued_at = token
+        .rsplit_once('.')
+        .and_then(|(_, index)| index.parse::<u64>().ok());
+    if let Some(index) = issued_at
+        && member
+            .wait_for(TOKEN_APPLY_WAIT, |progress| progress.applied_index >= index)
+            .await
+        && let Some(user) = member.auth.token_user(token, member.clock_ms(), ttl_ms)
+    {
+        return Ok(member.auth.header(&user));
+    }
+    Err(ServerError::Request(RequestError::InvalidAuthToken))
+}
