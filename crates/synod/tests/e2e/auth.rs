@@ -156,7 +156,7 @@ fn etcdctl_manages_users_roles_and_permissions() {
 async fn connect(member: &Member, user: Option<(&str, &str)>) -> etcd_client::Client {
     let mut options = member
         .etcd_client_options()
-        .unwrap_or_else(ConnectOptions::new);
+        .unwrap_or_default();
     if let Some((name, password)) = user {
         options = options.with_user(name, password);
     }
