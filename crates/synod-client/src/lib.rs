@@ -9,15 +9,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use synod_api::authpb;
 pub use synod_api::etcdserverpb;
 use synod_api::etcdserverpb::{
-    cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
-    maintenance_client::MaintenanceClient, watch_client::WatchClient,
+    AuthenticateRequest, auth_client::AuthClient, cluster_client::ClusterClient,
+    kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
+    watch_client::WatchClient,
 };
 pub use synod_api::mvccpb;
 pub use synod_api::v3electionpb;
 pub use synod_api::v3lockpb;
 pub use synod_tls::{ClientFiles, ClientTls, Policy};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 /// A failure talking to a member.
@@ -63,23 +66,49 @@ const MESSAGE_BYTES_MAX: usize = 64 << 20;
 
 /// How to reach members: the connection timeout, and TLS for `https://` endpoints (and for
 /// endpoints without a scheme when TLS is given, as etcdctl does).
+/// With a user and password, the client authenticates once connected and sends the token with
+/// every request.
 #[derive(Clone, Default)]
 pub struct Dial {
     pub timeout: Duration,
     pub tls: Option<Arc<ClientTls>>,
+    pub user: Option<(String, String)>,
 }
 
 impl From<Duration> for Dial {
     fn from(timeout: Duration) -> Dial {
-        Dial { timeout, tls: None }
+        Dial {
+            timeout,
+            ..Dial::default()
+        }
     }
 }
+
+/// Adds the auth token, if any, to every request (etcd's `token` metadata).
+#[derive(Debug, Clone, Default)]
+pub struct Token(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Token {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert("token", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel that sends the client's token.
+pub type Transport = InterceptedService<Channel, Token>;
 
 /// A connection to one member.
 #[derive(Debug, Clone)]
 pub struct Client {
     endpoint: String,
     channel: Channel,
+    token: Token,
 }
 
 /// Adds `http://` to a bare `host:port` endpoint, as etcdctl accepts both.
@@ -129,10 +158,30 @@ impl Client {
         };
         let channel = connected
             .map_err(|e| connect_error(format!("cannot connect: {}", source_chain(&e))))?;
-        Ok(Client {
+        let mut client = Client {
             endpoint: endpoint.to_owned(),
             channel,
-        })
+            token: Token::default(),
+        };
+        if let Some((name, password)) = dial.user {
+            let authenticated = client
+                .auth()
+                .authenticate(AuthenticateRequest { name, password })
+                .await;
+            let token = match authenticated {
+                Ok(response) => response.into_inner().token,
+                // Credentials for a cluster without auth are not an error (as in etcd's client).
+                Err(status) if status.message() == "etcdserver: authentication is not enabled" => {
+                    return Ok(client);
+                }
+                Err(status) => return Err(status.into()),
+            };
+            let token = token
+                .parse()
+                .map_err(|_| ClientError::Other("the server sent an unusable token".to_owned()))?;
+            client.token = Token(Some(token));
+        }
+        Ok(client)
     }
 
     /// Connects to the first endpoint that answers.
@@ -155,34 +204,42 @@ impl Client {
         &self.endpoint
     }
 
-    pub fn kv(&self) -> KvClient<Channel> {
-        KvClient::new(self.channel.clone())
+    fn transport(&self) -> Transport {
+        InterceptedService::new(self.channel.clone(), self.token.clone())
+    }
+
+    pub fn kv(&self) -> KvClient<Transport> {
+        KvClient::new(self.transport())
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX)
     }
 
-    pub fn watch(&self) -> WatchClient<Channel> {
-        WatchClient::new(self.channel.clone()).max_decoding_message_size(MESSAGE_BYTES_MAX)
+    pub fn watch(&self) -> WatchClient<Transport> {
+        WatchClient::new(self.transport()).max_decoding_message_size(MESSAGE_BYTES_MAX)
     }
 
-    pub fn lease(&self) -> LeaseClient<Channel> {
-        LeaseClient::new(self.channel.clone())
+    pub fn lease(&self) -> LeaseClient<Transport> {
+        LeaseClient::new(self.transport())
     }
 
-    pub fn maintenance(&self) -> MaintenanceClient<Channel> {
-        MaintenanceClient::new(self.channel.clone()).max_decoding_message_size(MESSAGE_BYTES_MAX)
+    pub fn maintenance(&self) -> MaintenanceClient<Transport> {
+        MaintenanceClient::new(self.transport()).max_decoding_message_size(MESSAGE_BYTES_MAX)
     }
 
-    pub fn cluster(&self) -> ClusterClient<Channel> {
-        ClusterClient::new(self.channel.clone())
+    pub fn cluster(&self) -> ClusterClient<Transport> {
+        ClusterClient::new(self.transport())
     }
 
-    pub fn lock(&self) -> synod_api::v3lockpb::lock_client::LockClient<Channel> {
-        synod_api::v3lockpb::lock_client::LockClient::new(self.channel.clone())
+    pub fn lock(&self) -> synod_api::v3lockpb::lock_client::LockClient<Transport> {
+        synod_api::v3lockpb::lock_client::LockClient::new(self.transport())
     }
 
-    pub fn election(&self) -> synod_api::v3electionpb::election_client::ElectionClient<Channel> {
-        synod_api::v3electionpb::election_client::ElectionClient::new(self.channel.clone())
+    pub fn election(&self) -> synod_api::v3electionpb::election_client::ElectionClient<Transport> {
+        synod_api::v3electionpb::election_client::ElectionClient::new(self.transport())
+    }
+
+    pub fn auth(&self) -> AuthClient<Transport> {
+        AuthClient::new(self.transport())
     }
 }
 

@@ -76,12 +76,23 @@ pub struct Global {
     /// Accept any member certificate (for self-signed `--auto-tls` members; not for production).
     #[arg(long, global = true)]
     pub insecure_skip_tls_verify: bool,
+    /// `name[:password]` to authenticate as.
+    #[arg(long = "user", id = "auth_user", global = true, env = "SYNOD_USER")]
+    pub user: Option<String>,
+    /// Password of `--user` (when it does not carry one).
+    #[arg(
+        long = "password",
+        id = "auth_password",
+        global = true,
+        env = "SYNOD_PASSWORD"
+    )]
+    pub password: Option<String>,
 }
 
 impl Global {
     /// How to reach the endpoints: with TLS when any TLS flag is given (then endpoints without
     /// a scheme use TLS, as with etcdctl), and for every `https://` endpoint.
-    pub fn dial(&self) -> Result<synod_client::Dial, synod_tls::TlsError> {
+    pub fn dial(&self) -> Result<synod_client::Dial, synod_client::ClientError> {
         let wants_tls = self.cacert.is_some()
             || self.cert.is_some()
             || self.key.is_some()
@@ -100,9 +111,22 @@ impl Global {
         } else {
             None
         };
+        let user = match (&self.user, &self.password) {
+            (None, _) => None,
+            (Some(user), Some(password)) => Some((user.clone(), password.clone())),
+            (Some(user), None) => match user.split_once(':') {
+                Some((name, password)) => Some((name.to_owned(), password.to_owned())),
+                None => {
+                    return Err(synod_client::ClientError::Other(format!(
+                        "no password for user {user:?}: use --user {user}:PASSWORD or --password"
+                    )));
+                }
+            },
+        };
         Ok(synod_client::Dial {
             timeout: self.dial_timeout,
             tls,
+            user,
         })
     }
 }

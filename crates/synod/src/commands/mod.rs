@@ -22,9 +22,11 @@ use synod_client::{Client, ClientError, prefix_range_end};
 use crate::Global;
 use crate::output::{self, Format};
 
+mod auth;
 mod cluster;
 mod lease;
 
+use auth::{AuthCommand, RoleCommand, UserCommand};
 use cluster::{endpoint, member, move_leader};
 use lease::{keep_alive, lease};
 
@@ -74,6 +76,15 @@ pub enum ClientCommand {
     /// Run a local cluster of N members on loopback in the foreground (Ctrl-C stops it).
     #[command(subcommand)]
     Cluster(crate::local_cluster::ClusterCommand),
+    /// User commands (authentication).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Role commands (key permissions).
+    #[command(subcommand)]
+    Role(RoleCommand),
+    /// Turn authentication on or off, or show it.
+    #[command(subcommand)]
+    Auth(AuthCommand),
 }
 
 #[derive(Debug, Args)]
@@ -391,6 +402,9 @@ async fn unary(
         ClientCommand::Member(command) => member(global, client, command).await,
         ClientCommand::MoveLeader { target } => move_leader(global, target).await,
         ClientCommand::Alarm(command) => alarm(global, client, command).await,
+        ClientCommand::User(command) => auth::user(global, client, command).await,
+        ClientCommand::Role(command) => auth::role(global, client, command).await,
+        ClientCommand::Auth(command) => auth::auth(client, command).await,
         ClientCommand::Endpoint(_)
         | ClientCommand::Watch(_)
         | ClientCommand::Snapshot(_)
