@@ -154,6 +154,12 @@ pub struct ServerArgs {
     /// bcrypt cost of password hashes (4 to 31).
     #[arg(long, env = "SYNOD_BCRYPT_COST")]
     pub bcrypt_cost: Option<u32>,
+    /// JSON-lines log of auth changes, admin RPCs and refused requests (off when unset).
+    #[arg(long, env = "SYNOD_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
+    /// Size at which the audit log is rotated (five older files are kept).
+    #[arg(long, env = "SYNOD_AUDIT_LOG_MAX_BYTES")]
+    pub audit_log_max_bytes: Option<u64>,
 }
 
 impl ServerArgs {
@@ -218,6 +224,8 @@ impl ServerArgs {
             auth_token: self.auth_token.or(other.auth_token),
             auth_token_ttl: self.auth_token_ttl.or(other.auth_token_ttl),
             bcrypt_cost: self.bcrypt_cost.or(other.bcrypt_cost),
+            audit_log: self.audit_log.or(other.audit_log),
+            audit_log_max_bytes: self.audit_log_max_bytes.or(other.audit_log_max_bytes),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! password against the local store and proposes only the user name and a random token prefix.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use synod_api::etcdserverpb::auth_server::Auth;
 use synod_api::etcdserverpb::{
@@ -30,6 +31,7 @@ use tonic::Status;
 
 use crate::caller;
 use crate::error::{Failure, ServerError};
+use crate::login_guard::LoginGuard;
 use crate::member::{Member, unexpected};
 
 /// etcd's text for a password given for a user added with `--no-password`.
@@ -40,11 +42,15 @@ const TOKEN_LETTERS: usize = 16;
 
 pub struct AuthService {
     member: Arc<Member>,
+    logins: LoginGuard,
 }
 
 impl AuthService {
     pub fn new(member: Arc<Member>) -> AuthService {
-        AuthService { member }
+        AuthService {
+            member,
+            logins: LoginGuard::default(),
+        }
     }
 
     fn header(&self) -> Option<ResponseHeader> {
@@ -159,10 +165,15 @@ impl Auth for AuthService {
         &self,
         request: tonic::Request<AuthenticateRequest>,
     ) -> Result<tonic::Response<AuthenticateResponse>, Status> {
+        let address = caller::remote_of(&request).map(|a| a.ip());
         let AuthenticateRequest { name, password } = request.into_inner();
         self.member.read_barrier().await?;
         if !self.member.auth.is_enabled() {
             return Err(ServerError::from(RequestError::AuthNotEnabled).into());
+        }
+        if let Some(wait) = self.logins.wait(&name, address, Instant::now()) {
+            tracing::warn!(user = %name, address = ?address, wait_ms = wait.as_millis() as u64, "login refused: too many failed attempts");
+            return Err(ServerError::from(RequestError::AuthFailed).into());
         }
         let hash = match self.member.auth.password_hash(&name) {
             Ok(Some(hash)) => hash,
@@ -170,13 +181,16 @@ impl Auth for AuthService {
             Err(refused) => {
                 // As slow as a wrong password, so a missing user cannot be told apart by time.
                 let _ = password_matches(password, Vec::new()).await;
+                self.logins.fail(&name, address, Instant::now());
                 return Err(ServerError::from(refused).into());
             }
         };
         if !password_matches(password, hash).await? {
-            tracing::info!(user = %name, "authentication failed: wrong password");
+            tracing::info!(user = %name, address = ?address, "authentication failed: wrong password");
+            self.logins.fail(&name, address, Instant::now());
             return Err(ServerError::from(RequestError::AuthFailed).into());
         }
+        self.logins.succeed(&name, address);
         let request = Request::Authenticate(InternalAuthenticateRequest {
             name,
             simple_token: random_letters()?,

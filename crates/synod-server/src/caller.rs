@@ -25,11 +25,21 @@ pub struct ClientCertificate {
     pub common_name: String,
 }
 
+/// The address a request's connection comes from, attached by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteAddress(pub std::net::SocketAddr);
+
+/// The remote address of a gRPC request, if the server attached one.
+pub fn remote_of<T>(request: &tonic::Request<T>) -> Option<std::net::SocketAddr> {
+    request.extensions().get::<RemoteAddress>().map(|r| r.0)
+}
+
 /// The credentials of a request, not yet resolved.
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
     token: Option<String>,
     common_name: Option<String>,
+    remote: Option<std::net::SocketAddr>,
 }
 
 /// A token from etcd's metadata keys: `token`, or `authorization` (what the gateway and some
@@ -51,6 +61,7 @@ impl Credentials {
                 .extensions()
                 .get::<ClientCertificate>()
                 .map(|c| c.common_name.clone()),
+            remote: remote_of(request),
         }
     }
 
@@ -66,11 +77,15 @@ impl Credentials {
             common_name: extensions
                 .get::<ClientCertificate>()
                 .map(|c| c.common_name.clone()),
+            remote: extensions.get::<RemoteAddress>().map(|r| r.0),
         }
     }
 
     /// Copies these credentials onto a request the gateway builds for a service.
     pub fn attach<T>(&self, request: &mut tonic::Request<T>) {
+        if let Some(remote) = self.remote {
+            request.extensions_mut().insert(RemoteAddress(remote));
+        }
         if let Some(token) = &self.token
             && let Ok(value) = token.parse()
         {
@@ -83,9 +98,18 @@ impl Credentials {
         }
     }
 
-    /// The token, for the Auth service's own use.
-    pub fn token(&self) -> Option<&str> {
-        self.token.as_deref()
+    /// Who these credentials name, without side effects (for logs).
+    pub fn user_hint(&self, member: &Member) -> String {
+        self.token
+            .as_deref()
+            .and_then(|t| member.auth.peek_token_user(t))
+            .or_else(|| self.common_name.clone())
+            .unwrap_or_default()
+    }
+
+    /// The client's address, if known.
+    pub fn remote(&self) -> Option<std::net::SocketAddr> {
+        self.remote
     }
 }
 

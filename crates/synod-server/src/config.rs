@@ -58,6 +58,10 @@ pub struct Config {
     pub auth_token_ttl_ms: u64,
     /// bcrypt cost of new password hashes.
     pub bcrypt_cost: u32,
+    /// Where the audit log goes, if anywhere.
+    pub audit_log: Option<PathBuf>,
+    /// Size at which the audit log is rotated.
+    pub audit_log_bytes_max: u64,
 }
 
 /// A setting that cannot be used.
@@ -278,6 +282,8 @@ impl Config {
             client_cert_auth: args.client_cert_auth.unwrap_or(false),
             auth_token_ttl_ms: args.auth_token_ttl.unwrap_or(300).max(1) * 1000,
             bcrypt_cost,
+            audit_log: args.audit_log.clone().filter(|p| !p.as_os_str().is_empty()),
+            audit_log_bytes_max: args.audit_log_max_bytes.unwrap_or(100 << 20),
         })
     }
 

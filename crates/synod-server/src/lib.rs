@@ -13,6 +13,7 @@
 //! No lock is held across an `.await`.
 
 pub mod args;
+pub mod audit;
 pub mod auth;
 pub mod authority;
 pub mod background;
@@ -30,6 +31,7 @@ pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod log_bridge;
+pub mod login_guard;
 pub mod maintenance;
 pub mod member;
 pub mod membership;
@@ -102,6 +104,14 @@ pub fn client_router(member: Arc<Member>) -> axum::Router {
         .into_axum_router()
         .merge(gateway::router(services, decode_max * 4 / 3 + 64 * 1024))
         .merge(http::router(member.clone()));
+    let router = if member.audit.is_on() {
+        router.layer(axum::middleware::from_fn_with_state(
+            member.clone(),
+            audit::middleware,
+        ))
+    } else {
+        router
+    };
     #[cfg(feature = "fault-injection")]
     let router = router.merge(fault_routes::router(member));
     #[cfg(not(feature = "fault-injection"))]
@@ -196,6 +206,9 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Files and directories the member creates (the data directory, the log, the state machine,
+    // snapshots, auto-TLS keys) are its user's alone, as etcd's are.
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
     let budget = serve::ConnectionBudget::for_descriptor_limit(serve::raise_descriptor_limit());
     let tls = config.tls.build().context("setting up TLS")?;
     warn_if_plaintext_off_loopback(&config);

@@ -41,6 +41,30 @@ impl PeerService {
         Ok(())
     }
 
+    /// A message must come from the peer that sent the batch and be addressed to this member;
+    /// `MsgTimeoutNow` (which makes its receiver campaign at once) only from the current leader.
+    /// Mutual TLS keeps strangers off the peer port; this keeps one member from speaking for
+    /// another or moving leadership on its own.
+    fn check_message(&self, sender: u64, message: &Message) -> Result<(), &'static str> {
+        if message.from != sender {
+            return Err("the message names another sender than its batch");
+        }
+        if message.to != self.member.member_id {
+            return Err("the message is addressed to another member");
+        }
+        if message.get_msg_type() == raft::eraftpb::MessageType::MsgTimeoutNow
+            && self
+                .member
+                .status
+                .leader_id
+                .load(std::sync::atomic::Ordering::Relaxed)
+                != sender
+        {
+            return Err("a leadership hand-over from a member that is not the leader");
+        }
+        Ok(())
+    }
+
     fn check_leader(&self) -> Result<(), Status> {
         if !self.member.is_leader() {
             return Err(ServerError::NotLeader.into());
@@ -54,22 +78,60 @@ fn decode(bytes: &[u8]) -> Result<Message, Status> {
         .map_err(|e| Failure::BadPeerRequest(format!("undecodable raft message: {e}")).into())
 }
 
+/// Writes a received snapshot to `path` through a `.part` file, refusing one larger than
+/// `bytes_max`; a failed or refused transfer leaves no file behind.
 async fn write_snapshot(
     path: &Path,
     first_data: Vec<u8>,
     chunks: &mut (impl Stream<Item = Result<SnapshotChunk, Status>> + Unpin),
+    bytes_max: u64,
+) -> Result<(), Status> {
+    let partial = PartialFile(path.with_extension("part"));
+    write_partial(&partial.0, first_data, chunks, bytes_max).await?;
+    tokio::fs::rename(&partial.0, path)
+        .await
+        .map_err(|e| Status::from(Failure::operation("writing the snapshot", e)))
+}
+
+/// A `.part` file, removed when dropped: whether the transfer fails, is refused, or is dropped
+/// with its connection (the handler's future is then never resumed), nothing is left behind.
+/// After the rename there is nothing to remove.
+struct PartialFile(std::path::PathBuf);
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+async fn write_partial(
+    partial: &Path,
+    first_data: Vec<u8>,
+    chunks: &mut (impl Stream<Item = Result<SnapshotChunk, Status>> + Unpin),
+    bytes_max: u64,
 ) -> Result<(), Status> {
     use tokio::io::AsyncWriteExt;
-    let partial = path.with_extension("part");
     let io = |e: std::io::Error| Status::from(Failure::operation("writing the snapshot", e));
-    let mut file = tokio::fs::File::create(&partial).await.map_err(io)?;
+    let too_large = || {
+        Status::from(Failure::BadPeerRequest(format!(
+            "snapshot larger than {bytes_max} bytes (the backend quota and room to spare)"
+        )))
+    };
+    let mut written = first_data.len() as u64;
+    if written > bytes_max {
+        return Err(too_large());
+    }
+    let mut file = tokio::fs::File::create(partial).await.map_err(io)?;
     file.write_all(&first_data).await.map_err(io)?;
     while let Some(chunk) = chunks.next().await {
-        file.write_all(&chunk?.data).await.map_err(io)?;
+        let data = chunk?.data;
+        written += data.len() as u64;
+        if written > bytes_max {
+            return Err(too_large());
+        }
+        file.write_all(&data).await.map_err(io)?;
     }
     file.sync_all().await.map_err(io)?;
-    drop(file);
-    tokio::fs::rename(&partial, path).await.map_err(io)?;
     Ok(())
 }
 
@@ -99,7 +161,12 @@ impl Peer for PeerService {
                 .into());
             }
             for bytes in &batch.messages {
-                self.member.step(decode(bytes)?);
+                let message = decode(bytes)?;
+                if let Err(refused) = self.check_message(batch.from, &message) {
+                    tracing::warn!(from = %format!("{:x}", batch.from), kind = ?message.get_msg_type(), %refused, "dropping a raft message");
+                    continue;
+                }
+                self.member.step(message);
             }
         }
         Ok(tonic::Response::new(PeerAck {}))
@@ -119,6 +186,21 @@ impl Peer for PeerService {
             return Err(Failure::Partitioned.into());
         }
         let mut message = decode(&first.message)?;
+        if message.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot {
+            return Err(Failure::BadPeerRequest("not a snapshot message".to_owned()).into());
+        }
+        if let Err(refused) = self.check_message(first.from, &message) {
+            return Err(Failure::PeerRefused(refused.to_owned()).into());
+        }
+        let is_member = self
+            .member
+            .members()
+            .map_err(ServerError::from)?
+            .iter()
+            .any(|m| m.id == first.from);
+        if !is_member {
+            return Err(Failure::PeerRefused(format!("{:x} is not a member", first.from)).into());
+        }
         let index = message.get_snapshot().get_metadata().index;
         let path = self
             .member
@@ -126,7 +208,10 @@ impl Peer for PeerService {
             .data_dir
             .join("member/snap")
             .join(format!("received-{:016x}-{index:016x}.db", first.from));
-        write_snapshot(&path, first.data, &mut chunks).await?;
+        // A snapshot is the state-machine file: it cannot be larger than the quota allows.
+        let quota = self.member.config.quota_backend_bytes;
+        let bytes_max = quota + quota / 4 + (16 << 20);
+        write_snapshot(&path, first.data, &mut chunks, bytes_max).await?;
         tracing::info!(index, file = %path.display(), "received a snapshot");
         message.mut_snapshot().data = path.display().to_string().into_bytes().into();
         self.member.step(message);

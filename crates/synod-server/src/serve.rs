@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::authority::LenientAuthority;
-use crate::caller::ClientCertificate;
+use crate::caller::{ClientCertificate, RemoteAddress};
 
 /// Descriptors kept free of client connections: log and state-machine files, snapshot files,
 /// peer connections.
@@ -183,7 +183,8 @@ pub async fn serve(
         let watcher = graceful.watcher();
         match &tls {
             None => {
-                let service = TowerToHyperService::new(Identified::new(router.clone(), None));
+                let service =
+                    TowerToHyperService::new(Identified::new(router.clone(), remote, None));
                 tokio::spawn(serve_connection(builder, stream, service, watcher, slot));
             }
             Some(tls) => {
@@ -197,8 +198,11 @@ pub async fn serve(
                             let certificate = identify_clients
                                 .then(|| client_certificate(&stream))
                                 .flatten();
-                            let service =
-                                TowerToHyperService::new(Identified::new(router, certificate));
+                            let service = TowerToHyperService::new(Identified::new(
+                                router,
+                                remote,
+                                certificate,
+                            ));
                             serve_connection(builder, stream, service, watcher, slot).await;
                         }
                         Err(reason) => refusals.note(tls.side(), remote, &reason),
@@ -220,17 +224,24 @@ fn client_certificate(stream: &ServerStream<TcpStream>) -> Option<ClientCertific
     })
 }
 
-/// The router, with the connection's client certificate attached to every request.
+/// The router, with the connection's remote address and client certificate attached to every
+/// request.
 #[derive(Clone)]
 pub struct Identified {
     router: axum::Router,
+    remote: RemoteAddress,
     certificate: Option<ClientCertificate>,
 }
 
 impl Identified {
-    fn new(router: axum::Router, certificate: Option<ClientCertificate>) -> Identified {
+    fn new(
+        router: axum::Router,
+        remote: SocketAddr,
+        certificate: Option<ClientCertificate>,
+    ) -> Identified {
         Identified {
             router,
+            remote: RemoteAddress(remote),
             certificate,
         }
     }
@@ -252,6 +263,7 @@ where
     }
 
     fn call(&mut self, mut request: axum::http::Request<B>) -> Self::Future {
+        request.extensions_mut().insert(self.remote);
         if let Some(certificate) = &self.certificate {
             request.extensions_mut().insert(certificate.clone());
         }

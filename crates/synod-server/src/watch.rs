@@ -229,6 +229,15 @@ impl StreamTask {
         };
         if let Err(refused) = allowed {
             let status = Status::from(refused);
+            if self.member.audit.is_on() {
+                crate::audit::refused(
+                    &self.member,
+                    &self.credentials.user_hint(&self.member),
+                    self.credentials.remote(),
+                    "/etcdserverpb.Watch/Watch",
+                    status.message(),
+                );
+            }
             return self.send(refuse(status.message())).await;
         }
         let is_range_to_end = create.range_end == [0];

@@ -298,6 +298,11 @@ impl AuthStore {
         Some(entry.user.clone())
     }
 
+    /// The user of a known token, without renewing it (for logs).
+    pub fn peek_token_user(&self, token: &str) -> Option<String> {
+        self.lock().tokens.get(token).map(|t| t.user.clone())
+    }
+
     /// Drops tokens unused for longer than `ttl_ms`, and starts the TTL of tokens never used.
     pub fn sweep_tokens(&self, now_ms: u64, ttl_ms: u64) {
         self.lock().tokens.retain(|_, token| {

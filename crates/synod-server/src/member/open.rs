@@ -69,6 +69,15 @@ impl Member {
         let member_dir = config.data_dir.join("member");
         std::fs::create_dir_all(member_dir.join("snap"))
             .map_err(|e| StartError::Config(format!("creating {}: {e}", member_dir.display())))?;
+        restrict_to_owner(&config.data_dir)?;
+        let audit = match &config.audit_log {
+            Some(path) => {
+                crate::audit::AuditLog::open(path, config.audit_log_bytes_max).map_err(|e| {
+                    StartError::Config(format!("opening the audit log {}: {e}", path.display()))
+                })?
+            }
+            None => crate::audit::AuditLog::default(),
+        };
         let backend = Arc::new(Backend::open(&member_dir.join("db"))?);
         let log = RaftLog::open(&member_dir.join("raft"))?;
         let (member_id, cluster_id) = match backend.identity()? {
@@ -143,6 +152,7 @@ impl Member {
             hub: machine.hub().clone(),
             alarms: machine.alarms().clone(),
             auth: machine.auth().clone(),
+            audit,
             backend,
             started: std::time::Instant::now(),
             commands: sender.clone(),
@@ -293,6 +303,23 @@ async fn join(
     backend.write_bootstrap(cluster.cluster_id, this.id, &cluster.members, None)?;
     tracing::info!(member_id = %format!("{:x}", this.id), cluster_id = %format!("{:x}", cluster.cluster_id), "joining an existing cluster");
     Ok((this.id, cluster.cluster_id))
+}
+
+/// The data directory holds every key and value and the password hashes: readable by the
+/// member's user only (etcd: 0700). A looser directory left by an earlier version or by hand is
+/// tightened, with a note in the log; files created from here on are 0600 (see `run`'s umask).
+fn restrict_to_owner(dir: &Path) -> Result<(), StartError> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = std::fs::metadata(dir)
+        .map_err(|e| StartError::Config(format!("reading {}: {e}", dir.display())))?;
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+            StartError::Config(format!("restricting {} to its owner: {e}", dir.display()))
+        })?;
+        tracing::warn!(dir = %dir.display(), was = %format!("{mode:o}"), "the data directory was readable by others; it is now 0700");
+    }
+    Ok(())
 }
 
 /// Snapshot files left by an earlier run (sent or received) are never needed again.

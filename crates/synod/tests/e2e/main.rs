@@ -13,6 +13,7 @@ mod crash;
 mod differential;
 mod etcdctl;
 mod gateway;
+mod hardening;
 mod kv;
 mod lease;
 mod maintenance;
