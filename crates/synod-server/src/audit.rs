@@ -196,7 +196,7 @@ fn outcome(response: &Response) -> (String, String, bool) {
         let message = headers
             .get("grpc-message")
             .and_then(|v| v.to_str().ok())
-            .map(|m| percent_decode(m))
+            .map(percent_decode)
             .unwrap_or_default();
         let refused = code != 0
             && (code == tonic::Code::PermissionDenied as i32
