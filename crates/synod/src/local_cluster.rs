@@ -15,6 +15,16 @@ use synod_client::ClientError;
 pub enum ClusterCommand {
     /// Start the members and follow their logs until Ctrl-C.
     Up(UpArgs),
+    /// Make a CA and certificates for members and a client, valid for 127.0.0.1 and localhost
+    /// (what `up --tls` uses): DIR/ca.pem, DIR/NAME.pem and DIR/NAME-key.pem, DIR/client.pem.
+    Certs {
+        /// Where the files go.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Member names (each certificate's CN), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "m1,m2,m3")]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -112,7 +122,21 @@ impl Pki {
 }
 
 pub async fn run(command: ClusterCommand) -> Result<ExitCode, ClientError> {
-    let ClusterCommand::Up(args) = command;
+    let args = match command {
+        ClusterCommand::Up(args) => args,
+        ClusterCommand::Certs { dir, names } => {
+            let pki = Pki::ensure(dir, &names)?;
+            println!("CA: {}", pki.ca().display());
+            for name in names.iter().map(String::as_str).chain(["client"]) {
+                println!(
+                    "{name}: {} {}",
+                    pki.cert(name).display(),
+                    pki.key(name).display()
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let exe = std::env::current_exe()
         .map_err(|e| ClientError::Other(format!("cannot find the synod binary: {e}")))?;
     let names: Vec<String> = (1..=args.size).map(|i| format!("m{i}")).collect();

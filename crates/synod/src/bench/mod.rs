@@ -142,10 +142,16 @@ enum Workload {
     },
 }
 
+/// The members to load and how to reach them (TLS, credentials).
+pub struct Target {
+    pub endpoints: Vec<String>,
+    pub dial: synod_client::Dial,
+}
+
 /// Connections for `clients` clients: `conns` of them (one per client when 0), spread over the
 /// endpoints; client `i` uses connection `i % conns`.
 async fn connect_all(
-    endpoints: &[String],
+    target: &Target,
     clients: usize,
     conns: usize,
 ) -> Result<Vec<Client>, ClientError> {
@@ -157,8 +163,8 @@ async fn connect_all(
     .max(1);
     let mut connections = Vec::new();
     for i in 0..count {
-        let endpoint = &endpoints[i % endpoints.len()];
-        connections.push(Client::connect(endpoint, Duration::from_secs(5)).await?);
+        let endpoint = &target.endpoints[i % target.endpoints.len()];
+        connections.push(Client::connect(endpoint, target.dial.clone()).await?);
     }
     Ok((0..clients.max(1))
         .map(|i| connections[i % connections.len()].clone())
@@ -204,13 +210,10 @@ impl Random {
     }
 }
 
-pub async fn run(
-    endpoints: &[String],
-    args: BenchArgs,
-) -> Result<std::process::ExitCode, ClientError> {
+pub async fn run(target: &Target, args: BenchArgs) -> Result<std::process::ExitCode, ClientError> {
     match args.workload {
         Workload::ElectionFailover { ttl } => {
-            return election_failover(endpoints, args.total, ttl, args.json).await;
+            return election_failover(target, args.total, ttl, args.json).await;
         }
         Workload::Watch {
             watchers,
@@ -228,7 +231,7 @@ pub async fn run(
                 rate,
                 val_size,
             };
-            return streams::watch(endpoints, load, args.json).await;
+            return streams::watch(target, load, args.json).await;
         }
         Workload::WatchFanout {
             watchers,
@@ -245,7 +248,7 @@ pub async fn run(
                 rate: 1_000 / interval_ms.max(1),
                 val_size,
             };
-            return streams::watch(endpoints, load, args.json).await;
+            return streams::watch(target, load, args.json).await;
         }
         Workload::LeaseKeepalive { leases, ttl } => {
             let load = streams::KeepAliveLoad {
@@ -256,11 +259,11 @@ pub async fn run(
                 renewals: args.total,
                 rate: args.rate,
             };
-            return streams::lease_keepalive(endpoints, load, args.json).await;
+            return streams::lease_keepalive(target, load, args.json).await;
         }
         _ => {}
     }
-    let clients = connect_all(endpoints, args.clients, args.conns).await?;
+    let clients = connect_all(target, args.clients, args.conns).await?;
     let verify_client = clients[0].clone();
     let issued = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -621,12 +624,12 @@ impl Summary<'_> {
 /// Rounds of: two campaigners on leases of `ttl`; the leader "dies" (its lease is no longer
 /// renewed); measure until the other is elected. Works against etcd and Synod alike.
 async fn election_failover(
-    endpoints: &[String],
+    target: &Target,
     rounds: u64,
     ttl: i64,
     json: bool,
 ) -> Result<std::process::ExitCode, ClientError> {
-    let client = Client::connect(&endpoints[0], Duration::from_secs(5)).await?;
+    let client = Client::connect(&target.endpoints[0], target.dial.clone()).await?;
     let mut histogram = new_histogram()?;
     let started = Instant::now();
     for round in 0..rounds {

@@ -10,10 +10,11 @@ use synod_client::etcdserverpb::{
     PutRequest, WatchCreateRequest, WatchRequest, watch_request,
 };
 use synod_client::{Client, ClientError, prefix_range_end};
+
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Summary, connect_all, exit_code, new_histogram, other, pace};
+use super::{Summary, Target, connect_all, exit_code, new_histogram, other, pace};
 
 /// How long watchers may take, after the last write, to deliver everything.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -65,12 +66,12 @@ struct StreamTally {
 }
 
 pub async fn watch(
-    endpoints: &[String],
+    target: &Target,
     load: WatchLoad,
     json: bool,
 ) -> Result<std::process::ExitCode, ClientError> {
     let streams = load.streams.max(1).min(load.watchers.max(1));
-    let clients = connect_all(endpoints, streams, load.conns).await?;
+    let clients = connect_all(target, streams, load.conns).await?;
     let prefix = format!("bench-{}-{}/", load.name, std::process::id()).into_bytes();
     let (key, range_end) = if load.keys == 1 {
         let mut key = prefix.clone();
@@ -100,7 +101,7 @@ pub async fn watch(
             .await
             .ok_or_else(|| other("a watch stream failed to start"))?;
     }
-    let writer = Client::connect(&endpoints[0], Duration::from_secs(5)).await?;
+    let writer = Client::connect(&target.endpoints[0], target.dial.clone()).await?;
     // Puts are issued at the paced rate without waiting for the previous one to be answered (a
     // sequential writer could not reach the rate over a 3-member round trip); at most
     // MAX_IN_FLIGHT are outstanding, after which the writer waits and the rate it reached shows it.
@@ -312,12 +313,12 @@ pub struct KeepAliveLoad {
 }
 
 pub async fn lease_keepalive(
-    endpoints: &[String],
+    target: &Target,
     load: KeepAliveLoad,
     json: bool,
 ) -> Result<std::process::ExitCode, ClientError> {
     let streams = load.streams.max(1).min(load.leases.max(1));
-    let clients = connect_all(endpoints, streams, load.conns).await?;
+    let clients = connect_all(target, streams, load.conns).await?;
     // Grants go out from every stream's connection at once.
     let mut grants = Vec::new();
     for (index, client) in clients.iter().cloned().enumerate() {

@@ -347,7 +347,15 @@ pub async fn run(
                 .map(|()| std::process::ExitCode::SUCCESS);
         }
         ClientCommand::Cluster(command) => return crate::local_cluster::run(command).await,
-        ClientCommand::Bench(args) => return crate::bench::run(&global.endpoints, args).await,
+        ClientCommand::Bench(args) => {
+            let mut dial = global.dial()?;
+            dial.timeout = dial.timeout.max(Duration::from_secs(5));
+            let target = crate::bench::Target {
+                endpoints: global.endpoints.clone(),
+                dial,
+            };
+            return crate::bench::run(&target, args).await;
+        }
         ClientCommand::Watch(args) => {
             let client = Client::connect_any(&global.endpoints, global.dial()?).await?;
             return watch(global, &client, args)
