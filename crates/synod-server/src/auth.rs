@@ -165,7 +165,7 @@ impl Auth for AuthService {
         &self,
         request: tonic::Request<AuthenticateRequest>,
     ) -> Result<tonic::Response<AuthenticateResponse>, Status> {
-        let address = caller::remote_of(&request).map(|a| a.ip());
+        let address = crate::connection::remote_of(&request).map(|a| a.ip());
         let AuthenticateRequest { name, password } = request.into_inner();
         self.member.read_barrier().await?;
         if !self.member.auth.is_enabled() {

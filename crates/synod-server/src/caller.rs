@@ -11,28 +11,13 @@ use std::time::Duration;
 use synod_api::synodpb::AuthHeader;
 use synod_core::RequestError;
 
+use crate::connection::{ClientCertificate, RemoteAddress, remote_of};
 use crate::error::ServerError;
 use crate::member::Member;
 
 /// How long a request waits for this member to apply the entry that issued its token (a client
 /// that authenticated through another member and came here right away).
 const TOKEN_APPLY_WAIT: Duration = Duration::from_secs(5);
-
-/// The CN of a verified client certificate, attached to every request of a TLS connection by
-/// the server when `--client-cert-auth` is on.
-#[derive(Debug, Clone)]
-pub struct ClientCertificate {
-    pub common_name: String,
-}
-
-/// The address a request's connection comes from, attached by the server.
-#[derive(Debug, Clone, Copy)]
-pub struct RemoteAddress(pub std::net::SocketAddr);
-
-/// The remote address of a gRPC request, if the server attached one.
-pub fn remote_of<T>(request: &tonic::Request<T>) -> Option<std::net::SocketAddr> {
-    request.extensions().get::<RemoteAddress>().map(|r| r.0)
-}
 
 /// The credentials of a request, not yet resolved.
 #[derive(Debug, Clone, Default)]

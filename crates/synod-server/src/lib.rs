@@ -14,12 +14,14 @@
 
 pub mod args;
 pub mod audit;
+pub mod audit_log;
 pub mod auth;
 pub mod authority;
 pub mod background;
 pub mod caller;
 pub mod command;
 pub mod config;
+pub mod connection;
 pub mod corrupt;
 pub mod error;
 #[cfg(feature = "fault-injection")]

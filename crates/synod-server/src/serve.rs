@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::authority::LenientAuthority;
-use crate::caller::{ClientCertificate, RemoteAddress};
+use crate::connection::{ClientCertificate, RemoteAddress};
 
 /// Descriptors kept free of client connections: log and state-machine files, snapshot files,
 /// peer connections.

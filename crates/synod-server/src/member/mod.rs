@@ -70,7 +70,7 @@ pub struct Member {
     pub hub: Arc<WatchHub>,
     pub alarms: Arc<Alarms>,
     pub auth: Arc<AuthStore>,
-    pub audit: crate::audit::AuditLog,
+    pub audit: crate::audit_log::AuditLog,
     pub backend: Arc<Backend>,
     /// The zero of [`Member::clock_ms`].
     started: std::time::Instant,

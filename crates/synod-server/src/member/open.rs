@@ -71,12 +71,11 @@ impl Member {
             .map_err(|e| StartError::Config(format!("creating {}: {e}", member_dir.display())))?;
         restrict_to_owner(&config.data_dir)?;
         let audit = match &config.audit_log {
-            Some(path) => {
-                crate::audit::AuditLog::open(path, config.audit_log_bytes_max).map_err(|e| {
+            Some(path) => crate::audit_log::AuditLog::open(path, config.audit_log_bytes_max)
+                .map_err(|e| {
                     StartError::Config(format!("opening the audit log {}: {e}", path.display()))
-                })?
-            }
-            None => crate::audit::AuditLog::default(),
+                })?,
+            None => crate::audit_log::AuditLog::default(),
         };
         let backend = Arc::new(Backend::open(&member_dir.join("db"))?);
         let log = RaftLog::open(&member_dir.join("raft"))?;
