@@ -191,6 +191,16 @@ impl Auth for AuthService {
             return Err(ServerError::from(RequestError::AuthFailed).into());
         }
         self.logins.succeed(&name, address);
+        if let Some(jwt) = &self.member.jwt {
+            // Stateless: signed here, verified by any member holding the key.
+            let token = jwt
+                .sign(&name, self.member.auth.revision(), caller::unix_now())
+                .map_err(Failure::Unmapped)?;
+            return Ok(tonic::Response::new(AuthenticateResponse {
+                header: self.header(),
+                token,
+            }));
+        }
         let request = Request::Authenticate(InternalAuthenticateRequest {
             name,
             simple_token: random_letters()?,

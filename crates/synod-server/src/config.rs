@@ -58,6 +58,8 @@ pub struct Config {
     pub auth_token_ttl_ms: u64,
     /// bcrypt cost of new password hashes.
     pub bcrypt_cost: u32,
+    /// JWT tokens instead of simple ones (`--auth-token jwt,...`).
+    pub jwt: Option<crate::jwt::JwtOptions>,
     /// Where the audit log goes, if anywhere.
     pub audit_log: Option<PathBuf>,
     /// Size at which the audit log is rotated.
@@ -233,19 +235,11 @@ impl Config {
             &data_dir,
         )
         .map_err(ConfigError)?;
-        match args.auth_token.as_deref().unwrap_or("simple") {
-            "simple" => {}
-            other if other.starts_with("jwt") => {
-                return Err(ConfigError(
-                    "--auth-token jwt is not supported yet; use simple".to_owned(),
-                ));
-            }
-            other => {
-                return Err(ConfigError(format!(
-                    "invalid --auth-token {other:?} (simple)"
-                )));
-            }
-        }
+        let jwt =
+            crate::jwt::parse_auth_token(args.auth_token.as_deref().unwrap_or("simple"), |text| {
+                parse_duration(text).ok()
+            })
+            .map_err(ConfigError)?;
         let bcrypt_cost = match args.bcrypt_cost.unwrap_or(10) {
             cost @ 4..=31 => cost,
             other => {
@@ -282,6 +276,7 @@ impl Config {
             client_cert_auth: args.client_cert_auth.unwrap_or(false),
             auth_token_ttl_ms: args.auth_token_ttl.unwrap_or(300).max(1) * 1000,
             bcrypt_cost,
+            jwt,
             audit_log: args.audit_log.clone().filter(|p| !p.as_os_str().is_empty()),
             audit_log_bytes_max: args.audit_log_max_bytes.unwrap_or(100 << 20),
         })

@@ -30,6 +30,7 @@ pub mod faults;
 pub mod forward;
 pub mod gateway;
 pub mod http;
+pub mod jwt;
 pub mod kv;
 pub mod lease;
 pub mod log_bridge;

@@ -71,6 +71,8 @@ pub struct Member {
     pub alarms: Arc<Alarms>,
     pub auth: Arc<AuthStore>,
     pub audit: crate::audit_log::AuditLog,
+    /// JWT keys, when tokens are JWTs.
+    pub jwt: Option<Arc<crate::jwt::Jwt>>,
     pub backend: Arc<Backend>,
     /// The zero of [`Member::clock_ms`].
     started: std::time::Instant,

@@ -77,6 +77,14 @@ impl Member {
                 })?,
             None => crate::audit_log::AuditLog::default(),
         };
+        let jwt = match &config.jwt {
+            Some(options) => {
+                Some(Arc::new(crate::jwt::Jwt::new(options).map_err(|e| {
+                    StartError::Config(format!("--auth-token: {e}"))
+                })?))
+            }
+            None => None,
+        };
         let backend = Arc::new(Backend::open(&member_dir.join("db"))?);
         let log = RaftLog::open(&member_dir.join("raft"))?;
         let (member_id, cluster_id) = match backend.identity()? {
@@ -152,6 +160,7 @@ impl Member {
             alarms: machine.alarms().clone(),
             auth: machine.auth().clone(),
             audit,
+            jwt,
             backend,
             started: std::time::Instant::now(),
             commands: sender.clone(),

@@ -703,3 +703,90 @@ fn python_etcd3_authenticates_with_a_password_and_a_certificate() {
         );
     }
 }
+
+/// Goal: JWT tokens (`--auth-token jwt,...`): a token issued by one member works on the others
+/// and after a restart (nothing is stored), and is refused as stale once users or roles
+/// change, as etcd's JWTs are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_tokens_work_everywhere_until_auth_changes() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let pki = TestPki::new(&root.path().join("pki"), "jwt CA");
+    // An ECDSA P-256 key in PKCS#8: what ES256 signs with.
+    let (_, key) = pki.issue("jwt-signer");
+    let flag = format!(
+        "--auth-token=jwt,priv-key={},sign-method=ES256,ttl=10m",
+        key.display()
+    );
+    let mut cluster = crate::harness::Cluster::start(root.path(), 3, &[&flag]);
+    let m0 = &cluster.members[0];
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "apps"],
+        &[
+            "role",
+            "grant-permission",
+            "apps",
+            "readwrite",
+            "a/",
+            "--prefix=true",
+        ],
+        &["user", "add", "alice:pw"],
+        &["user", "grant-role", "alice", "apps"],
+        &["auth", "enable"],
+    ] {
+        ok(m0, None, args);
+    }
+    ok(m0, Some("root:rootpw"), &["put", "a/1", "one"]);
+    let gateway = |member: &Member, path: &str, body: &str, token: Option<&str>| {
+        let mut args = vec!["-s".to_owned(), "-d".to_owned(), body.to_owned()];
+        if let Some(token) = token {
+            args.extend(["-H".to_owned(), format!("Authorization: {token}")]);
+        }
+        args.push(format!("{}{path}", member.url()));
+        let output = std::process::Command::new("curl")
+            .args(&args)
+            .output()
+            .expect("curl");
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap_or_default()
+    };
+    let login = gateway(
+        m0,
+        "/v3/auth/authenticate",
+        r#"{"name":"alice","password":"pw"}"#,
+        None,
+    );
+    let token = login["token"].as_str().expect("a token").to_owned();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    for member in &cluster.members {
+        let read = gateway(member, "/v3/kv/range", r#"{"key":"YS8x"}"#, Some(&token));
+        assert_eq!(read["kvs"][0]["value"], "b25l", "{read}");
+    }
+    cluster.members[1].kill9();
+    cluster.members[1].restart();
+    let read = gateway(
+        &cluster.members[1],
+        "/v3/kv/range",
+        r#"{"key":"YS8x"}"#,
+        Some(&token),
+    );
+    assert_eq!(read["kvs"][0]["value"], "b25l", "after a restart: {read}");
+    // etcdctl logs in by itself, with a JWT.
+    let m0 = &cluster.members[0];
+    assert_eq!(
+        ok(m0, Some("alice:pw"), &["get", "a/1", "--print-value-only"]),
+        "one\n"
+    );
+    ok(m0, Some("root:rootpw"), &["role", "add", "other"]);
+    let stale = gateway(m0, "/v3/kv/range", r#"{"key":"YS8x"}"#, Some(&token));
+    assert_eq!(
+        stale["message"], "etcdserver: revision of auth store is old",
+        "{stale}"
+    );
+    let forged = format!("{token}x");
+    let refused = gateway(m0, "/v3/kv/range", r#"{"key":"YS8x"}"#, Some(&forged));
+    assert_eq!(
+        refused["message"], "etcdserver: invalid auth token",
+        "{refused}"
+    );
+}
