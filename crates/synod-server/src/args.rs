@@ -154,6 +154,13 @@ pub struct ServerArgs {
     /// bcrypt cost of password hashes (4 to 31).
     #[arg(long, env = "SYNOD_BCRYPT_COST")]
     pub bcrypt_cost: Option<u32>,
+    /// Origins (comma-separated, `*` for any) whose web pages may call the JSON gateway and the
+    /// HTTP endpoints [default: only the member's own origin].
+    #[arg(long, env = "SYNOD_CORS")]
+    pub cors: Option<String>,
+    /// Hosts (comma-separated, `*` for any) that plaintext HTTP requests may name in `Host`.
+    #[arg(long, env = "SYNOD_HOST_WHITELIST")]
+    pub host_whitelist: Option<String>,
     /// JSON-lines log of auth changes, admin RPCs and refused requests (off when unset).
     #[arg(long, env = "SYNOD_AUDIT_LOG")]
     pub audit_log: Option<PathBuf>,
@@ -224,6 +231,8 @@ impl ServerArgs {
             auth_token: self.auth_token.or(other.auth_token),
             auth_token_ttl: self.auth_token_ttl.or(other.auth_token_ttl),
             bcrypt_cost: self.bcrypt_cost.or(other.bcrypt_cost),
+            cors: self.cors.or(other.cors),
+            host_whitelist: self.host_whitelist.or(other.host_whitelist),
             audit_log: self.audit_log.or(other.audit_log),
             audit_log_max_bytes: self.audit_log_max_bytes.or(other.audit_log_max_bytes),
         }

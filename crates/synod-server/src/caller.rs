@@ -98,6 +98,24 @@ impl Credentials {
     }
 }
 
+/// The credentials of an HTTP request (its `Authorization` header and its connection's client
+/// certificate), as an axum extractor for the gateway and the HTTP endpoints.
+pub struct HttpCredentials(pub Credentials);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for HttpCredentials {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(HttpCredentials(Credentials::of_http(
+            &parts.headers,
+            &parts.extensions,
+        )))
+    }
+}
+
 /// Resolves `credentials` into the header the request is checked and proposed with.
 pub async fn resolve(
     member: &Member,

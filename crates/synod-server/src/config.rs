@@ -60,6 +60,10 @@ pub struct Config {
     pub bcrypt_cost: u32,
     /// JWT tokens instead of simple ones (`--auth-token jwt,...`).
     pub jwt: Option<crate::jwt::JwtOptions>,
+    /// `--cors`: origins whose pages may call the gateway (empty: the member's own only).
+    pub cors: Vec<String>,
+    /// `--host-whitelist`: `Host` names plaintext HTTP may use (`*`: any).
+    pub host_whitelist: Vec<String>,
     /// Where the audit log goes, if anywhere.
     pub audit_log: Option<PathBuf>,
     /// Size at which the audit log is rotated.
@@ -277,6 +281,8 @@ impl Config {
             auth_token_ttl_ms: args.auth_token_ttl.unwrap_or(300).max(1) * 1000,
             bcrypt_cost,
             jwt,
+            cors: list(args.cors.as_deref().unwrap_or("")),
+            host_whitelist: list(args.host_whitelist.as_deref().unwrap_or("*")),
             audit_log: args.audit_log.clone().filter(|p| !p.as_os_str().is_empty()),
             audit_log_bytes_max: args.audit_log_max_bytes.unwrap_or(100 << 20),
         })

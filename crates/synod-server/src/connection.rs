@@ -16,3 +16,7 @@ pub struct RemoteAddress(pub std::net::SocketAddr);
 pub fn remote_of<T>(request: &tonic::Request<T>) -> Option<std::net::SocketAddr> {
     request.extensions().get::<RemoteAddress>().map(|r| r.0)
 }
+
+/// Marks a request that came over TLS.
+#[derive(Debug, Clone, Copy)]
+pub struct Secure;

@@ -29,7 +29,7 @@ use synod_api::etcdserverpb::{LeaseKeepAliveRequest, SnapshotRequest, WatchReque
 use tonic::Status;
 
 use crate::auth::AuthService;
-use crate::caller::Credentials;
+use crate::caller::{Credentials, HttpCredentials};
 use crate::error::Failure;
 use crate::kv::KvService;
 use crate::lease::LeaseService;
@@ -151,24 +151,6 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonBody {
     }
 }
 
-/// The credentials of a gateway request (its `Authorization` header and its connection's client
-/// certificate), for the services it calls.
-pub struct GatewayCredentials(Credentials);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for GatewayCredentials {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(GatewayCredentials(Credentials::of_http(
-            &parts.headers,
-            &parts.extensions,
-        )))
-    }
-}
-
 /// The largest JSON body the gateway reads, set per router from `--max-request-bytes`.
 #[derive(Debug, Clone, Copy)]
 struct BodyLimit(usize);
@@ -244,7 +226,7 @@ macro_rules! unary_route {
     ($service:ident . $method:ident) => {
         post(
             |State(gateway): State<Arc<Gateway>>,
-             GatewayCredentials(credentials): GatewayCredentials,
+             HttpCredentials(credentials): HttpCredentials,
              JsonBody(body): JsonBody| async move {
                 unary(body, credentials, |request| async move {
                     gateway.$service.$method(request).await
@@ -257,7 +239,7 @@ macro_rules! unary_route {
 
 async fn watch(
     State(gateway): State<Arc<Gateway>>,
-    GatewayCredentials(credentials): GatewayCredentials,
+    HttpCredentials(credentials): HttpCredentials,
     JsonBody(body): JsonBody,
 ) -> Response {
     match decode_all::<WatchRequest>(&body) {
@@ -271,7 +253,7 @@ async fn watch(
 
 async fn keep_alive(
     State(gateway): State<Arc<Gateway>>,
-    GatewayCredentials(credentials): GatewayCredentials,
+    HttpCredentials(credentials): HttpCredentials,
     JsonBody(body): JsonBody,
 ) -> Response {
     match decode_all::<LeaseKeepAliveRequest>(&body) {
@@ -285,7 +267,7 @@ async fn keep_alive(
 
 async fn snapshot(
     State(gateway): State<Arc<Gateway>>,
-    GatewayCredentials(credentials): GatewayCredentials,
+    HttpCredentials(credentials): HttpCredentials,
 ) -> Response {
     let mut request = tonic::Request::new(SnapshotRequest {});
     credentials.attach(&mut request);
@@ -297,7 +279,7 @@ async fn snapshot(
 
 async fn observe(
     State(gateway): State<Arc<Gateway>>,
-    GatewayCredentials(credentials): GatewayCredentials,
+    HttpCredentials(credentials): HttpCredentials,
     JsonBody(body): JsonBody,
 ) -> Response {
     let request = match decode::<LeaderRequest>(&body) {

@@ -48,6 +48,7 @@ struct FenceQuery {
 /// is the current holder's token of lock L (see docs/LOCKS.md).
 async fn check_fence(
     State(member): State<Arc<Member>>,
+    crate::caller::HttpCredentials(credentials): crate::caller::HttpCredentials,
     body: axum::body::Bytes,
 ) -> axum::response::Response {
     let query: FenceQuery = match serde_json::from_slice(&body) {
@@ -57,6 +58,26 @@ async fn check_fence(
             return (StatusCode::BAD_REQUEST, Json(body)).into_response();
         }
     };
+    // The answer tells who holds the lock: READ on its holders, as a range of them would need.
+    let mut prefix = query.name.as_bytes().to_vec();
+    prefix.push(b'/');
+    let allowed = match crate::caller::resolve(&member, &credentials).await {
+        Ok(caller) => member
+            .auth
+            .check_keys(
+                &caller,
+                synod_core::auth::Access::Read,
+                &prefix,
+                &synod_api::prefix_range_end(&prefix),
+            )
+            .map_err(crate::error::ServerError::from),
+        Err(refused) => Err(refused),
+    };
+    if let Err(refused) = allowed {
+        let status = tonic::Status::from(refused);
+        let body = serde_json::json!({ "error": status.message() });
+        return (StatusCode::FORBIDDEN, Json(body)).into_response();
+    }
     match crate::recipes::check_fence(&member, query.name.as_bytes(), query.token).await {
         Ok(check) => Json(check).into_response(),
         Err(error) => {

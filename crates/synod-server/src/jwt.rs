@@ -358,8 +358,10 @@ impl Jwt {
 mod tests {
     use super::*;
 
+    /// Minutes only: enough for these tests (the server passes its full duration parser).
     fn duration(text: &str) -> Option<std::time::Duration> {
-        crate::config::parse_duration(text).ok()
+        let minutes: u64 = text.strip_suffix('m')?.parse().ok()?;
+        Some(std::time::Duration::from_secs(minutes * 60))
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod audit_log;
 pub mod auth;
 pub mod authority;
 pub mod background;
+pub mod browser;
 pub mod caller;
 pub mod command;
 pub mod config;
@@ -103,10 +104,20 @@ pub fn client_router(member: Arc<Member>) -> axum::Router {
     .add_service(
         ElectionServer::from_arc(services.election.clone()).max_decoding_message_size(buffer_max),
     );
+    // What web pages may call: the gateway and the HTTP endpoints (gRPC is not reachable from a
+    // page: its content type needs a preflight, and HTTP/1.1 to a gRPC path is refused).
+    let browsers = axum::middleware::from_fn_with_state(
+        Arc::new(browser::BrowserPolicy::new(
+            &member.config.cors,
+            &member.config.host_whitelist,
+            &member.config.advertise_client_urls,
+        )),
+        browser::middleware,
+    );
     let router = routes
         .into_axum_router()
-        .merge(gateway::router(services, decode_max * 4 / 3 + 64 * 1024))
-        .merge(http::router(member.clone()));
+        .merge(gateway::router(services, decode_max * 4 / 3 + 64 * 1024).layer(browsers.clone()))
+        .merge(http::router(member.clone()).layer(browsers));
     let router = if member.audit.is_on() {
         router.layer(axum::middleware::from_fn_with_state(
             member.clone(),

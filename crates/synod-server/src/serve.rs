@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::authority::LenientAuthority;
-use crate::connection::{ClientCertificate, RemoteAddress};
+use crate::connection::{ClientCertificate, RemoteAddress, Secure};
 
 /// Descriptors kept free of client connections: log and state-machine files, snapshot files,
 /// peer connections.
@@ -184,7 +184,7 @@ pub async fn serve(
         match &tls {
             None => {
                 let service =
-                    TowerToHyperService::new(Identified::new(router.clone(), remote, None));
+                    TowerToHyperService::new(Identified::new(router.clone(), remote, false, None));
                 tokio::spawn(serve_connection(builder, stream, service, watcher, slot));
             }
             Some(tls) => {
@@ -201,6 +201,7 @@ pub async fn serve(
                             let service = TowerToHyperService::new(Identified::new(
                                 router,
                                 remote,
+                                true,
                                 certificate,
                             ));
                             serve_connection(builder, stream, service, watcher, slot).await;
@@ -230,6 +231,7 @@ fn client_certificate(stream: &ServerStream<TcpStream>) -> Option<ClientCertific
 pub struct Identified {
     router: axum::Router,
     remote: RemoteAddress,
+    secure: bool,
     certificate: Option<ClientCertificate>,
 }
 
@@ -237,11 +239,13 @@ impl Identified {
     fn new(
         router: axum::Router,
         remote: SocketAddr,
+        secure: bool,
         certificate: Option<ClientCertificate>,
     ) -> Identified {
         Identified {
             router,
             remote: RemoteAddress(remote),
+            secure,
             certificate,
         }
     }
@@ -264,6 +268,9 @@ where
 
     fn call(&mut self, mut request: axum::http::Request<B>) -> Self::Future {
         request.extensions_mut().insert(self.remote);
+        if self.secure {
+            request.extensions_mut().insert(Secure);
+        }
         if let Some(certificate) = &self.certificate {
             request.extensions_mut().insert(certificate.clone());
         }
