@@ -160,7 +160,7 @@ async fn wait_change(
     };
     member
         .hub
-        .watch(stream, 0, request, Arc::new(ChannelSink(sender)));
+        .watch(stream, 0, request, Arc::new(ChannelSink::new(sender)));
     loop {
         match receiver.recv().await {
             Some(WatchNotice::Events { events, .. }) => {

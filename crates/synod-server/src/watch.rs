@@ -6,10 +6,13 @@
 //! into responses (adding `prev_kv` and fragmenting as asked) and sends them to a bounded output
 //! queue. A client that stops reading fills the output queue, then the notice queue, and its
 //! watchers fall back to the hub's unsynced group: memory stays bounded and apply never waits.
+//! Both queues are bounded in bytes as well as in entries ([`QUEUE_BYTES_MAX`] each, with room
+//! for one item of any size), so large values cannot make a stalled stream hold gigabytes.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -23,7 +26,7 @@ use synod_api::mvccpb::Event;
 use synod_core::auth::Access;
 use synod_core::mvcc::kv_store::RangeOptions;
 use synod_core::watch::{WatchNotice, WatchRequest as HubRequest, WatchSink};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
@@ -35,6 +38,10 @@ use crate::member::Member;
 const OUTPUT_QUEUE_MAX: usize = 128;
 /// Notices buffered between the hub and the stream's task; when full, watchers go unsynced.
 const NOTICE_QUEUE_MAX: usize = 1024;
+/// Bytes of events each of a stream's two queues holds for its client.
+const QUEUE_BYTES_MAX: usize = 32 << 20;
+/// Size past which a batch of events is cut, between two revisions, into another response.
+const RESPONSE_BYTES_TARGET: usize = 1 << 20;
 /// Watchers one stream may hold.
 const WATCHERS_PER_STREAM_MAX: usize = 100_000;
 /// How often a deferred progress request is retried.
@@ -44,16 +51,123 @@ const DUPLICATE_WATCH_ID: &str = "mvcc: duplicate watch ID provided on the Watch
 const EMPTY_WATCHER_RANGE: &str = "mvcc: watcher range is empty";
 const TOO_MANY_WATCHERS: &str = "synod: too many watchers on this stream";
 
-/// The sending half of a stream's notice queue.
-pub(crate) struct ChannelSink(pub(crate) mpsc::Sender<WatchNotice>);
+/// Bytes one of a stream's queues holds (module docs): taken when an item is queued, given back
+/// when it is taken off. The two queues have a budget each, so the task, waiting for room in
+/// the output queue, never waits on bytes that only it could free.
+pub(crate) struct StreamBudget {
+    used: AtomicUsize,
+    limit: usize,
+    freed: Notify,
+}
+
+impl StreamBudget {
+    fn new(limit: usize) -> StreamBudget {
+        StreamBudget {
+            used: AtomicUsize::new(0),
+            limit,
+            freed: Notify::new(),
+        }
+    }
+
+    /// Takes `bytes` if they fit (anything fits in an empty budget).
+    fn try_take(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used == 0 || used + bytes <= self.limit).then_some(used + bytes)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: usize) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(bytes))
+            });
+        self.freed.notify_waiters();
+    }
+
+    /// Whether the hub may catch a watcher up now: half the budget is free.
+    fn has_room(&self) -> bool {
+        self.used.load(Ordering::Acquire) <= self.limit / 2
+    }
+}
+
+/// What a notice holds in memory, roughly: its events' keys and values.
+fn notice_bytes(notice: &WatchNotice) -> usize {
+    const OVERHEAD: usize = 64;
+    match notice {
+        WatchNotice::Events { events, .. } => events
+            .iter()
+            .map(|event| {
+                OVERHEAD
+                    + event
+                        .kv
+                        .as_ref()
+                        .map_or(0, |kv| kv.key.len() + kv.value.len())
+            })
+            .sum(),
+        _ => OVERHEAD,
+    }
+}
+
+/// Splits `events` (in revision order) into runs of whole revisions of about `target` bytes.
+fn by_whole_revisions(events: Vec<Event>, target: usize) -> Vec<Vec<Event>> {
+    let mut batches: Vec<Vec<Event>> = Vec::new();
+    let mut current: Vec<Event> = Vec::new();
+    let mut bytes = 0;
+    let revision = |event: &Event| event.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+    for event in events {
+        let starts_revision = current
+            .last()
+            .is_none_or(|last| revision(last) != revision(&event));
+        if bytes >= target && starts_revision {
+            batches.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += event.encoded_len();
+        current.push(event);
+    }
+    if !current.is_empty() || batches.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
+/// The sending half of a stream's notice queue, bounded in bytes when it has a budget.
+pub(crate) struct ChannelSink {
+    sender: mpsc::Sender<WatchNotice>,
+    budget: Option<Arc<StreamBudget>>,
+}
+
+impl ChannelSink {
+    /// A sink bounded in entries only (the member's own watchers, which read at once).
+    pub(crate) fn new(sender: mpsc::Sender<WatchNotice>) -> ChannelSink {
+        ChannelSink {
+            sender,
+            budget: None,
+        }
+    }
+}
 
 impl WatchSink for ChannelSink {
     fn try_send(&self, notice: WatchNotice) -> bool {
-        self.0.try_send(notice).is_ok()
+        let Some(budget) = &self.budget else {
+            return self.sender.try_send(notice).is_ok();
+        };
+        let bytes = notice_bytes(&notice);
+        if !budget.try_take(bytes) {
+            return false;
+        }
+        if self.sender.try_send(notice).is_err() {
+            budget.release(bytes);
+            return false;
+        }
+        true
     }
 
     fn has_room(&self) -> bool {
-        self.0.capacity() > 0
+        self.sender.capacity() > 0 && self.budget.as_ref().is_none_or(|b| b.has_room())
     }
 }
 
@@ -80,6 +194,10 @@ struct WatcherOptions {
 struct StreamTask {
     member: Arc<Member>,
     credentials: Credentials,
+    /// Bytes in the notice queue (taken by the sink, given back here).
+    notice_budget: Arc<StreamBudget>,
+    /// Bytes in the output queue (taken here, given back as the client's side reads).
+    output_budget: Arc<StreamBudget>,
     stream: u64,
     sink: Arc<ChannelSink>,
     output: mpsc::Sender<Result<WatchResponse, Status>>,
@@ -101,17 +219,24 @@ impl WatchService {
         &self,
         mut requests: S,
         credentials: Credentials,
-    ) -> ReceiverStream<Result<WatchResponse, Status>>
+    ) -> impl Stream<Item = Result<WatchResponse, Status>> + Send + Unpin + 'static
     where
         S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
     {
         let (output, output_receiver) = mpsc::channel(OUTPUT_QUEUE_MAX);
         let (notices, mut notice_receiver) = mpsc::channel(NOTICE_QUEUE_MAX);
+        let notice_budget = Arc::new(StreamBudget::new(QUEUE_BYTES_MAX));
+        let output_budget = Arc::new(StreamBudget::new(QUEUE_BYTES_MAX));
         let mut task = StreamTask {
             member: self.member.clone(),
             credentials,
             stream: self.member.hub.new_stream(),
-            sink: Arc::new(ChannelSink(notices)),
+            sink: Arc::new(ChannelSink {
+                sender: notices,
+                budget: Some(notice_budget.clone()),
+            }),
+            notice_budget,
+            output_budget: output_budget.clone(),
             output,
             options: HashMap::new(),
             by_hub_id: HashMap::new(),
@@ -143,7 +268,11 @@ impl WatchService {
             }
             task.member.hub.remove_stream(task.stream);
         });
-        ReceiverStream::new(output_receiver)
+        ReceiverStream::new(output_receiver).inspect(move |item| {
+            if let Ok(response) = item {
+                output_budget.release(response.encoded_len());
+            }
+        })
     }
 }
 
@@ -163,8 +292,27 @@ impl Watch for WatchService {
 }
 
 impl StreamTask {
+    /// Queues a response for the client, first waiting, while the client does not read, until
+    /// it fits in the stream's bytes.
     async fn send(&self, response: WatchResponse) -> bool {
-        self.output.send(Ok(response)).await.is_ok()
+        let bytes = response.encoded_len();
+        loop {
+            let freed = self.output_budget.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.output_budget.try_take(bytes) {
+                break;
+            }
+            tokio::select! {
+                _ = freed => {}
+                _ = self.output.closed() => return false,
+            }
+        }
+        if self.output.send(Ok(response)).await.is_err() {
+            self.output_budget.release(bytes);
+            return false;
+        }
+        true
     }
 
     fn header(&self, revision: i64) -> Option<synod_api::etcdserverpb::ResponseHeader> {
@@ -305,6 +453,8 @@ impl StreamTask {
     }
 
     async fn on_notice(&mut self, notice: WatchNotice) -> bool {
+        // Out of the notice queue; the responses made of it count in the output queue.
+        self.notice_budget.release(notice_bytes(&notice));
         // Notices name hub ids; the client knows its own watch ids. Notices queued for a watcher
         // that has since been canceled match no live hub id and are dropped.
         let hub_id = match &notice {
@@ -331,22 +481,28 @@ impl StreamTask {
                 if options.prev_kv {
                     self.attach_prev_kvs(&mut events);
                 }
-                let response = WatchResponse {
-                    header: self.header(revision),
-                    watch_id,
-                    events,
-                    ..WatchResponse::default()
-                };
-                if options.fragment {
-                    for part in fragments(response, self.member.config.request_bytes_max) {
+                // A catch-up can carry many revisions: one response per batch of whole
+                // revisions, so no response is larger than a client takes (4 MiB by default in
+                // most) unless one revision is.
+                for events in by_whole_revisions(events, RESPONSE_BYTES_TARGET) {
+                    let response = WatchResponse {
+                        header: self.header(revision),
+                        watch_id,
+                        events,
+                        ..WatchResponse::default()
+                    };
+                    let parts = if options.fragment {
+                        fragments(response, self.member.config.request_bytes_max)
+                    } else {
+                        vec![response]
+                    };
+                    for part in parts {
                         if !self.send(part).await {
                             return false;
                         }
                     }
-                    true
-                } else {
-                    self.send(response).await
                 }
+                true
             }
             WatchNotice::Compacted {
                 compact_revision,
@@ -449,5 +605,51 @@ mod tests {
         let events: Vec<Event> = parts.into_iter().flat_map(|p| p.events).collect();
         assert_eq!(events, response.events);
         assert_eq!(fragments(response.clone(), 1 << 20), vec![response]);
+    }
+
+    fn event_at(revision: i64, bytes: usize) -> Event {
+        Event {
+            kv: Some(KeyValue {
+                key: b"k".to_vec(),
+                value: vec![0; bytes],
+                mod_revision: revision,
+                ..KeyValue::default()
+            }),
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn batches_end_between_revisions_only() {
+        let events = vec![
+            event_at(1, 600),
+            event_at(1, 600),
+            event_at(2, 100),
+            event_at(3, 900),
+            event_at(4, 10),
+        ];
+        let batches = by_whole_revisions(events, 1000);
+        let revisions: Vec<Vec<i64>> = batches
+            .iter()
+            .map(|b| {
+                b.iter()
+                    .map(|e| e.kv.as_ref().map_or(0, |kv| kv.mod_revision))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(revisions, vec![vec![1, 1], vec![2, 3], vec![4]]);
+        assert_eq!(by_whole_revisions(Vec::new(), 1000).len(), 1);
+    }
+
+    #[test]
+    fn a_budget_takes_one_item_of_any_size() {
+        let budget = StreamBudget::new(100);
+        assert!(budget.try_take(500), "an empty budget takes anything");
+        assert!(!budget.try_take(1));
+        budget.release(500);
+        assert!(budget.try_take(60));
+        assert!(budget.try_take(40));
+        assert!(!budget.try_take(1));
+        assert!(!budget.has_room());
     }
 }
