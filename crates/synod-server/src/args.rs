@@ -154,6 +154,10 @@ pub struct ServerArgs {
     /// bcrypt cost of password hashes (4 to 31).
     #[arg(long, env = "SYNOD_BCRYPT_COST")]
     pub bcrypt_cost: Option<u32>,
+    /// Most connections one client address may hold at once (0: no cap; the process's cap,
+    /// below its descriptor limit, always applies).
+    #[arg(long, env = "SYNOD_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub max_connections_per_address: Option<usize>,
     /// Origins (comma-separated, `*` for any) whose web pages may call the JSON gateway and the
     /// HTTP endpoints [default: only the member's own origin].
     #[arg(long, env = "SYNOD_CORS")]
@@ -231,6 +235,9 @@ impl ServerArgs {
             auth_token: self.auth_token.or(other.auth_token),
             auth_token_ttl: self.auth_token_ttl.or(other.auth_token_ttl),
             bcrypt_cost: self.bcrypt_cost.or(other.bcrypt_cost),
+            max_connections_per_address: self
+                .max_connections_per_address
+                .or(other.max_connections_per_address),
             cors: self.cors.or(other.cors),
             host_whitelist: self.host_whitelist.or(other.host_whitelist),
             audit_log: self.audit_log.or(other.audit_log),

@@ -60,6 +60,8 @@ pub struct Config {
     pub bcrypt_cost: u32,
     /// JWT tokens instead of simple ones (`--auth-token jwt,...`).
     pub jwt: Option<crate::jwt::JwtOptions>,
+    /// `--max-connections-per-address` (0: no cap).
+    pub connections_per_address_max: usize,
     /// `--cors`: origins whose pages may call the gateway (empty: the member's own only).
     pub cors: Vec<String>,
     /// `--host-whitelist`: `Host` names plaintext HTTP may use (`*`: any).
@@ -281,6 +283,7 @@ impl Config {
             auth_token_ttl_ms: args.auth_token_ttl.unwrap_or(300).max(1) * 1000,
             bcrypt_cost,
             jwt,
+            connections_per_address_max: args.max_connections_per_address.unwrap_or(0),
             cors: list(args.cors.as_deref().unwrap_or("")),
             host_whitelist: list(args.host_whitelist.as_deref().unwrap_or("*")),
             audit_log: args.audit_log.clone().filter(|p| !p.as_os_str().is_empty()),

@@ -223,7 +223,8 @@ pub async fn run(
     // Files and directories the member creates (the data directory, the log, the state machine,
     // snapshots, auto-TLS keys) are its user's alone, as etcd's are.
     rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
-    let budget = serve::ConnectionBudget::for_descriptor_limit(serve::raise_descriptor_limit());
+    let budget = serve::ConnectionBudget::for_descriptor_limit(serve::raise_descriptor_limit())
+        .with_per_address_max(config.connections_per_address_max);
     let tls = config.tls.build().context("setting up TLS")?;
     warn_if_plaintext_off_loopback(&config);
     let mut client_listeners = Vec::new();

@@ -10,7 +10,8 @@
 //! - An HTTP/2 `:authority` holding a whole URL (etcdctl 3.4) is accepted, as Go's server does
 //!   ([`crate::authority`]).
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -57,11 +58,14 @@ pub fn raise_descriptor_limit() -> Option<u64> {
     getrlimit(Resource::Nofile).current
 }
 
-/// How many connections all listeners of the process may hold at once.
+/// How many connections all listeners of the process may hold at once, and (with
+/// `--max-connections-per-address`) how many one client address may hold.
 #[derive(Debug, Clone)]
 pub struct ConnectionBudget {
     open: Arc<AtomicUsize>,
     max: usize,
+    per_address: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    per_address_max: usize,
 }
 
 impl ConnectionBudget {
@@ -76,25 +80,76 @@ impl ConnectionBudget {
         ConnectionBudget {
             open: Arc::new(AtomicUsize::new(0)),
             max,
+            per_address: Arc::default(),
+            per_address_max: 0,
         }
     }
 
-    fn try_take(&self) -> Option<ConnectionSlot> {
+    /// Caps the connections of one client address (0: no cap).
+    pub fn with_per_address_max(mut self, per_address_max: usize) -> ConnectionBudget {
+        self.per_address_max = per_address_max;
+        self
+    }
+
+    fn lock_addresses(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.per_address
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A place for a connection from `address`, or why there is none.
+    fn try_take(&self, address: IpAddr) -> Result<ConnectionSlot, Refused> {
         let taken = self.open.fetch_add(1, Ordering::Relaxed);
         if taken >= self.max {
             self.open.fetch_sub(1, Ordering::Relaxed);
-            return None;
+            return Err(Refused::Total);
         }
-        Some(ConnectionSlot(self.open.clone()))
+        let mut slot = ConnectionSlot {
+            budget: self.clone(),
+            address: None,
+        };
+        if self.per_address_max > 0 {
+            let mut addresses = self.lock_addresses();
+            let count = addresses.entry(address).or_insert(0);
+            if *count >= self.per_address_max {
+                drop(addresses);
+                return Err(Refused::Address);
+            }
+            *count += 1;
+            slot.address = Some(address);
+        }
+        Ok(slot)
     }
 }
 
+/// Why a connection was refused at the door.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// The process's connection limit.
+    Total,
+    /// `--max-connections-per-address`.
+    Address,
+}
+
 /// One open connection; gives its place back when dropped.
-struct ConnectionSlot(Arc<AtomicUsize>);
+struct ConnectionSlot {
+    budget: ConnectionBudget,
+    /// Counted against this address too.
+    address: Option<IpAddr>,
+}
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.budget.open.fetch_sub(1, Ordering::Relaxed);
+        if let Some(address) = self.address {
+            let mut addresses = self.budget.lock_addresses();
+            if let Some(count) = addresses.get_mut(&address) {
+                *count -= 1;
+                if *count == 0 {
+                    addresses.remove(&address);
+                }
+            }
+        }
     }
 }
 
@@ -160,20 +215,32 @@ pub async fn serve(
                 continue;
             }
         };
-        let Some(slot) = budget.try_take() else {
-            refused_since_log += 1;
-            if last_refusal_log.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
-                tracing::warn!(
-                    open = budget.max,
-                    refused = refused_since_log,
-                    "refusing client connections: the connection limit (the descriptor limit \
-                     less a reserve for storage) is reached"
-                );
-                refused_since_log = 0;
-                last_refusal_log = Some(Instant::now());
+        let slot = match budget.try_take(remote.ip()) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                refused_since_log += 1;
+                if last_refusal_log.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                    match refused {
+                        Refused::Total => tracing::warn!(
+                            open = budget.max,
+                            refused = refused_since_log,
+                            "refusing client connections: the connection limit (the descriptor \
+                             limit less a reserve for storage) is reached"
+                        ),
+                        Refused::Address => tracing::warn!(
+                            address = %remote.ip(),
+                            limit = budget.per_address_max,
+                            refused = refused_since_log,
+                            "refusing connections from an address that holds \
+                             --max-connections-per-address already"
+                        ),
+                    }
+                    refused_since_log = 0;
+                    last_refusal_log = Some(Instant::now());
+                }
+                drop(stream);
+                continue;
             }
-            drop(stream);
-            continue;
         };
         if let Err(error) = stream.set_nodelay(true) {
             // Without it a small response after a watch event waits for a delayed ACK.

@@ -247,3 +247,69 @@ fn password_guessing_backs_off_and_is_audited() {
         .mode();
     assert_eq!(mode & 0o077, 0, "the audit log is readable by others");
 }
+
+/// An HTTP/1.1 `GET /health` on a kept-alive connection from `source`; `None` if the member
+/// closed the connection instead of answering.
+async fn health_over(connection: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    connection
+        .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .ok()?;
+    let mut buffer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), connection.read(&mut buffer))
+        .await
+        .ok()?
+        .ok()?;
+    (n > 0).then(|| String::from_utf8_lossy(&buffer[..n]).into_owned())
+}
+
+async fn connect_from(source: &str, port: u16) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{source}:0").parse().expect("address"))
+        .expect("bind the source address");
+    socket
+        .connect(format!("127.0.0.1:{port}").parse().expect("address"))
+        .await
+        .expect("connect")
+}
+
+/// Goal: with `--max-connections-per-address`, one client address cannot take every
+/// connection the member has: past the cap its new connections are closed at once (and logged),
+/// while other addresses still get in, and a closed connection frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &["--max-connections-per-address=4"]);
+    let port = member.client_port;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut connection = connect_from("127.0.0.3", port).await;
+        assert!(
+            health_over(&mut connection)
+                .await
+                .is_some_and(|r| r.contains("200 OK"))
+        );
+        held.push(connection);
+    }
+    let mut fifth = connect_from("127.0.0.3", port).await;
+    assert_eq!(
+        health_over(&mut fifth).await,
+        None,
+        "a fifth connection was served"
+    );
+    let mut other = connect_from("127.0.0.4", port).await;
+    assert!(
+        health_over(&mut other).await.is_some(),
+        "another address was refused"
+    );
+    drop(held.pop());
+    let freed = eventually(Duration::from_secs(5), async || {
+        let mut again = connect_from("127.0.0.3", port).await;
+        health_over(&mut again).await.is_some()
+    })
+    .await;
+    assert!(freed, "a closed connection did not free its place");
+    assert!(member.log().contains("--max-connections-per-address"));
+}
