@@ -135,6 +135,9 @@ pub struct ServerArgs {
     /// Hostnames (comma-separated) one of which a peer certificate must be valid for.
     #[arg(long, env = "SYNOD_PEER_CERT_ALLOWED_HOSTNAME")]
     pub peer_cert_allowed_hostname: Option<String>,
+    /// Skip etcd's check that a peer certificate's IP addresses include the peer's own.
+    #[arg(long, env = "SYNOD_PEER_SKIP_CLIENT_SAN_VERIFICATION", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub peer_skip_client_san_verification: Option<bool>,
     /// Oldest TLS version accepted: TLS1.2 (default) or TLS1.3.
     #[arg(long, env = "SYNOD_TLS_MIN_VERSION")]
     pub tls_min_version: Option<String>,
@@ -229,6 +232,9 @@ impl ServerArgs {
             peer_cert_allowed_hostname: self
                 .peer_cert_allowed_hostname
                 .or(other.peer_cert_allowed_hostname),
+            peer_skip_client_san_verification: self
+                .peer_skip_client_san_verification
+                .or(other.peer_skip_client_san_verification),
             tls_min_version: self.tls_min_version.or(other.tls_min_version),
             tls_max_version: self.tls_max_version.or(other.tls_max_version),
             cipher_suites: self.cipher_suites.or(other.cipher_suites),

@@ -110,6 +110,7 @@ impl TlsSettings {
                 allowed_hostnames: list(args.client_cert_allowed_hostname.as_deref()),
                 fixtures: data_dir.join("fixtures").join("client"),
                 validity_years,
+                check_client_ip: false,
             },
             "--cert-file, --key-file",
         )?;
@@ -128,6 +129,7 @@ impl TlsSettings {
                 allowed_hostnames: list(args.peer_cert_allowed_hostname.as_deref()),
                 fixtures: data_dir.join("fixtures").join("peer"),
                 validity_years,
+                check_client_ip: !args.peer_skip_client_san_verification.unwrap_or(false),
             },
             "--peer-cert-file, --peer-key-file",
         )?;
@@ -238,6 +240,7 @@ struct SideArgs<'a> {
     allowed_hostnames: Vec<String>,
     fixtures: PathBuf,
     validity_years: u32,
+    check_client_ip: bool,
 }
 
 /// One side's listener settings, with etcd's start-up errors and warnings.
@@ -299,6 +302,7 @@ fn side(args: SideArgs<'_>, flags: &str) -> Result<Option<Side>, String> {
             crl: args.crl.clone(),
             allowed_common_names: args.allowed_cn,
             allowed_hostnames: args.allowed_hostnames,
+            check_client_ip: args.check_client_ip,
         },
     }))
 }

@@ -75,6 +75,60 @@ pub fn common_name(der: &[u8]) -> Option<String> {
     found
 }
 
+/// The IP addresses among a DER certificate's subject alternative names (empty when it has
+/// none; `None` for malformed input).
+pub fn ip_addresses(der: &[u8]) -> Option<Vec<std::net::IpAddr>> {
+    const EXTENSIONS: u8 = 0xa3;
+    const SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
+    const IP_ADDRESS: u8 = 0x87;
+    let (_, certificate, _) = element(der)?;
+    let (_, tbs, _) = element(certificate)?;
+    let mut fields = tbs;
+    let mut addresses = Vec::new();
+    while !fields.is_empty() {
+        let (tag, contents, after) = element(fields)?;
+        fields = after;
+        if tag != EXTENSIONS {
+            continue;
+        }
+        let (_, mut extensions, _) = element(contents)?;
+        while !extensions.is_empty() {
+            let (_, extension, after) = element(extensions)?;
+            extensions = after;
+            let (tag, oid, mut rest) = element(extension)?;
+            if tag != OID || oid != SUBJECT_ALT_NAME {
+                continue;
+            }
+            // An optional `critical` BOOLEAN, then the OCTET STRING holding GeneralNames.
+            let (mut tag, mut value, after) = element(rest)?;
+            if tag == 0x01 {
+                rest = after;
+                (tag, value, _) = element(rest)?;
+            }
+            if tag != 0x04 {
+                return None;
+            }
+            let (_, mut names, _) = element(value)?;
+            while !names.is_empty() {
+                let (tag, name, after) = element(names)?;
+                names = after;
+                if tag == IP_ADDRESS {
+                    match name.len() {
+                        4 => {
+                            addresses.push(std::net::IpAddr::from(<[u8; 4]>::try_from(name).ok()?))
+                        }
+                        16 => {
+                            addresses.push(std::net::IpAddr::from(<[u8; 16]>::try_from(name).ok()?))
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+        }
+    }
+    Some(addresses)
+}
+
 /// The directory-string kinds a CN is written in.
 fn string(kind: u8, bytes: &[u8]) -> Option<String> {
     match kind {
@@ -111,6 +165,33 @@ mod tests {
         let ca_der = rustls_pki_types::CertificateDer::from_pem_slice(ca.cert_pem().as_bytes())
             .expect("pem");
         assert_eq!(common_name(&ca_der).as_deref(), Some("synod test CA"));
+    }
+
+    #[test]
+    fn the_ip_addresses_of_a_generated_certificate() {
+        let ca = generate::Authority::new("synod test CA").expect("ca");
+        let issued = ca
+            .issue(
+                "m1",
+                &[
+                    "127.0.0.1".to_owned(),
+                    "localhost".to_owned(),
+                    "::1".to_owned(),
+                ],
+            )
+            .expect("issued");
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes())
+            .expect("pem");
+        assert_eq!(
+            ip_addresses(&der),
+            Some(vec![
+                "127.0.0.1".parse().expect("ip"),
+                "::1".parse().expect("ip")
+            ])
+        );
+        let ca_der = rustls_pki_types::CertificateDer::from_pem_slice(ca.cert_pem().as_bytes())
+            .expect("pem");
+        assert_eq!(ip_addresses(&ca_der), Some(Vec::new()));
     }
 
     #[test]

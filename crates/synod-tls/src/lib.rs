@@ -27,7 +27,7 @@ mod reload;
 mod server;
 mod verify;
 
-pub use cert::common_name;
+pub use cert::{common_name, ip_addresses};
 pub use client::{ClientFiles, ClientTls, Connector};
 pub use policy::Policy;
 pub use server::{ServerFiles, ServerTls};

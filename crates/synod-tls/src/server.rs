@@ -38,12 +38,17 @@ pub struct ServerFiles {
     /// `--peer-cert-allowed-hostname` / `--client-cert-allowed-hostname`: hostnames one of which
     /// the client certificate must be valid for (empty: any).
     pub allowed_hostnames: Vec<String>,
+    /// etcd's SAN check on peers: a client certificate with IP addresses among its alternative
+    /// names must name the address the connection comes from (`--peer-skip-client-san-verification`
+    /// turns it off). Certificates with DNS names only pass (etcd would resolve them).
+    pub check_client_ip: bool,
 }
 
 /// A listener's TLS configuration, rebuilt when its files change (crate docs).
 pub struct ServerTls {
     side: &'static str,
     config: Reloading<ServerConfig>,
+    check_client_ip: bool,
 }
 
 impl ServerTls {
@@ -76,10 +81,15 @@ impl ServerTls {
         .flatten()
         .cloned()
         .collect();
+        let check_client_ip = files.check_client_ip;
         let config = Reloading::new(format!("{side} server"), paths, move || {
             build(&files, &policy)
         })?;
-        Ok(ServerTls { side, config })
+        Ok(ServerTls {
+            side,
+            config,
+            check_client_ip,
+        })
     }
 
     /// The configuration for the next handshake.
@@ -92,8 +102,26 @@ impl ServerTls {
     /// client certificate, a CN that is not allowed, a stalled handshake).
     pub async fn accept(&self, stream: TcpStream) -> Result<TlsStream<TcpStream>, String> {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.config());
+        let remote = stream.peer_addr().ok().map(|a| a.ip());
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => Ok(stream),
+            Ok(Ok(stream)) => {
+                if self.check_client_ip
+                    && let Some(leaf) = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                {
+                    let addresses = crate::cert::ip_addresses(leaf).unwrap_or_default();
+                    if !addresses.is_empty() && !remote.is_some_and(|r| addresses.contains(&r)) {
+                        return Err(format!(
+                            "the client certificate's IP addresses {addresses:?} do not include \
+                             the connection's {remote:?} (etcd's SAN check)"
+                        ));
+                    }
+                }
+                Ok(stream)
+            }
             Ok(Err(error)) => Err(describe(&error)),
             Err(_) => Err(format!(
                 "no TLS handshake within {}s",

@@ -174,6 +174,29 @@ async fn peers_must_present_an_allowed_certificate() {
         logged,
         "the refused CN is not in the log:\n{}",
         member.log()
+    ); // An allowed name on a certificate made for another machine's address (etcd's SAN check).
+    let elsewhere = pki
+        .ca
+        .issue("m2", &["10.9.9.9".to_owned()])
+        .expect("issue")
+        .write(&root.path().join("pki"), "m2-elsewhere")
+        .expect("write");
+    assert!(
+        refused(dial(Some((&elsewhere.0, &elsewhere.1))))
+            .await
+            .is_none(),
+        "a peer certificate for another address was accepted"
+    );
+    // Refusals are logged at most once a second: try until this one is.
+    let logged = eventually(Duration::from_secs(5), async || {
+        let _ = refused(dial(Some((&elsewhere.0, &elsewhere.1)))).await;
+        member.log().contains("do not include the connection")
+    })
+    .await;
+    assert!(
+        logged,
+        "the SAN refusal is not in the log:\n{}",
+        member.log()
     );
 }
 
