@@ -10,7 +10,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::audit_log::{Record, now};
-use crate::connection::{ClientCertificate, RemoteAddress};
+use crate::caller::Credentials;
+use crate::connection::RemoteAddress;
 use crate::member::Member;
 
 /// RPCs recorded whatever their result: auth changes and logins, membership, maintenance.
@@ -104,24 +105,7 @@ fn percent_decode(text: &str) -> String {
 
 /// Who a request says it is, without side effects (a token's TTL is not renewed here).
 fn who(member: &Member, request: &Request) -> String {
-    let token = ["token", "authorization"].iter().find_map(|key| {
-        let value = request.headers().get(*key)?.to_str().ok()?.trim();
-        Some(
-            value
-                .strip_prefix("Bearer ")
-                .unwrap_or(value)
-                .trim()
-                .to_owned(),
-        )
-    });
-    if let Some(user) = token.and_then(|t| member.auth.peek_token_user(&t)) {
-        return user;
-    }
-    request
-        .extensions()
-        .get::<ClientCertificate>()
-        .map(|c| c.common_name.clone())
-        .unwrap_or_default()
+    Credentials::of_http(request.headers(), request.extensions()).user_hint(member)
 }
 
 /// Middleware of the client router that records audited requests.

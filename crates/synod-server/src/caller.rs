@@ -85,9 +85,11 @@ impl Credentials {
 
     /// Who these credentials name, without side effects (for logs).
     pub fn user_hint(&self, member: &Member) -> String {
-        self.token
-            .as_deref()
-            .and_then(|t| member.auth.peek_token_user(t))
+        let by_token = self.token.as_deref().and_then(|token| match &member.jwt {
+            Some(jwt) => jwt.verify(token, unix_now()).map(|(user, _)| user),
+            None => member.auth.peek_token_user(token),
+        });
+        by_token
             .or_else(|| self.common_name.clone())
             .unwrap_or_default()
     }
