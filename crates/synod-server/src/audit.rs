@@ -123,7 +123,7 @@ pub async fn middleware(
     let response = next.run(request).await;
     let (result, message, refused) = outcome(&response);
     if refused || always_audited(&path) {
-        member.audit.record(Record {
+        member.security.audit.record(Record {
             time: now(),
             member: format!("{:x}", member.member_id),
             user,
@@ -145,7 +145,7 @@ pub fn refused(
     rpc: &str,
     message: &str,
 ) {
-    member.audit.record(Record {
+    member.security.audit.record(Record {
         time: now(),
         member: format!("{:x}", member.member_id),
         user: user.to_owned(),

@@ -54,7 +54,10 @@ impl AuthService {
     }
 
     fn header(&self) -> Option<ResponseHeader> {
-        Some(self.member.header(self.member.store.current_revision()))
+        Some(
+            self.member
+                .header(self.member.machine.store.current_revision()),
+        )
     }
 
     /// Proposes a change for `caller` and waits until it is applied.
@@ -68,14 +71,16 @@ impl AuthService {
     /// Root may read anything; others only what `allowed` says (their own user, a role they
     /// hold).
     fn root_or(&self, caller: &AuthHeader, allowed: bool) -> Result<(), ServerError> {
-        if !self.member.auth.is_enabled() || allowed {
+        if !self.member.machine.auth.is_enabled() || allowed {
             return self
                 .member
+                .machine
                 .auth
                 .check_authenticated(caller)
                 .map_err(ServerError::from);
         }
         self.member
+            .machine
             .auth
             .check_root(caller)
             .map_err(ServerError::from)
@@ -156,8 +161,8 @@ impl Auth for AuthService {
         self.root_or(&caller, false)?;
         Ok(tonic::Response::new(AuthStatusResponse {
             header: self.header(),
-            enabled: self.member.auth.is_enabled(),
-            auth_revision: self.member.auth.revision(),
+            enabled: self.member.machine.auth.is_enabled(),
+            auth_revision: self.member.machine.auth.revision(),
         }))
     }
 
@@ -168,14 +173,14 @@ impl Auth for AuthService {
         let address = crate::connection::remote_of(&request).map(|a| a.ip());
         let AuthenticateRequest { name, password } = request.into_inner();
         self.member.read_barrier().await?;
-        if !self.member.auth.is_enabled() {
+        if !self.member.machine.auth.is_enabled() {
             return Err(ServerError::from(RequestError::AuthNotEnabled).into());
         }
         if let Some(wait) = self.logins.wait(&name, address, Instant::now()) {
             tracing::warn!(user = %name, address = ?address, wait_ms = wait.as_millis() as u64, "login refused: too many failed attempts");
             return Err(ServerError::from(RequestError::AuthFailed).into());
         }
-        let hash = match self.member.auth.password_hash(&name) {
+        let hash = match self.member.machine.auth.password_hash(&name) {
             Ok(Some(hash)) => hash,
             Ok(None) => return Err(Failure::Unmapped(NO_PASSWORD_USER).into()),
             Err(refused) => {
@@ -191,10 +196,14 @@ impl Auth for AuthService {
             return Err(ServerError::from(RequestError::AuthFailed).into());
         }
         self.logins.succeed(&name, address);
-        if let Some(jwt) = &self.member.jwt {
+        if let Some(jwt) = &self.member.security.jwt {
             // Stateless: signed here, verified by any member holding the key.
             let token = jwt
-                .sign(&name, self.member.auth.revision(), caller::unix_now())
+                .sign(
+                    &name,
+                    self.member.machine.auth.revision(),
+                    caller::unix_now(),
+                )
                 .map_err(Failure::Unmapped)?;
             return Ok(tonic::Response::new(AuthenticateResponse {
                 header: self.header(),
@@ -247,6 +256,7 @@ impl Auth for AuthService {
         self.root_or(&caller, caller.username == name)?;
         let roles = self
             .member
+            .machine
             .auth
             .user(&name)
             .ok_or(ServerError::from(RequestError::UserNotFound))?;
@@ -265,7 +275,7 @@ impl Auth for AuthService {
         self.root_or(&caller, false)?;
         Ok(tonic::Response::new(AuthUserListResponse {
             header: self.header(),
-            users: self.member.auth.users(),
+            users: self.member.machine.auth.users(),
         }))
     }
 
@@ -347,12 +357,14 @@ impl Auth for AuthService {
         self.member.read_barrier().await?;
         let holds = self
             .member
+            .machine
             .auth
             .user(&caller.username)
             .is_some_and(|roles| roles.contains(&role));
         self.root_or(&caller, holds)?;
         let perm = self
             .member
+            .machine
             .auth
             .role(&role)
             .ok_or(ServerError::from(RequestError::RoleNotFound))?;
@@ -371,7 +383,7 @@ impl Auth for AuthService {
         self.root_or(&caller, false)?;
         Ok(tonic::Response::new(AuthRoleListResponse {
             header: self.header(),
-            roles: self.member.auth.roles(),
+            roles: self.member.machine.auth.roles(),
         }))
     }
 

@@ -72,6 +72,7 @@ async fn watch_disk_space(member: Arc<Member>) {
             continue;
         };
         let raised = member
+            .machine
             .alarms
             .list()
             .contains(&(member.member_id, AlarmType::Nospace as i32));
@@ -106,6 +107,7 @@ async fn sweep_tokens(member: Arc<Member>) {
     while !member.is_stopped() {
         interval.tick().await;
         member
+            .machine
             .auth
             .sweep_tokens(member.clock_ms(), member.config.auth_token_ttl_ms);
     }
@@ -125,8 +127,10 @@ pub fn spawn(member: Arc<Member>) {
             // Catch-up reads history from the key table: on a blocking thread, so a large
             // backlog does not stall other clients' requests.
             let member = watch_member.clone();
-            let synced =
-                tokio::task::spawn_blocking(move || member.hub.sync_unsynced(&member.store)).await;
+            let synced = tokio::task::spawn_blocking(move || {
+                member.machine.hub.sync_unsynced(&member.machine.store)
+            })
+            .await;
             if let Ok(Err(error)) = synced {
                 tracing::error!(%error, "catching up watchers failed");
             }
@@ -139,7 +143,7 @@ pub fn spawn(member: Arc<Member>) {
         interval.tick().await;
         while !progress_member.is_stopped() {
             interval.tick().await;
-            progress_member.hub.notify_progress();
+            progress_member.machine.hub.notify_progress();
         }
     });
     if member.config.auto_compaction != AutoCompaction::Off {
@@ -160,11 +164,11 @@ async fn auto_compact(member: Arc<Member>) {
     };
     let mut samples: VecDeque<(Instant, i64)> = VecDeque::new();
     let mut interval = tokio::time::interval(check);
-    let mut last_compacted = member.store.compact_revision();
+    let mut last_compacted = member.machine.store.compact_revision();
     while !member.is_stopped() {
         interval.tick().await;
         let now = Instant::now();
-        let current = member.store.current_revision();
+        let current = member.machine.store.current_revision();
         let target = match (member.config.auto_compaction, retention) {
             (AutoCompaction::Revision(keep), _) => current - keep,
             (_, Some(retention)) => {
@@ -181,7 +185,7 @@ async fn auto_compact(member: Arc<Member>) {
             }
             _ => 0,
         };
-        if target <= last_compacted || target <= member.store.compact_revision() {
+        if target <= last_compacted || target <= member.machine.store.compact_revision() {
             continue;
         }
         if !member.is_leader() {

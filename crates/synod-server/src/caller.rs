@@ -85,10 +85,13 @@ impl Credentials {
 
     /// Who these credentials name, without side effects (for logs).
     pub fn user_hint(&self, member: &Member) -> String {
-        let by_token = self.token.as_deref().and_then(|token| match &member.jwt {
-            Some(jwt) => jwt.verify(token, unix_now()).map(|(user, _)| user),
-            None => member.auth.peek_token_user(token),
-        });
+        let by_token = self
+            .token
+            .as_deref()
+            .and_then(|token| match &member.security.jwt {
+                Some(jwt) => jwt.verify(token, unix_now()).map(|(user, _)| user),
+                None => member.machine.auth.peek_token_user(token),
+            });
         by_token
             .or_else(|| self.common_name.clone())
             .unwrap_or_default()
@@ -123,7 +126,7 @@ pub async fn resolve(
     member: &Member,
     credentials: &Credentials,
 ) -> Result<AuthHeader, ServerError> {
-    let auth = &member.auth;
+    let auth = &member.machine.auth;
     if !auth.is_enabled() {
         return Ok(auth.header(""));
     }
@@ -158,7 +161,7 @@ pub async fn root<T>(
     request: &tonic::Request<T>,
 ) -> Result<AuthHeader, ServerError> {
     let caller = of(member, request).await?;
-    member.auth.check_root(&caller)?;
+    member.machine.auth.check_root(&caller)?;
     Ok(caller)
 }
 
@@ -168,12 +171,12 @@ pub async fn user<T>(
     request: &tonic::Request<T>,
 ) -> Result<AuthHeader, ServerError> {
     let caller = of(member, request).await?;
-    member.auth.check_authenticated(&caller)?;
+    member.machine.auth.check_authenticated(&caller)?;
     Ok(caller)
 }
 
 async fn resolve_token(member: &Member, token: &str) -> Result<AuthHeader, ServerError> {
-    if let Some(jwt) = &member.jwt {
+    if let Some(jwt) = &member.security.jwt {
         // The token names its user and the auth revision it was issued at: a change to users
         // or roles since then refuses it ("revision of auth store is old").
         return match jwt.verify(token, unix_now()) {
@@ -185,8 +188,8 @@ async fn resolve_token(member: &Member, token: &str) -> Result<AuthHeader, Serve
         };
     }
     let (now_ms, ttl_ms) = (member.clock_ms(), member.config.auth_token_ttl_ms);
-    if let Some(user) = member.auth.token_user(token, now_ms, ttl_ms) {
-        return Ok(member.auth.header(&user));
+    if let Some(user) = member.machine.auth.token_user(token, now_ms, ttl_ms) {
+        return Ok(member.machine.auth.header(&user));
     }
     // `<letters>.<index>`: issued at a log index this member may not have applied yet.
     let issued_at = token
@@ -196,9 +199,12 @@ async fn resolve_token(member: &Member, token: &str) -> Result<AuthHeader, Serve
         && member
             .wait_for(TOKEN_APPLY_WAIT, |progress| progress.applied_index >= index)
             .await
-        && let Some(user) = member.auth.token_user(token, member.clock_ms(), ttl_ms)
+        && let Some(user) = member
+            .machine
+            .auth
+            .token_user(token, member.clock_ms(), ttl_ms)
     {
-        return Ok(member.auth.header(&user));
+        return Ok(member.machine.auth.header(&user));
     }
     Err(ServerError::Request(RequestError::InvalidAuthToken))
 }

@@ -53,7 +53,7 @@ pub async fn check_at_start(member: &Member) -> Result<(), String> {
     if member.members().map(|m| m.len()).unwrap_or(1) < 2 {
         return Ok(());
     }
-    let revision = member.store.current_revision();
+    let revision = member.machine.store.current_revision();
     let (hash, compact, _) = member
         .hash_kv(revision)
         .await
@@ -81,7 +81,7 @@ pub fn spawn_periodic(member: Arc<Member>) {
         ticker.tick().await;
         while !member.is_stopped() {
             ticker.tick().await;
-            if member.is_leader() && !member.alarms.is_raised(AlarmType::Corrupt) {
+            if member.is_leader() && !member.machine.alarms.is_raised(AlarmType::Corrupt) {
                 check_once(&member).await;
             }
         }
@@ -89,7 +89,7 @@ pub fn spawn_periodic(member: Arc<Member>) {
 }
 
 async fn check_once(member: &Member) {
-    let revision = member.store.current_revision();
+    let revision = member.machine.store.current_revision();
     let Ok((hash, compact, _)) = member.hash_kv(revision).await else {
         return;
     };

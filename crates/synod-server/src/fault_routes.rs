@@ -67,6 +67,7 @@ pub fn router(member: std::sync::Arc<crate::member::Member>) -> axum::Router {
         use prost::Message as _;
         let outcome = (|| -> Result<(), String> {
             let found = member
+                .machine
                 .store
                 .range(
                     request.key.as_bytes(),
@@ -77,7 +78,11 @@ pub fn router(member: std::sync::Arc<crate::member::Member>) -> axum::Router {
             let mut kv = found.kvs.into_iter().next().ok_or("no such key")?;
             kv.value = request.value.into_bytes();
             let revision = synod_core::mvcc::revision::Revision::new(kv.mod_revision, 0);
-            let tx = member.backend.begin_write().map_err(|e| e.to_string())?;
+            let tx = member
+                .machine
+                .backend
+                .begin_write()
+                .map_err(|e| e.to_string())?;
             {
                 let mut table = tx
                     .open_table(synod_core::backend::KEY)

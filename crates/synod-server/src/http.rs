@@ -63,6 +63,7 @@ async fn check_fence(
     prefix.push(b'/');
     let allowed = match crate::caller::resolve(&member, &credentials).await {
         Ok(caller) => member
+            .machine
             .auth
             .check_keys(
                 &caller,
@@ -118,7 +119,7 @@ async fn check_health(member: &Member, serializable: bool) -> (bool, String) {
     if member.is_stopped() {
         return (false, "SERVER_STOPPED".to_owned());
     }
-    for (_, alarm) in member.alarms.list() {
+    for (_, alarm) in member.machine.alarms.list() {
         if alarm == AlarmType::Nospace as i32 || alarm == AlarmType::Corrupt as i32 {
             let name = AlarmType::try_from(alarm)
                 .map(|a| a.as_str_name())
@@ -140,7 +141,7 @@ async fn check_health(member: &Member, serializable: bool) -> (bool, String) {
         serializable: true,
         ..RangeRequest::default()
     };
-    match synod_core::apply::execute_range(&*member.store, &probe) {
+    match synod_core::apply::execute_range(&*member.machine.store, &probe) {
         Ok(_) => (true, String::new()),
         Err(_) => (false, "QGET ERROR".to_owned()),
     }

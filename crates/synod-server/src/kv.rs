@@ -45,6 +45,7 @@ impl Kv for KvService {
         let request = request.into_inner();
         validate::check_range(&request).map_err(ServerError::from)?;
         self.member
+            .machine
             .auth
             .check_keys(&caller, Access::Read, &request.key, &request.range_end)
             .map_err(ServerError::from)?;
@@ -54,12 +55,12 @@ impl Kv for KvService {
         let mut response = if may_be_large(&request) {
             // A scan of many keys runs on a blocking thread, so it cannot stall the requests of
             // other clients sharing the runtime's workers.
-            let store = self.member.store.clone();
+            let store = self.member.machine.store.clone();
             tokio::task::spawn_blocking(move || execute_range(&*store, &request))
                 .await
                 .map_err(|_| ServerError::Internal)?
         } else {
-            execute_range(&*self.member.store, &request)
+            execute_range(&*self.member.machine.store, &request)
         }
         .map_err(ServerError::from)?;
         self.member.fill(&mut response.header);

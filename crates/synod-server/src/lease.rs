@@ -70,7 +70,7 @@ impl LeaseService {
                     }
                 };
                 let response = LeaseKeepAliveResponse {
-                    header: Some(member.header(member.store.current_revision())),
+                    header: Some(member.header(member.machine.store.current_revision())),
                     id: request.id,
                     ttl,
                 };
@@ -90,7 +90,8 @@ async fn may_renew(
     lease: i64,
 ) -> Result<(), ServerError> {
     let caller = caller::resolve(member, credentials).await?;
-    check_lease_keys(&member.auth, &member.lessor, &caller, lease).map_err(ServerError::from)
+    check_lease_keys(&member.machine.auth, &member.machine.lessor, &caller, lease)
+        .map_err(ServerError::from)
 }
 
 /// READ on every key in `keys` (root is exempt).
@@ -99,12 +100,15 @@ fn may_read_keys(
     caller: &AuthHeader,
     keys: &[Vec<u8>],
 ) -> Result<(), ServerError> {
-    member.auth.check_authenticated(caller)?;
-    if member.auth.is_root(caller) {
+    member.machine.auth.check_authenticated(caller)?;
+    if member.machine.auth.is_root(caller) {
         return Ok(());
     }
     for key in keys {
-        member.auth.check_keys(caller, Access::Read, key, &[])?;
+        member
+            .machine
+            .auth
+            .check_keys(caller, Access::Read, key, &[])?;
     }
     Ok(())
 }
@@ -116,7 +120,7 @@ pub fn time_to_live(
     request: &LeaseTimeToLiveRequest,
     info: Option<LeaseInfo>,
 ) -> LeaseTimeToLiveResponse {
-    let header = Some(member.header(member.store.current_revision()));
+    let header = Some(member.header(member.machine.store.current_revision()));
     match info {
         Some(info) => LeaseTimeToLiveResponse {
             header,
@@ -168,8 +172,13 @@ impl Lease for LeaseService {
         self.member.check_corrupt()?;
         let caller = caller::of(&self.member, &request).await?;
         let request = request.into_inner();
-        check_lease_keys(&self.member.auth, &self.member.lessor, &caller, request.id)
-            .map_err(ServerError::from)?;
+        check_lease_keys(
+            &self.member.machine.auth,
+            &self.member.machine.lessor,
+            &caller,
+            request.id,
+        )
+        .map_err(ServerError::from)?;
         match self
             .member
             .propose_for(&caller, Request::LeaseRevoke(request))
@@ -202,6 +211,7 @@ impl Lease for LeaseService {
     ) -> Result<tonic::Response<LeaseTimeToLiveResponse>, Status> {
         let caller = caller::of(&self.member, &request).await?;
         self.member
+            .machine
             .auth
             .check_authenticated(&caller)
             .map_err(ServerError::from)?;
@@ -230,9 +240,10 @@ impl Lease for LeaseService {
     ) -> Result<tonic::Response<LeaseLeasesResponse>, Status> {
         let caller = caller::of(&self.member, &request).await?;
         self.member.read_barrier().await?;
-        for id in self.member.lessor.ids() {
+        for id in self.member.machine.lessor.ids() {
             let keys = self
                 .member
+                .machine
                 .lessor
                 .info(id)
                 .map(|i| i.keys)
@@ -241,12 +252,16 @@ impl Lease for LeaseService {
         }
         let leases = self
             .member
+            .machine
             .lessor
             .ids()
             .into_iter()
             .map(|id| LeaseStatus { id })
             .collect();
-        let header = Some(self.member.header(self.member.store.current_revision()));
+        let header = Some(
+            self.member
+                .header(self.member.machine.store.current_revision()),
+        );
         Ok(tonic::Response::new(LeaseLeasesResponse { header, leases }))
     }
 }

@@ -118,7 +118,7 @@ pub fn client_router(member: Arc<Member>) -> axum::Router {
         .into_axum_router()
         .merge(gateway::router(services, decode_max * 4 / 3 + 64 * 1024).layer(browsers.clone()))
         .merge(http::router(member.clone()).layer(browsers));
-    let router = if member.audit.is_on() {
+    let router = if member.security.audit.is_on() {
         router.layer(axum::middleware::from_fn_with_state(
             member.clone(),
             audit::middleware,

@@ -48,6 +48,7 @@ impl MaintenanceService {
 /// The alarm list as etcd prints it in `Status.errors`.
 fn alarm_errors(member: &Member) -> Vec<String> {
     member
+        .machine
         .alarms
         .list()
         .into_iter()
@@ -62,9 +63,9 @@ fn alarm_errors(member: &Member) -> Vec<String> {
 
 /// Builds the `Status` answer of this member; shared with the HTTP gateway and `/health`.
 pub fn status(member: &Member) -> StatusResponse {
-    let size = member.backend.size_bytes() as i64;
+    let size = member.machine.backend.size_bytes() as i64;
     StatusResponse {
-        header: Some(member.header(member.store.current_revision())),
+        header: Some(member.header(member.machine.store.current_revision())),
         version: ETCD_API_VERSION.to_owned(),
         db_size: size,
         leader: member.status.leader_id.load(Ordering::Relaxed),
@@ -102,7 +103,10 @@ impl Maintenance for MaintenanceService {
             .await?
         {
             Response::Alarm(mut response) => {
-                response.header = Some(self.member.header(self.member.store.current_revision()));
+                response.header = Some(
+                    self.member
+                        .header(self.member.machine.store.current_revision()),
+                );
                 Ok(tonic::Response::new(response))
             }
             other => Err(unexpected(&other).into()),
@@ -127,7 +131,10 @@ impl Maintenance for MaintenanceService {
             .await
             .map_err(|message| Failure::operation("defragment", message))?;
         Ok(tonic::Response::new(DefragmentResponse {
-            header: Some(self.member.header(self.member.store.current_revision())),
+            header: Some(
+                self.member
+                    .header(self.member.machine.store.current_revision()),
+            ),
         }))
     }
 
@@ -151,7 +158,10 @@ impl Maintenance for MaintenanceService {
         let request = request.into_inner();
         let (hash, compact_revision, hash_revision) = self.member.hash_kv(request.revision).await?;
         Ok(tonic::Response::new(HashKvResponse {
-            header: Some(self.member.header(self.member.store.current_revision())),
+            header: Some(
+                self.member
+                    .header(self.member.machine.store.current_revision()),
+            ),
             hash,
             compact_revision,
             hash_revision,
@@ -179,7 +189,10 @@ impl Maintenance for MaintenanceService {
             .await
             .map_err(|e| Failure::operation("snapshot", e))?
             .len();
-        let header = Some(self.member.header(self.member.store.current_revision()));
+        let header = Some(
+            self.member
+                .header(self.member.machine.store.current_revision()),
+        );
         let (output, receiver) = mpsc::channel(SNAPSHOT_QUEUE_MAX);
         tokio::spawn(async move {
             // The stream is the file followed by its SHA-256, as etcd sends it, so
@@ -246,7 +259,10 @@ impl Maintenance for MaintenanceService {
             }
         }
         Ok(tonic::Response::new(MoveLeaderResponse {
-            header: Some(self.member.header(self.member.store.current_revision())),
+            header: Some(
+                self.member
+                    .header(self.member.machine.store.current_revision()),
+            ),
         }))
     }
 
@@ -280,7 +296,10 @@ impl ClusterService {
     }
 
     fn header(&self) -> Option<synod_api::etcdserverpb::ResponseHeader> {
-        Some(self.member.header(self.member.store.current_revision()))
+        Some(
+            self.member
+                .header(self.member.machine.store.current_revision()),
+        )
     }
 }
 
@@ -379,7 +398,10 @@ impl Cluster for ClusterService {
         }
         let members = member_list(&self.member)?;
         Ok(tonic::Response::new(MemberListResponse {
-            header: Some(self.member.header(self.member.store.current_revision())),
+            header: Some(
+                self.member
+                    .header(self.member.machine.store.current_revision()),
+            ),
             members,
         }))
     }

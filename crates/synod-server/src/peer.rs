@@ -148,7 +148,13 @@ impl Peer for PeerService {
             if self.member.transport().faults.is_blocked(batch.from) {
                 continue;
             }
-            if self.member.backend.is_removed(batch.from).unwrap_or(false) {
+            if self
+                .member
+                .machine
+                .backend
+                .is_removed(batch.from)
+                .unwrap_or(false)
+            {
                 // The sender missed its own removal (it was cut off before the entry reached
                 // it): tell it, so it stops (etcd answers 410 Gone).
                 return Err(Failure::Removed.into());
@@ -285,14 +291,17 @@ impl Peer for PeerService {
         self.check_cluster(request.cluster_id)?;
         // Answer once this member has applied the revision (a follower may be a little behind).
         let wanted = request.revision;
-        if self.member.store.current_revision() < wanted {
+        if self.member.machine.store.current_revision() < wanted {
             self.member
                 .wait_for(Duration::from_secs(2), |p| p.revision >= wanted)
                 .await;
         }
         let (hash, compact_revision, hash_revision) = self.member.hash_kv(wanted).await?;
         Ok(tonic::Response::new(HashKvResponse {
-            header: Some(self.member.header(self.member.store.current_revision())),
+            header: Some(
+                self.member
+                    .header(self.member.machine.store.current_revision()),
+            ),
             hash,
             compact_revision,
             hash_revision,

@@ -113,7 +113,7 @@ async fn txn(member: &Member, request: TxnRequest) -> Result<TxnResponse, Server
 /// A linearizable read.
 async fn range(member: &Member, request: &RangeRequest) -> Result<RangeResponse, ServerError> {
     member.read_barrier().await?;
-    Ok(execute_range(&*member.store, request)?)
+    Ok(execute_range(&*member.machine.store, request)?)
 }
 
 async fn delete(member: &Member, key: &[u8]) -> Result<i64, ServerError> {
@@ -135,7 +135,7 @@ struct StreamGuard<'a> {
 
 impl Drop for StreamGuard<'_> {
     fn drop(&mut self) {
-        self.member.hub.remove_stream(self.stream);
+        self.member.machine.hub.remove_stream(self.stream);
     }
 }
 
@@ -148,7 +148,7 @@ async fn wait_change(
     revision: i64,
     deletes_only: bool,
 ) -> Result<(), ServerError> {
-    let stream = member.hub.new_stream();
+    let stream = member.machine.hub.new_stream();
     let _guard = StreamGuard { member, stream };
     let (sender, mut receiver) = mpsc::channel(16);
     let request = WatchRequest {
@@ -159,6 +159,7 @@ async fn wait_change(
         ..WatchRequest::default()
     };
     member
+        .machine
         .hub
         .watch(stream, 0, request, Arc::new(ChannelSink::new(sender)));
     loop {
@@ -282,10 +283,12 @@ async fn may_use<T>(
         Keys::Holder(key) => (key.to_vec(), Vec::new()),
     };
     member
+        .machine
         .auth
         .check_keys(&caller, Access::Read, &key, &range_end)?;
     if writes {
         member
+            .machine
             .auth
             .check_keys(&caller, Access::Write, &key, &range_end)?;
     }

@@ -230,7 +230,7 @@ impl WatchService {
         let mut task = StreamTask {
             member: self.member.clone(),
             credentials,
-            stream: self.member.hub.new_stream(),
+            stream: self.member.machine.hub.new_stream(),
             sink: Arc::new(ChannelSink {
                 sender: notices,
                 budget: Some(notice_budget.clone()),
@@ -266,7 +266,7 @@ impl WatchService {
                     break;
                 }
             }
-            task.member.hub.remove_stream(task.stream);
+            task.member.machine.hub.remove_stream(task.stream);
         });
         ReceiverStream::new(output_receiver).inspect(move |item| {
             if let Ok(response) = item {
@@ -325,10 +325,10 @@ impl StreamTask {
             Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
             Some(RequestUnion::CancelRequest(cancel)) => {
                 if let Some(options) = self.options.remove(&cancel.watch_id) {
-                    self.member.hub.cancel(self.stream, options.hub_id);
+                    self.member.machine.hub.cancel(self.stream, options.hub_id);
                     self.by_hub_id.remove(&options.hub_id);
                     let response = WatchResponse {
-                        header: self.header(self.member.store.current_revision()),
+                        header: self.header(self.member.machine.store.current_revision()),
                         watch_id: cancel.watch_id,
                         canceled: true,
                         ..WatchResponse::default()
@@ -346,7 +346,12 @@ impl StreamTask {
     }
 
     async fn retry_progress(&mut self) -> bool {
-        if self.member.hub.request_progress(self.stream, &*self.sink) {
+        if self
+            .member
+            .machine
+            .hub
+            .request_progress(self.stream, &*self.sink)
+        {
             self.progress_pending = false;
         }
         true
@@ -357,7 +362,7 @@ impl StreamTask {
             // The smallest key: an empty key watches from the start of the key space.
             create.key = vec![0];
         }
-        let revision = self.member.store.current_revision();
+        let revision = self.member.machine.store.current_revision();
         let refuse = |reason: &str| WatchResponse {
             header: Some(self.member.header(revision)),
             watch_id: -1,
@@ -370,6 +375,7 @@ impl StreamTask {
         let allowed = match caller::resolve(&self.member, &self.credentials).await {
             Ok(caller) => self
                 .member
+                .machine
                 .auth
                 .check_keys(&caller, Access::Read, &create.key, &create.range_end)
                 .map_err(ServerError::from),
@@ -377,7 +383,7 @@ impl StreamTask {
         };
         if let Err(refused) = allowed {
             let status = Status::from(refused);
-            if self.member.audit.is_on() {
+            if self.member.security.audit.is_on() {
                 crate::audit::refused(
                     &self.member,
                     &self.credentials.user_hint(&self.member),
@@ -444,10 +450,11 @@ impl StreamTask {
         if !self.send(created).await {
             return false;
         }
-        let registered = self
-            .member
-            .hub
-            .watch(self.stream, hub_id, request, self.sink.clone());
+        let registered =
+            self.member
+                .machine
+                .hub
+                .watch(self.stream, hub_id, request, self.sink.clone());
         assert!(registered, "hub ids are never reused on a stream");
         true
     }
@@ -545,7 +552,7 @@ impl StreamTask {
                 revision: kv.mod_revision - 1,
                 ..RangeOptions::default()
             };
-            if let Ok(mut found) = self.member.store.range(&kv.key, &[], options) {
+            if let Ok(mut found) = self.member.machine.store.range(&kv.key, &[], options) {
                 event.prev_kv = found.kvs.pop();
             }
         }

@@ -59,21 +59,32 @@ pub struct Progress {
     pub revision: i64,
 }
 
+/// Handles on the parts of the state machine, shared with the node loop that applies to them:
+/// handlers read through them and never write.
+pub struct Machine {
+    pub store: Arc<KvStore>,
+    pub lessor: Arc<Lessor>,
+    pub hub: Arc<WatchHub>,
+    pub alarms: Arc<Alarms>,
+    pub auth: Arc<AuthStore>,
+    pub backend: Arc<Backend>,
+}
+
+/// What the member keeps to account for its clients beyond the auth store.
+pub struct Security {
+    pub audit: crate::audit_log::AuditLog,
+    /// JWT keys, when tokens are JWTs.
+    pub jwt: Option<Arc<crate::jwt::Jwt>>,
+}
+
 /// The handler-facing side of a running member.
 pub struct Member {
     pub config: Config,
     pub member_id: u64,
     pub cluster_id: u64,
     pub status: Arc<NodeStatus>,
-    pub store: Arc<KvStore>,
-    pub lessor: Arc<Lessor>,
-    pub hub: Arc<WatchHub>,
-    pub alarms: Arc<Alarms>,
-    pub auth: Arc<AuthStore>,
-    pub audit: crate::audit_log::AuditLog,
-    /// JWT keys, when tokens are JWTs.
-    pub jwt: Option<Arc<crate::jwt::Jwt>>,
-    pub backend: Arc<Backend>,
+    pub machine: Machine,
+    pub security: Security,
     /// The zero of [`Member::clock_ms`].
     started: std::time::Instant,
     commands: SyncSender<Command>,
@@ -271,7 +282,7 @@ impl Member {
     /// HashKV at `revision`, computed on a blocking thread: it reads every key, and must not
     /// stall the clients' requests sharing the runtime's workers.
     pub async fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), ServerError> {
-        let store = self.store.clone();
+        let store = self.machine.store.clone();
         tokio::task::spawn_blocking(move || store.hash_kv(revision))
             .await
             .map_err(|_| ServerError::Internal)?
@@ -281,7 +292,7 @@ impl Member {
     /// Refuses every read and write while the CORRUPT alarm is raised: some member's data
     /// disagrees with the others', and serving it could hand out wrong data (etcd does the same).
     pub fn check_corrupt(&self) -> Result<(), ServerError> {
-        if self.alarms.is_raised(AlarmType::Corrupt) {
+        if self.machine.alarms.is_raised(AlarmType::Corrupt) {
             return Err(ServerError::Corrupt);
         }
         Ok(())
@@ -290,14 +301,15 @@ impl Member {
     /// Refuses a write that would take the state machine over its quota, raising the NOSPACE
     /// alarm the first time (etcd's quota check happens before the proposal, too).
     pub async fn check_quota(&self, cost_bytes: usize) -> Result<(), ServerError> {
-        if self.alarms.is_raised(AlarmType::Nospace) {
+        if self.machine.alarms.is_raised(AlarmType::Nospace) {
             return Err(RequestError::NoSpace.into());
         }
-        if self.backend.size_bytes() + cost_bytes as u64 <= self.config.quota_backend_bytes {
+        if self.machine.backend.size_bytes() + cost_bytes as u64 <= self.config.quota_backend_bytes
+        {
             return Ok(());
         }
         tracing::warn!(
-            size_bytes = self.backend.size_bytes(),
+            size_bytes = self.machine.backend.size_bytes(),
             quota_bytes = self.config.quota_backend_bytes,
             "state machine is over its quota; raising the NOSPACE alarm"
         );
@@ -338,7 +350,7 @@ impl Member {
 
     /// Every member record, ordered by id.
     pub fn members(&self) -> Result<Vec<MemberRecord>, StorageError> {
-        self.backend.members()
+        self.machine.backend.members()
     }
 
     /// Stops the node loop; it makes the state machine durable before it exits.
