@@ -9,10 +9,20 @@ impl World {
         let view = state.view;
         let id = self.members[index].id;
         if view.role == StateRole::Leader {
-            if !self.leaders.contains_key(&view.term) && view.last_index < self.commit_max {
+            // Leader completeness: a leader of term T holds every entry committed before T.
+            // Commits seen by members still in a term below T were made before T; a commit seen
+            // in T or later may be newer than this leader (a member paused as a candidate can
+            // win its old term after a later term committed more), so it does not count.
+            let committed_before = self
+                .commit_by_term
+                .range(..view.term)
+                .map(|(_, &commit)| commit)
+                .max()
+                .unwrap_or(0);
+            if !self.leaders.contains_key(&view.term) && view.last_index < committed_before {
                 self.violate(format!(
-                    "leader completeness: m{id} leads term {} with entries up to {}, but {} was committed",
-                    view.term, view.last_index, self.commit_max
+                    "leader completeness: m{id} leads term {} with entries up to {}, but {} was committed before that term",
+                    view.term, view.last_index, committed_before
                 ));
                 return;
             }
@@ -40,7 +50,8 @@ impl World {
             return;
         }
         member.last_commit = view.commit;
-        self.commit_max = self.commit_max.max(view.commit);
+        let seen = self.commit_by_term.entry(view.term).or_insert(0);
+        *seen = (*seen).max(view.commit);
         if view.commit > view.last_index {
             self.violate(format!(
                 "m{id} commits {} beyond its last entry {}",

@@ -193,8 +193,9 @@ pub struct World {
     applied: BTreeMap<u64, (u64, u32)>,
     /// Events of every revision as first delivered to any watcher: revision -> digest.
     revisions: BTreeMap<i64, u64>,
-    /// Highest commit index any member has reported: every later leader must hold it.
-    commit_max: u64,
+    /// Highest commit index members have reported, by the term they were in: a leader of a
+    /// later term must hold it.
+    commit_by_term: BTreeMap<u64, u64>,
     /// Members whose fsyncs are slow, until a time.
     slow_disks: BTreeMap<usize, u64>,
     /// Every key's value by revision, from the events of each revision.
@@ -331,7 +332,7 @@ impl World {
             leaders: BTreeMap::new(),
             applied: BTreeMap::new(),
             revisions: BTreeMap::new(),
-            commit_max: 0,
+            commit_by_term: BTreeMap::new(),
             slow_disks: BTreeMap::new(),
             values: BTreeMap::new(),
             local_reads: Vec::new(),
