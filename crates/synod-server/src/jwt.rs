@@ -12,12 +12,13 @@
 //! RSA (`RSA PRIVATE KEY`); public keys PEM SPKI (`PUBLIC KEY`). With only a public key the
 //! member verifies tokens and refuses to issue them, as etcd does.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::signature::{self, KeyPair};
 use serde::{Deserialize, Serialize};
+use synod_tls::PrivateKeyDer;
 
 /// etcd's text when a verify-only member is asked for a token (code Unknown).
 pub const VERIFY_ONLY: &str = "auth: token signing attempted with verify-only key";
@@ -124,52 +125,6 @@ pub struct Jwt {
     ttl: std::time::Duration,
 }
 
-/// One PEM block's label and DER contents.
-fn pem(path: &Path) -> Result<(String, Vec<u8>), String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let start = text
-        .find("-----BEGIN ")
-        .ok_or(format!("{}: no PEM block", path.display()))?;
-    let rest = &text[start + "-----BEGIN ".len()..];
-    let (label, rest) = rest
-        .split_once("-----")
-        .ok_or(format!("{}: malformed PEM", path.display()))?;
-    let end = rest
-        .find("-----END ")
-        .ok_or(format!("{}: malformed PEM", path.display()))?;
-    let body: String = rest[..end].chars().filter(|c| !c.is_whitespace()).collect();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(body)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok((label.to_owned(), der))
-}
-
-/// The key inside a DER SubjectPublicKeyInfo (what ring verifies with).
-fn spki_key(der: &[u8]) -> Option<Vec<u8>> {
-    fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = input.split_first()?;
-        let (&first, mut rest) = rest.split_first()?;
-        let length = if first < 0x80 {
-            usize::from(first)
-        } else {
-            let count = usize::from(first & 0x7f);
-            if count == 0 || count > 4 || rest.len() < count {
-                return None;
-            }
-            let (bytes, after) = rest.split_at(count);
-            rest = after;
-            bytes.iter().fold(0usize, |n, &b| n << 8 | usize::from(b))
-        };
-        (rest.len() >= length).then(|| (tag, &rest[..length], &rest[length..]))
-    }
-    let (_, info, _) = element(der)?;
-    let (_, _, after_algorithm) = element(info)?;
-    let (tag, bits, _) = element(after_algorithm)?;
-    // A BIT STRING whose first byte counts unused bits (0 for keys).
-    (tag == 0x03 && bits.first() == Some(&0)).then(|| bits[1..].to_vec())
-}
-
 fn rng() -> ring::rand::SystemRandom {
     ring::rand::SystemRandom::new()
 }
@@ -234,28 +189,29 @@ impl Jwt {
         let signer = match &options.priv_key {
             None => None,
             Some(path) => {
-                let (label, der) = pem(path)?;
+                let key = synod_tls::read_private_key(path).map_err(|e| e.to_string())?;
+                let der = key.secret_der();
                 let bad = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-                Some(match (&family, label.as_str()) {
-                    (Family::Rsa(encoding, _), "RSA PRIVATE KEY") => Signer::Rsa(
-                        signature::RsaKeyPair::from_der(&der).map_err(|e| bad(&e))?,
+                Some(match (&family, &key) {
+                    (Family::Rsa(encoding, _), PrivateKeyDer::Pkcs1(_)) => Signer::Rsa(
+                        signature::RsaKeyPair::from_der(der).map_err(|e| bad(&e))?,
                         *encoding,
                     ),
                     (Family::Rsa(encoding, _), _) => Signer::Rsa(
-                        signature::RsaKeyPair::from_pkcs8(&der).map_err(|e| bad(&e))?,
+                        signature::RsaKeyPair::from_pkcs8(der).map_err(|e| bad(&e))?,
                         *encoding,
                     ),
-                    (Family::Ecdsa(..), "EC PRIVATE KEY") => {
+                    (Family::Ecdsa(..), PrivateKeyDer::Sec1(_)) => {
                         return Err(bad(
                             &"SEC1 EC keys are not read; convert with `openssl pkcs8 -topk8 -nocrypt`",
                         ));
                     }
                     (Family::Ecdsa(signing, _), _) => Signer::Ecdsa(
-                        signature::EcdsaKeyPair::from_pkcs8(signing, &der, &rng())
+                        signature::EcdsaKeyPair::from_pkcs8(signing, der, &rng())
                             .map_err(|e| bad(&e))?,
                     ),
                     _ => Signer::Ed25519(
-                        signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
+                        signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
                             .map_err(|e| bad(&e))?,
                     ),
                 })
@@ -267,8 +223,9 @@ impl Jwt {
         };
         let public = match (&options.pub_key, &signer) {
             (Some(path), _) => {
-                let (_, der) = pem(path)?;
-                spki_key(&der).ok_or(format!("{}: not a PUBLIC KEY (SPKI)", path.display()))?
+                let der = synod_tls::read_public_key(path).map_err(|e| e.to_string())?;
+                synod_tls::spki_public_key(&der)
+                    .ok_or(format!("{}: not a PUBLIC KEY (SPKI)", path.display()))?
             }
             (None, Some(Signer::Rsa(pair, _))) => pair.public_key().as_ref().to_vec(),
             (None, Some(Signer::Ecdsa(pair))) => pair.public_key().as_ref().to_vec(),

@@ -129,6 +129,20 @@ pub fn ip_addresses(der: &[u8]) -> Option<Vec<std::net::IpAddr>> {
     Some(addresses)
 }
 
+/// The key inside a DER SubjectPublicKeyInfo (a PEM `PUBLIC KEY`): what ring verifies
+/// signatures with.
+pub fn spki_public_key(der: &[u8]) -> Option<Vec<u8>> {
+    const BIT_STRING: u8 = 0x03;
+    let (tag, info, _) = element(der)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    // The algorithm, then the key as a BIT STRING whose first byte counts unused bits (0).
+    let (_, _, after_algorithm) = element(info)?;
+    let (tag, bits, _) = element(after_algorithm)?;
+    (tag == BIT_STRING && bits.first() == Some(&0)).then(|| bits[1..].to_vec())
+}
+
 /// The directory-string kinds a CN is written in.
 fn string(kind: u8, bytes: &[u8]) -> Option<String> {
     match kind {

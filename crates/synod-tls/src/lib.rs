@@ -27,13 +27,24 @@ mod reload;
 mod server;
 mod verify;
 
-pub use cert::{common_name, ip_addresses};
+pub use cert::{common_name, ip_addresses, spki_public_key};
 pub use client::{ClientFiles, ClientTls, Connector};
 pub use policy::Policy;
+pub use rustls_pki_types::PrivateKeyDer;
 pub use server::{ServerFiles, ServerTls};
 pub use tokio_rustls::server::TlsStream as ServerStream;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// The private key of a PEM file (PKCS#8, PKCS#1 RSA or SEC1 EC), for other signers (JWT).
+pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    reload::private_key(path)
+}
+
+/// The DER SubjectPublicKeyInfo of a PEM `PUBLIC KEY` file.
+pub fn read_public_key(path: &Path) -> Result<Vec<u8>, TlsError> {
+    reload::public_key(path)
+}
 
 /// A TLS configuration that cannot be built.
 #[derive(Debug, thiserror::Error)]

@@ -102,6 +102,14 @@ pub(crate) fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsErro
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| material(path, e))
 }
 
+/// The DER SubjectPublicKeyInfo of a PEM `PUBLIC KEY` file.
+pub(crate) fn public_key(path: &Path) -> Result<Vec<u8>, TlsError> {
+    let bytes = read(path)?;
+    rustls_pki_types::SubjectPublicKeyInfoDer::from_pem_slice(&bytes)
+        .map(|spki| spki.as_ref().to_vec())
+        .map_err(|e| material(path, e))
+}
+
 /// A trust store from a PEM bundle.
 pub(crate) fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
