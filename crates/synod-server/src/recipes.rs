@@ -515,13 +515,12 @@ impl Election for ElectionService {
         &self,
         request: tonic::Request<ProclaimRequest>,
     ) -> Result<tonic::Response<ProclaimResponse>, Status> {
-        let leader_key = request
+        let holder = request
             .get_ref()
             .leader
             .as_ref()
-            .map(|l| l.key.clone())
-            .unwrap_or_default();
-        may_use(&self.member, &request, Keys::Holder(&leader_key), true).await?;
+            .map_or(&[][..], |l| &l.key);
+        may_use(&self.member, &request, Keys::Holder(holder), true).await?;
         let request = request.into_inner();
         let leader = request
             .leader
@@ -614,13 +613,12 @@ impl Election for ElectionService {
         &self,
         request: tonic::Request<ResignRequest>,
     ) -> Result<tonic::Response<ResignResponse>, Status> {
-        let leader_key = request
+        let holder = request
             .get_ref()
             .leader
             .as_ref()
-            .map(|l| l.key.clone())
-            .unwrap_or_default();
-        may_use(&self.member, &request, Keys::Holder(&leader_key), true).await?;
+            .map_or(&[][..], |l| &l.key);
+        may_use(&self.member, &request, Keys::Holder(holder), true).await?;
         let leader = request
             .into_inner()
             .leader
