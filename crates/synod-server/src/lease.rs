@@ -11,7 +11,6 @@ use synod_api::etcdserverpb::{
     LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
-use synod_api::synodpb::AuthHeader;
 use synod_api::synodpb::internal_request::Request;
 use synod_core::apply::{Response, check_lease_keys};
 use synod_core::auth::Access;
@@ -92,25 +91,6 @@ async fn may_renew(
     let caller = caller::resolve(member, credentials).await?;
     check_lease_keys(&member.machine.auth, &member.machine.lessor, &caller, lease)
         .map_err(ServerError::from)
-}
-
-/// READ on every key in `keys` (root is exempt).
-fn may_read_keys(
-    member: &Member,
-    caller: &AuthHeader,
-    keys: &[Vec<u8>],
-) -> Result<(), ServerError> {
-    member.machine.auth.check_authenticated(caller)?;
-    if member.machine.auth.is_root(caller) {
-        return Ok(());
-    }
-    for key in keys {
-        member
-            .machine
-            .auth
-            .check_keys(caller, Access::Read, key, &[])?;
-    }
-    Ok(())
 }
 
 /// `LeaseTimeToLive`'s answer from a lease as the leader sees it (a missing lease is TTL -1, not
@@ -229,7 +209,11 @@ impl Lease for LeaseService {
         };
         // The keys' names are data too (CVE-2023-32082).
         if request.keys {
-            may_read_keys(&self.member, &caller, &response.keys)?;
+            self.member
+                .machine
+                .auth
+                .check_each_key(&caller, Access::Read, &response.keys)
+                .map_err(ServerError::from)?;
         }
         Ok(tonic::Response::new(response))
     }
@@ -248,7 +232,11 @@ impl Lease for LeaseService {
                 .info(id)
                 .map(|i| i.keys)
                 .unwrap_or_default();
-            may_read_keys(&self.member, &caller, &keys)?;
+            self.member
+                .machine
+                .auth
+                .check_each_key(&caller, Access::Read, &keys)
+                .map_err(ServerError::from)?;
         }
         let leases = self
             .member

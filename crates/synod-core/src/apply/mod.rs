@@ -44,7 +44,7 @@ mod requests;
 use checks::{check_ignore_targets, check_txn, taken_branch};
 pub use dedup::DEDUP_WINDOW_ENTRIES;
 use dedup::{RecentRequests, read_recent_requests};
-pub use permissions::{check_lease_keys, check_read_only_txn};
+pub use permissions::check_lease_keys;
 use read::txn_path;
 pub use read::{ReadView, compare_holds, execute_range, txn_puts, txn_writes};
 

@@ -111,43 +111,6 @@ pub fn check_lease_keys(
     caller: &AuthHeader,
     lease: i64,
 ) -> Result<(), RequestError> {
-    auth.check_authenticated(caller)?;
-    if auth.is_root(caller) {
-        return Ok(());
-    }
-    for key in lessor.info(lease).map(|info| info.keys).unwrap_or_default() {
-        auth.check_keys(caller, Access::Write, &key, &[])?;
-    }
-    Ok(())
-}
-
-/// Whether a read-only txn may run: READ on every compare and range (nested too). Used by the
-/// handlers for txns that never reach the log.
-pub fn check_read_only_txn(
-    auth: &AuthStore,
-    caller: &AuthHeader,
-    txn: &TxnRequest,
-) -> Result<(), RequestError> {
-    for compare in &txn.compare {
-        auth.check_keys(caller, Access::Read, &compare.key, &compare.range_end)?;
-    }
-    for op in txn.success.iter().chain(&txn.failure) {
-        match &op.request {
-            Some(request_op::Request::RequestRange(range)) => {
-                auth.check_keys(caller, Access::Read, &range.key, &range.range_end)?
-            }
-            Some(request_op::Request::RequestTxn(nested)) => {
-                check_read_only_txn(auth, caller, nested)?
-            }
-            // A read-only txn has none of these; checked as writes if one slips in.
-            Some(request_op::Request::RequestPut(put)) => {
-                auth.check_keys(caller, Access::Write, &put.key, &[])?
-            }
-            Some(request_op::Request::RequestDeleteRange(delete)) => {
-                auth.check_keys(caller, Access::Write, &delete.key, &delete.range_end)?
-            }
-            None => {}
-        }
-    }
-    Ok(())
+    let keys = lessor.info(lease).map(|info| info.keys).unwrap_or_default();
+    auth.check_each_key(caller, Access::Write, &keys)
 }

@@ -280,6 +280,24 @@ impl AuthStore {
         }
     }
 
+    /// Checks that `caller` is authenticated and may `access` each of `keys` (root may access
+    /// any): what a lease's keys need. Passes when auth is off.
+    pub fn check_each_key(
+        &self,
+        caller: &AuthHeader,
+        access: Access,
+        keys: &[Vec<u8>],
+    ) -> Result<(), RequestError> {
+        self.check_authenticated(caller)?;
+        if self.is_root(caller) {
+            return Ok(());
+        }
+        for key in keys {
+            self.check_keys(caller, access, key, &[])?;
+        }
+        Ok(())
+    }
+
     /// Checks that `caller` holds the root role. Passes when auth is off.
     pub fn check_root(&self, caller: &AuthHeader) -> Result<(), RequestError> {
         if !self.is_enabled() {
