@@ -153,15 +153,24 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// Logs refused TLS handshakes: the first of each second in full, the others counted, so a
-/// flood of bad clients cannot flood the log.
-#[derive(Default)]
-struct Refusals {
+/// Lets one log line through per `interval` and counts the ones held back, so a flood of bad
+/// or excess clients cannot flood the log.
+struct LogThrottle {
+    interval: Duration,
+    /// When a line last went through, and how many were held back since.
     state: std::sync::Mutex<(Option<Instant>, u64)>,
 }
 
-impl Refusals {
-    fn note(&self, side: &str, remote: SocketAddr, reason: &str) {
+impl LogThrottle {
+    fn new(interval: Duration) -> LogThrottle {
+        LogThrottle {
+            interval,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(held back since the last line)` when this line may be logged.
+    fn admit(&self) -> Option<u64> {
         let mut state = self
             .state
             .lock()
@@ -169,15 +178,14 @@ impl Refusals {
         let now = Instant::now();
         if state
             .0
-            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
+            .is_some_and(|last| now.duration_since(last) < self.interval)
         {
             state.1 += 1;
-            return;
+            return None;
         }
-        let suppressed = state.1;
+        let held_back = state.1;
         *state = (Some(now), 0);
-        drop(state);
-        tracing::warn!(side, %remote, reason, suppressed, "rejected connection: TLS handshake failed");
+        Some(held_back)
     }
 }
 
@@ -198,9 +206,9 @@ pub async fn serve(
         .http2()
         .max_concurrent_streams(max_concurrent_streams);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let refusals = Arc::new(Refusals::default());
-    let mut refused_since_log = 0u64;
-    let mut last_refusal_log: Option<Instant> = None;
+    // Refused handshakes: one line a second. Connections refused at the door: one in ten.
+    let refusals = Arc::new(LogThrottle::new(Duration::from_secs(1)));
+    let door = LogThrottle::new(Duration::from_secs(10));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -218,25 +226,23 @@ pub async fn serve(
         let slot = match budget.try_take(remote.ip()) {
             Ok(slot) => slot,
             Err(refused) => {
-                refused_since_log += 1;
-                if last_refusal_log.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                if let Some(held_back) = door.admit() {
+                    let refused_count = held_back + 1;
                     match refused {
                         Refused::Total => tracing::warn!(
                             open = budget.max,
-                            refused = refused_since_log,
+                            refused = refused_count,
                             "refusing client connections: the connection limit (the descriptor \
                              limit less a reserve for storage) is reached"
                         ),
                         Refused::Address => tracing::warn!(
                             address = %remote.ip(),
                             limit = budget.per_address_max,
-                            refused = refused_since_log,
+                            refused = refused_count,
                             "refusing connections from an address that holds \
                              --max-connections-per-address already"
                         ),
                     }
-                    refused_since_log = 0;
-                    last_refusal_log = Some(Instant::now());
                 }
                 drop(stream);
                 continue;
@@ -273,7 +279,11 @@ pub async fn serve(
                             ));
                             serve_connection(builder, stream, service, watcher, slot).await;
                         }
-                        Err(reason) => refusals.note(tls.side(), remote, &reason),
+                        Err(reason) => {
+                            if let Some(suppressed) = refusals.admit() {
+                                tracing::warn!(side = tls.side(), %remote, reason, suppressed, "rejected connection: TLS handshake failed");
+                            }
+                        }
                     }
                 });
             }
