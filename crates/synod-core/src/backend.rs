@@ -151,6 +151,16 @@ impl Backend {
         self.disk.len(&self.path).unwrap_or(0)
     }
 
+    /// Bytes of the file that hold data (allocated pages); the rest is free for reuse. Opens a
+    /// write transaction (and aborts it), so only the thread that writes may call it.
+    pub fn in_use_bytes(&self) -> Result<u64, StorageError> {
+        let tx = self.begin_write()?;
+        let stats = tx.stats().map_err(StorageError::backend)?;
+        let bytes = stats.allocated_pages() * stats.page_size() as u64;
+        tx.abort().map_err(StorageError::backend)?;
+        Ok(bytes)
+    }
+
     /// Rewrites the file to release free pages. Fails while a read transaction is open.
     pub fn defragment(&self) -> Result<(), StorageError> {
         let mut db = self.db.write().map_err(|_| StorageError::Poisoned)?;
@@ -356,7 +366,7 @@ fn copy_tables(
 /// redb's page cache. The operating system's page cache holds the file as well, so a larger one
 /// mostly duplicates it: with 1,000,000 keys, 256 MiB of cache was a third of the member's RSS
 /// and made the initial load no faster (docs/PERFORMANCE.md).
-const CACHE_BYTES: usize = 32 << 20;
+pub const CACHE_BYTES: usize = 32 << 20;
 
 /// Opens the redb file and checks every page. redb reports some damage by panicking rather than
 /// with an error; the panic is contained here and becomes a refusal to start that names the file.

@@ -21,6 +21,7 @@
 pub mod apply;
 pub mod auth;
 pub mod backend;
+pub mod counters;
 pub mod crc32c;
 pub mod disk;
 pub mod driver;

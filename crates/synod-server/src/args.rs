@@ -174,6 +174,13 @@ pub struct ServerArgs {
     /// Size at which the audit log is rotated (five older files are kept).
     #[arg(long, env = "SYNOD_AUDIT_LOG_MAX_BYTES")]
     pub audit_log_max_bytes: Option<u64>,
+    /// More URLs serving `/metrics` and `/health` (and nothing else), comma-separated; `/metrics`
+    /// is also served on the client URLs.
+    #[arg(long, env = "SYNOD_LISTEN_METRICS_URLS")]
+    pub listen_metrics_urls: Option<String>,
+    /// `basic`, or `extensive` to also export `grpc_server_handling_seconds`.
+    #[arg(long, env = "SYNOD_METRICS")]
+    pub metrics: Option<String>,
 }
 
 impl ServerArgs {
@@ -246,6 +253,8 @@ impl ServerArgs {
                 .or(other.max_connections_per_address),
             cors: self.cors.or(other.cors),
             host_whitelist: self.host_whitelist.or(other.host_whitelist),
+            listen_metrics_urls: self.listen_metrics_urls.or(other.listen_metrics_urls),
+            metrics: self.metrics.or(other.metrics),
             audit_log: self.audit_log.or(other.audit_log),
             audit_log_max_bytes: self.audit_log_max_bytes.or(other.audit_log_max_bytes),
         }

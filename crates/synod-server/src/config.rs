@@ -70,6 +70,10 @@ pub struct Config {
     pub audit_log: Option<PathBuf>,
     /// Size at which the audit log is rotated.
     pub audit_log_bytes_max: u64,
+    /// `--listen-metrics-urls`.
+    pub listen_metrics_urls: Vec<String>,
+    /// `--metrics extensive`.
+    pub metrics_extensive: bool,
 }
 
 /// A setting that cannot be used.
@@ -231,9 +235,23 @@ impl Config {
         )?;
         let corrupt_check =
             parse_duration(args.corrupt_check_interval.as_deref().unwrap_or("30s"))?;
-        for url in listen_client_urls.iter().chain(&listen_peer_urls) {
+        let listen_metrics_urls = list(args.listen_metrics_urls.as_deref().unwrap_or(""));
+        for url in listen_client_urls
+            .iter()
+            .chain(&listen_peer_urls)
+            .chain(&listen_metrics_urls)
+        {
             socket_address(url)?;
         }
+        let metrics_extensive = match args.metrics.as_deref().unwrap_or("basic") {
+            "basic" => false,
+            "extensive" => true,
+            other => {
+                return Err(ConfigError(format!(
+                    "--metrics must be basic or extensive, not {other:?}"
+                )));
+            }
+        };
         let tls = crate::tls::TlsSettings::resolve(
             &args,
             &listen_client_urls,
@@ -288,6 +306,8 @@ impl Config {
             host_whitelist: list(args.host_whitelist.as_deref().unwrap_or("*")),
             audit_log: args.audit_log.clone().filter(|p| !p.as_os_str().is_empty()),
             audit_log_bytes_max: args.audit_log_max_bytes.unwrap_or(100 << 20),
+            listen_metrics_urls,
+            metrics_extensive,
         })
     }
 

@@ -104,6 +104,12 @@ async fn health(
     Query(query): Query<HealthQuery>,
 ) -> impl IntoResponse {
     let (healthy, reason) = check_health(&member, query.serializable.unwrap_or(false)).await;
+    let metrics = crate::metrics::metrics();
+    if healthy {
+        metrics.health_success.inc();
+    } else {
+        metrics.health_failures.inc();
+    }
     let status = if healthy {
         StatusCode::OK
     } else {

@@ -39,6 +39,7 @@ pub mod login_guard;
 pub mod maintenance;
 pub mod member;
 pub mod membership;
+pub mod metrics;
 pub mod peer;
 pub mod recipes;
 pub mod serve;
@@ -116,6 +117,8 @@ pub fn client_router(member: Arc<Member>) -> axum::Router {
     );
     let router = routes
         .into_axum_router()
+        .layer(axum::middleware::from_fn(metrics::grpc::middleware))
+        .merge(metrics::router(member.clone()))
         .merge(gateway::router(services, decode_max * 4 / 3 + 64 * 1024).layer(browsers.clone()))
         .merge(http::router(member.clone()).layer(browsers));
     let router = if member.security.audit.is_on() {
@@ -235,6 +238,17 @@ pub async fn run(
             .with_context(|| format!("listening for clients on {address}"))?;
         client_listeners.push(listener);
     }
+    let mut metrics_listeners = Vec::new();
+    for url in &config.listen_metrics_urls {
+        let address = config::socket_address(url)?;
+        let listener = TcpListener::bind(&address)
+            .await
+            .with_context(|| format!("listening for metrics scrapes on {address}"))?;
+        metrics_listeners.push((listener, url.starts_with("https://")));
+    }
+    metrics::metrics()
+        .grpc
+        .set_extensive(config.metrics_extensive);
     let mut peer_listeners = Vec::new();
     for url in &config.listen_peer_urls {
         let address = config::socket_address(url)?;
@@ -298,6 +312,14 @@ pub async fn run(
             tls.client.clone(),
             config.client_cert_auth,
         ));
+    }
+    for (listener, https) in metrics_listeners {
+        // `/metrics` and the health endpoints only, as on etcd's metrics URLs.
+        let router =
+            http_edges(metrics::router(member.clone()).merge(http::router(member.clone())));
+        tracing::info!(address = %listener.local_addr()?, tls = https, "serving metrics");
+        let tls = if https { tls.client.clone() } else { None };
+        servers.push(serve_on(listener, router, tls, false));
     }
     tracing::info!(name = %config.name, data_dir = %config.data_dir.display(), "ready to serve");
     shutdown.await;

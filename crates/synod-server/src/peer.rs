@@ -166,6 +166,11 @@ impl Peer for PeerService {
                 ))
                 .into());
             }
+            let received: usize = batch.messages.iter().map(Vec::len).sum();
+            crate::metrics::metrics()
+                .peer_received_bytes
+                .with_label_values(&[format!("{:x}", batch.from).as_str()])
+                .inc_by(received as u64);
             for bytes in &batch.messages {
                 let message = decode(bytes)?;
                 if let Err(refused) = self.check_message(batch.from, &message) {

@@ -162,6 +162,12 @@ impl Transport {
         let task_client = client.clone();
         self.runtime
             .spawn(async move { transport.run_link(peer, task_client, receiver).await });
+        self.runtime.spawn(probe(
+            self.member_id,
+            peer,
+            client.clone(),
+            queue.downgrade(),
+        ));
         Some(Link {
             queue,
             client,
@@ -209,6 +215,10 @@ impl Transport {
         mut client: PeerClient<Channel>,
         mut queue: mpsc::Receiver<Message>,
     ) {
+        let metrics = crate::metrics::metrics();
+        let to = format!("{peer:x}");
+        let sent_bytes = metrics.peer_sent_bytes.with_label_values(&[to.as_str()]);
+        let sent_failures = metrics.peer_sent_failures.with_label_values(&[to.as_str()]);
         let mut backoff = BACKOFF_MIN;
         'connect: loop {
             let (batches, stream) = mpsc::channel::<RaftBatch>(16);
@@ -270,12 +280,14 @@ impl Transport {
                     continue;
                 }
                 if batches.send(batch).await.is_err() {
+                    sent_failures.inc();
                     self.report(Command::Input(Input::Unreachable(peer)));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     client = client.clone();
                     continue 'connect;
                 }
+                sent_bytes.inc_by(bytes as u64);
                 backoff = BACKOFF_MIN;
             }
         }
@@ -369,4 +381,45 @@ pub async fn fetch_cluster(
         }
     }
     Err(last_error)
+}
+
+/// How often a link measures its peer's round-trip time (etcd's prober: every few seconds).
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Measures the round trip to `peer` with a small unary call while its link lives, for
+/// `etcd_network_peer_round_trip_time_seconds` and `etcd_network_active_peers`.
+async fn probe(
+    local: u64,
+    peer: u64,
+    mut client: PeerClient<Channel>,
+    link: mpsc::WeakSender<Message>,
+) {
+    let metrics = crate::metrics::metrics();
+    let (local, remote) = (format!("{local:x}"), format!("{peer:x}"));
+    let round_trip = metrics
+        .peer_round_trip
+        .with_label_values(&[remote.as_str()]);
+    let active = metrics
+        .active_peers
+        .with_label_values(&[local.as_str(), remote.as_str()]);
+    // The first probe soon, so a new cluster shows its round trips at once.
+    let mut wait = Duration::from_millis(200);
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = PROBE_INTERVAL;
+        if link.upgrade().is_none() {
+            // The link was dropped: the member left or its URLs changed.
+            active.set(0);
+            return;
+        }
+        let started = std::time::Instant::now();
+        let answered =
+            tokio::time::timeout(PROBE_INTERVAL, client.cluster(ClusterRequest {})).await;
+        if matches!(answered, Ok(Ok(_))) {
+            round_trip.observe(started.elapsed().as_secs_f64());
+            active.set(1);
+        } else {
+            active.set(0);
+        }
+    }
 }

@@ -11,6 +11,9 @@ pub trait ReadView {
         range_end: &[u8],
         options: RangeOptions,
     ) -> Result<RangeResult, Error>;
+
+    /// Where the ranges served through this view are counted.
+    fn counters(&self) -> &crate::counters::MvccCounters;
 }
 
 impl ReadView for KvStore {
@@ -21,6 +24,10 @@ impl ReadView for KvStore {
         options: RangeOptions,
     ) -> Result<RangeResult, Error> {
         KvStore::range(self, key, range_end, options)
+    }
+
+    fn counters(&self) -> &crate::counters::MvccCounters {
+        KvStore::counters(self)
     }
 }
 
@@ -33,10 +40,15 @@ impl ReadView for RevisionTxn<'_, '_> {
     ) -> Result<RangeResult, Error> {
         RevisionTxn::range(self, key, range_end, options)
     }
+
+    fn counters(&self) -> &crate::counters::MvccCounters {
+        RevisionTxn::counters(self)
+    }
 }
 
 /// Serves a `RangeRequest` with etcd's rules for limits, filters and sorting.
 pub fn execute_range(view: &impl ReadView, request: &RangeRequest) -> Result<RangeResponse, Error> {
+    view.counters().ranges.inc();
     let filtered = request.min_mod_revision != 0
         || request.max_mod_revision != 0
         || request.min_create_revision != 0

@@ -96,6 +96,7 @@ impl StateMachine {
                 response.map(Response::DeleteRange)
             }
             Some(Request::Txn(request)) => {
+                self.store.counters().txns.inc();
                 if txn_puts(&request) && self.alarms.is_raised(AlarmType::Nospace) {
                     return Ok(Err(RequestError::NoSpace));
                 }

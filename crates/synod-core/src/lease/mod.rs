@@ -14,6 +14,7 @@ use redb::ReadableTable;
 use synod_api::synodpb::LeaseRecord;
 
 use crate::backend::{Backend, LEASE};
+use crate::counters::LeaseCounters;
 use crate::error::{RequestError, StorageError};
 
 /// The largest TTL a lease may have, in seconds (etcd's `MaxLeaseTTL`).
@@ -76,6 +77,7 @@ pub struct Lessor {
     state: Mutex<LessorState>,
     tick_ms: u64,
     ttl_min_seconds: i64,
+    counters: LeaseCounters,
 }
 
 impl Lessor {
@@ -90,7 +92,13 @@ impl Lessor {
             state: Mutex::new(load(backend, leased_keys)?),
             tick_ms: tick_ms.max(1),
             ttl_min_seconds,
+            counters: LeaseCounters::default(),
         })
+    }
+
+    /// What this lessor did since the member started.
+    pub fn counters(&self) -> &LeaseCounters {
+        &self.counters
     }
 
     /// Replaces every lease with those stored in `backend` (after a snapshot was installed).
@@ -211,6 +219,7 @@ impl Lessor {
                 keys: BTreeSet::new(),
             },
         );
+        self.counters.granted.inc();
         Ok(Ok(ttl))
     }
 
@@ -231,6 +240,7 @@ impl Lessor {
             .map_err(StorageError::backend)?
             .remove(id)
             .map_err(StorageError::backend)?;
+        self.counters.revoked.inc();
         Ok(Ok(lease.keys.into_iter().collect()))
     }
 
@@ -294,6 +304,7 @@ impl Lessor {
         lease.deadline_tick = Some(now + self.ticks(lease.ttl_seconds));
         lease.renewed_tick = now;
         lease.checkpoint_proposed_tick = None;
+        self.counters.renewed.inc();
         Ok(Renewed {
             ttl_seconds: lease.ttl_seconds,
             clear_checkpoint: lease.remaining_seconds.is_some(),

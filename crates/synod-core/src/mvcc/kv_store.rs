@@ -19,6 +19,7 @@ use synod_api::mvccpb::{Event, KeyValue, event::EventType};
 use super::key_index::{KeyAt, KeyRange, TreeIndex};
 use super::revision::Revision;
 use crate::backend::{self, Backend, KEY, META};
+use crate::counters::MvccCounters;
 use crate::crc32c;
 use crate::error::{Error, RequestError, StorageError};
 
@@ -59,6 +60,7 @@ struct IndexState {
 pub struct KvStore {
     backend: Arc<Backend>,
     state: RwLock<IndexState>,
+    counters: MvccCounters,
 }
 
 /// Result of looking up revisions under the index lock.
@@ -75,6 +77,7 @@ impl KvStore {
         let store = KvStore {
             backend,
             state: RwLock::new(state),
+            counters: MvccCounters::default(),
         };
         Ok((store, leased))
     }
@@ -117,6 +120,17 @@ impl KvStore {
 
     pub fn backend(&self) -> &Arc<Backend> {
         &self.backend
+    }
+
+    /// What this store did since the member started.
+    pub fn counters(&self) -> &MvccCounters {
+        &self.counters
+    }
+
+    /// Keys in the index, deleted ones whose history is not compacted away included (etcd's
+    /// `keys_total` counts the same).
+    pub fn keys(&self) -> usize {
+        self.state.read().map(|s| s.index.len()).unwrap_or(0)
     }
 
     /// Reads `[key, range_end)` at a revision; see [`RangeOptions`].
@@ -339,15 +353,21 @@ impl<'s> WriteBatch<'s> {
         };
         let mut table = self.tx.open_table(KEY).map_err(StorageError::backend)?;
         let end = Revision::lower_bound(revision + 1);
+        let mut removed = 0;
         table
             .retain_in(
                 ..end.as_slice(),
                 |rev_bytes, _| match Revision::from_bytes(rev_bytes) {
-                    Some((rev, _)) => keep.contains(&rev),
+                    Some((rev, _)) => {
+                        let kept = keep.contains(&rev);
+                        removed += u64::from(!kept);
+                        kept
+                    }
                     None => true,
                 },
             )
             .map_err(StorageError::backend)?;
+        self.store.counters.compacted_keys.add(removed);
         let mut meta = self.tx.open_table(META).map_err(StorageError::backend)?;
         backend::write_meta_u64(&mut meta, backend::META_COMPACT_REVISION, revision as u64)?;
         self.pending_compact = Some(revision);
@@ -445,6 +465,11 @@ impl RevisionTxn<'_, '_> {
         })
     }
 
+    /// The counters of the store this request writes to.
+    pub fn counters(&self) -> &MvccCounters {
+        &self.batch.store.counters
+    }
+
     /// Returns the live value of one key as this request sees it.
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, Error> {
         let mut result = self.range(key, &[], RangeOptions::default())?;
@@ -453,6 +478,7 @@ impl RevisionTxn<'_, '_> {
 
     /// Writes `key`; returns the new value.
     pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<KeyValue, Error> {
+        self.batch.store.counters.puts.inc();
         let rev = Revision::new(self.main, self.changes.len() as i64);
         let previous = self.batch.store.read_state()?.index.get(key, self.main);
         let (create_revision, version) = match previous {
@@ -500,6 +526,7 @@ impl RevisionTxn<'_, '_> {
 
     /// Deletes every live key in the range; returns the deleted values.
     pub fn delete_range(&mut self, key: &[u8], range_end: &[u8]) -> Result<Vec<KeyValue>, Error> {
+        self.batch.store.counters.deletes.inc();
         let deleted = self.range(key, range_end, RangeOptions::default())?.kvs;
         for kv in &deleted {
             let rev = Revision::new(self.main, self.changes.len() as i64);

@@ -256,6 +256,14 @@ impl WatchHub {
         true
     }
 
+    /// Counts for the metrics: (streams with a watcher, watchers, unsynced watchers).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let state = self.lock();
+        let streams: std::collections::HashSet<StreamId> =
+            state.watchers.keys().map(|(stream, _)| *stream).collect();
+        (streams.len(), state.watchers.len(), state.unsynced.len())
+    }
+
     /// Removes a watcher; returns whether it existed.
     pub fn cancel(&self, stream: StreamId, watch_id: i64) -> bool {
         self.lock().remove((stream, watch_id))

@@ -18,6 +18,8 @@ use super::{Command, FAIL_STOP_EXIT_CODE, Progress, REMOVED_EXIT_CODE};
 use crate::command::Waiter;
 use crate::config::Config;
 use crate::error::ServerError;
+use crate::metrics::disk::TimedFs;
+use crate::metrics::metrics;
 use crate::transport::Transport;
 
 /// Commands handled per turn, so ticks are not starved under load.
@@ -27,10 +29,12 @@ const COMMANDS_PER_TURN_MAX: usize = 4 * 1024;
 const PROPOSAL_BYTES_PER_TURN_MAX: usize = 8 << 20;
 /// How long a removed member keeps running before it stops (etcd: one second).
 const REMOVED_STOP_DELAY: Duration = Duration::from_secs(1);
+/// How often the bytes in use in the state-machine file are measured for the metrics.
+const SPACE_MEASURE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The node loop, ready to run on its own thread.
 pub struct NodeLoop {
-    driver: Driver,
+    driver: Driver<TimedFs>,
     commands: Receiver<Command>,
     /// Handlers waiting, by request id; the driver answers each id once (at the latest with a
     /// timeout), so entries do not outlive their requests for long.
@@ -41,11 +45,13 @@ pub struct NodeLoop {
     transport: Arc<Transport>,
     commands_back: SyncSender<Command>,
     progress: tokio::sync::watch::Sender<Progress>,
+    /// When [`NodeLoop::measure_space`] last measured.
+    space_measured: Instant,
 }
 
 impl NodeLoop {
     pub(super) fn new(
-        driver: Driver,
+        driver: Driver<TimedFs>,
         commands: Receiver<Command>,
         commands_back: SyncSender<Command>,
         transport: Arc<Transport>,
@@ -62,6 +68,9 @@ impl NodeLoop {
             transport,
             commands_back,
             progress,
+            space_measured: Instant::now()
+                .checked_sub(SPACE_MEASURE_INTERVAL)
+                .unwrap_or_else(Instant::now),
         }
     }
 
@@ -144,8 +153,19 @@ impl NodeLoop {
             let mut unreachable = Vec::new();
             let transport = &self.transport;
             let mut send = |messages| unreachable.extend(transport.send(messages));
+            let turn_started = Instant::now();
             if let Err(error) = self.driver.advance(&mut out, &mut send) {
                 fail_stop(&error);
+            }
+            let metrics = metrics();
+            metrics
+                .turn_seconds
+                .observe(turn_started.elapsed().as_secs_f64());
+            metrics.turn_commands.observe(handled as f64);
+            if !out.replies.is_empty() {
+                metrics
+                    .applied_entries_per_turn
+                    .observe(out.replies.len() as f64);
             }
             for peer in unreachable {
                 self.driver.handle(Input::Unreachable(peer), &mut out);
@@ -160,6 +180,7 @@ impl NodeLoop {
             }
             self.dispatch(out);
             self.publish_progress();
+            self.measure_space();
             if removed_at.is_some_and(|at| at.elapsed() >= REMOVED_STOP_DELAY) {
                 if let Err(error) = self.driver.node_mut().sync() {
                     fail_stop(&error);
@@ -185,11 +206,29 @@ impl NodeLoop {
             applied_index: node.machine().applied_index(),
             revision: node.machine().store().current_revision(),
         };
+        let metrics = metrics();
+        metrics.proposals_pending.set(self.waiters.len() as i64);
         self.progress.send_if_modified(|published| {
+            if now.leader_id != 0 && now.leader_id != published.leader_id {
+                metrics.leader_changes.inc();
+            }
             let changed = *published != now;
             *published = now;
             changed
         });
+    }
+
+    /// Measures the bytes in use in the state-machine file now and then: it takes the write
+    /// transaction, which only this thread may hold without stalling apply.
+    fn measure_space(&mut self) {
+        if self.space_measured.elapsed() < SPACE_MEASURE_INTERVAL {
+            return;
+        }
+        self.space_measured = Instant::now();
+        match self.driver.node().machine().backend().in_use_bytes() {
+            Ok(bytes) => metrics().db_in_use.set(bytes as i64),
+            Err(error) => tracing::debug!(%error, "measuring the state machine's space failed"),
+        }
     }
 
     /// Carries out a turn's output: answers, peer links, snapshot files.
@@ -200,6 +239,9 @@ impl NodeLoop {
             self.transport.refresh();
         }
         for reply in out.replies {
+            if reply.outcome.is_err() {
+                metrics().proposals_failed.inc();
+            }
             if let Some(waiter) = self.waiters.remove(&reply.id) {
                 // The handler may have timed out and gone; nothing to do then.
                 let _ = waiter.send(reply.outcome.map_err(ServerError::from));
@@ -272,10 +314,19 @@ impl NodeLoop {
     fn defragment(&mut self) -> Result<(), String> {
         self.driver.node_mut().sync().map_err(|e| e.to_string())?;
         let backend = self.driver.node().machine().backend().clone();
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(5);
+        let metrics = metrics();
+        metrics.defrag_inflight.set(1);
+        let _done = DefragDone;
         loop {
             match backend.defragment() {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    metrics
+                        .defrag_duration
+                        .observe(started.elapsed().as_secs_f64());
+                    return Ok(());
+                }
                 // Readers hold read transactions only briefly; try again until they are gone.
                 Err(error) if Instant::now() < deadline => {
                     tracing::debug!(%error, "defragment waiting for readers");
@@ -284,6 +335,15 @@ impl NodeLoop {
                 Err(error) => return Err(error.to_string()),
             }
         }
+    }
+}
+
+/// Clears `etcd_disk_defrag_inflight` however a defragmentation ends.
+struct DefragDone;
+
+impl Drop for DefragDone {
+    fn drop(&mut self) {
+        metrics().defrag_inflight.set(0);
     }
 }
 

@@ -20,6 +20,7 @@ use synod_core::raft_log::RaftLog;
 use super::node_loop::NodeLoop;
 use super::{APPLY_LAG_MAX, COMMAND_QUEUE_MAX, Member};
 use crate::config::Config;
+use crate::metrics::disk::{TimedFs, TimedStorage};
 use crate::transport::Transport;
 
 /// etcd's member id: SHA-1 of the sorted peer URLs and the cluster token, first 8 bytes.
@@ -85,8 +86,17 @@ impl Member {
             }
             None => None,
         };
-        let backend = Arc::new(Backend::open(&member_dir.join("db"))?);
-        let log = RaftLog::open(&member_dir.join("raft"))?;
+        // The disk, with its syncs timed for the metrics.
+        let db_path = member_dir.join("db");
+        let storage = TimedStorage::open(&db_path)
+            .map_err(|e| StorageError::open(&db_path, format!("state-machine file: {e}")))?;
+        let backend = Arc::new(Backend::open_on(
+            storage,
+            &db_path,
+            synod_core::backend::CACHE_BYTES,
+            Arc::new(synod_core::disk::RealDisk),
+        )?);
+        let log = RaftLog::open_with(&member_dir.join("raft"), Arc::new(TimedFs::default()))?;
         let (member_id, cluster_id) = match backend.identity()? {
             (0, _) if !log.is_new() => {
                 return Err(StorageError::corrupt(

@@ -17,6 +17,7 @@ mod hardening;
 mod kv;
 mod lease;
 mod maintenance;
+mod metrics;
 mod recipes;
 mod tls;
 mod watch;
