@@ -26,6 +26,7 @@ pub mod crc32c;
 pub mod disk;
 pub mod driver;
 pub mod error;
+pub mod etcd_db;
 pub mod fault;
 pub mod lease;
 pub mod mvcc;

@@ -1,7 +1,5 @@
 //! The node loop's inbox: what handlers, the peer transport and background jobs send it.
 
-use std::path::PathBuf;
-
 use synod_core::driver::{Answer, Input};
 use tokio::sync::oneshot;
 
@@ -20,10 +18,6 @@ pub enum Command {
     },
     /// Something for the driver from the peers or a background job (no answer).
     Input(Input),
-    /// Make the state machine durable and copy it to a file; reply with the path.
-    Snapshot {
-        reply: oneshot::Sender<Result<PathBuf, String>>,
-    },
     Defragment {
         reply: oneshot::Sender<Result<(), String>>,
     },

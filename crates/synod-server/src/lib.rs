@@ -42,6 +42,7 @@ pub mod membership;
 pub mod metrics;
 pub mod peer;
 pub mod recipes;
+pub mod scrape;
 pub mod serve;
 pub mod tls;
 pub mod transport;
@@ -118,7 +119,7 @@ pub fn client_router(member: Arc<Member>) -> axum::Router {
     let router = routes
         .into_axum_router()
         .layer(axum::middleware::from_fn(metrics::grpc::middleware))
-        .merge(metrics::router(member.clone()))
+        .merge(scrape::router(member.clone()))
         .merge(gateway::router(services, decode_max * 4 / 3 + 64 * 1024).layer(browsers.clone()))
         .merge(http::router(member.clone()).layer(browsers));
     let router = if member.security.audit.is_on() {
@@ -315,8 +316,7 @@ pub async fn run(
     }
     for (listener, https) in metrics_listeners {
         // `/metrics` and the health endpoints only, as on etcd's metrics URLs.
-        let router =
-            http_edges(metrics::router(member.clone()).merge(http::router(member.clone())));
+        let router = http_edges(scrape::router(member.clone()).merge(http::router(member.clone())));
         tracing::info!(address = %listener.local_addr()?, tls = https, "serving metrics");
         let tls = if https { tls.client.clone() } else { None };
         servers.push(serve_on(listener, router, tls, false));

@@ -1,9 +1,9 @@
 //! Tidy: the structure the architecture promises, checked on the source tree.
 //!
-//! - The crate dependency rule: `synod-api` depends on no Synod crate; `synod-core` on
-//!   `synod-api` alone and on no async runtime or network stack; `synod-sim` on `synod-core` and
-//!   `synod-api`, never the server; `synod-client` on `synod-api` and `synod-tls` alone;
-//!   `synod-tls` on no Synod crate.
+//! - The crate dependency rule: `synod-api`, `synod-tls` and `synod-bbolt` depend on no Synod
+//!   crate; `synod-core` on `synod-api` and `synod-bbolt` alone and on no async runtime or network
+//!   stack; `synod-sim` on `synod-core` and `synod-api`, never the server; `synod-client` on
+//!   `synod-api` and `synod-tls` alone.
 //! - The core reads no clock, opens no socket, starts no thread, and touches files only through
 //!   `disk.rs` (its production `Disk`), raft-engine and redb.
 //! - In the server a gRPC `Status` is built only in `error.rs`.
@@ -76,13 +76,14 @@ fn crates_depend_only_downward() {
             .collect()
     };
     assert_eq!(synod_crates("synod-api"), Vec::<String>::new());
-    assert_eq!(synod_crates("synod-core"), ["synod-api"]);
+    assert_eq!(synod_crates("synod-core"), ["synod-api", "synod-bbolt"]);
+    assert_eq!(synod_crates("synod-bbolt"), Vec::<String>::new());
     assert_eq!(synod_crates("synod-tls"), Vec::<String>::new());
     assert_eq!(synod_crates("synod-client"), ["synod-api", "synod-tls"]);
     assert_eq!(synod_crates("synod-sim"), ["synod-api", "synod-core"]);
     assert_eq!(
         synod_crates("synod-server"),
-        ["synod-api", "synod-core", "synod-tls"]
+        ["synod-api", "synod-bbolt", "synod-core", "synod-tls"]
     );
     for runtime in [
         "tokio",

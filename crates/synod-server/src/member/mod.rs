@@ -8,6 +8,7 @@
 
 mod node_loop;
 mod open;
+pub mod restore;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -332,12 +333,41 @@ impl Member {
         &self.transport
     }
 
-    /// Asks the node loop for a consistent copy of the state-machine file.
+    /// Writes the state machine, as of one consistent view, into a new file in etcd's database
+    /// layout (`synod_core::etcd_db`) under `member/snap`, for `Maintenance.Snapshot` to stream
+    /// and then remove. Off the runtime's workers; the node loop keeps applying meanwhile.
     pub async fn snapshot_file(&self) -> Result<PathBuf, String> {
-        let (reply, receiver) = oneshot::channel();
-        self.send(Command::Snapshot { reply })
-            .map_err(|e| e.to_string())?;
-        receiver.await.map_err(|_| "server stopped".to_owned())?
+        let backend = self.machine.backend.clone();
+        let path = self.config.data_dir.join("member/snap").join(format!(
+            "db-{}-{}.snapshot",
+            std::process::id(),
+            self.next_id()
+        ));
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let written = (|| -> Result<(), String> {
+                let tx = backend.begin_read().map_err(|e| e.to_string())?;
+                let file = std::fs::File::create(&path)
+                    .map_err(|e| format!("creating {}: {e}", path.display()))?;
+                let written = synod_core::etcd_db::export(&tx, std::io::BufWriter::new(file))
+                    .map_err(|e| e.to_string())?;
+                written
+                    .inner
+                    .into_inner()
+                    .map_err(|e| format!("writing {}: {e}", path.display()))?;
+                Ok(())
+            })();
+            if let Err(error) = written {
+                let _ = std::fs::remove_file(&path);
+                return Err(error);
+            }
+            crate::metrics::metrics()
+                .snapshot_duration
+                .observe(started.elapsed().as_secs_f64());
+            Ok(path)
+        })
+        .await
+        .map_err(|_| "the snapshot task failed".to_owned())?
     }
 
     /// Asks the node loop to rewrite the state-machine file compactly.

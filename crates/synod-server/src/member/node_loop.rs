@@ -5,7 +5,7 @@
 //! replaces with its own host.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
@@ -122,9 +122,6 @@ impl NodeLoop {
                         self.driver.handle(input, &mut out);
                     }
                     Command::Input(input) => self.driver.handle(input, &mut out),
-                    Command::Snapshot { reply } => {
-                        let _ = reply.send(self.copy_state_machine());
-                    }
                     Command::Defragment { reply } => {
                         let _ = reply.send(self.defragment());
                     }
@@ -296,21 +293,6 @@ impl NodeLoop {
         }
     }
 
-    fn copy_state_machine(&mut self) -> Result<PathBuf, String> {
-        self.driver.node_mut().sync().map_err(|e| e.to_string())?;
-        let source = self.driver.node().machine().backend().path().to_path_buf();
-        // A name of its own per request: a second snapshot must not rewrite a file still being
-        // streamed to the first client.
-        self.snapshots_taken += 1;
-        let target = self.data_dir.join("member/snap").join(format!(
-            "db-{}-{}.snapshot",
-            std::process::id(),
-            self.snapshots_taken
-        ));
-        copy_file(&source, &target).map_err(|e| format!("copying {}: {e}", source.display()))?;
-        Ok(target)
-    }
-
     fn defragment(&mut self) -> Result<(), String> {
         self.driver.node_mut().sync().map_err(|e| e.to_string())?;
         let backend = self.driver.node().machine().backend().clone();
@@ -345,11 +327,6 @@ impl Drop for DefragDone {
     fn drop(&mut self) {
         metrics().defrag_inflight.set(0);
     }
-}
-
-fn copy_file(source: &Path, target: &Path) -> std::io::Result<()> {
-    std::fs::copy(source, target)?;
-    std::fs::File::open(target)?.sync_all()
 }
 
 pub(super) fn fail_stop(error: &StorageError) -> ! {

@@ -228,7 +228,7 @@ impl slog::Drain for TracingDrain {
 /// the cluster token, so all of them agree without talking. The state machine starts at index 1
 /// (the initial configuration), as if installed from a snapshot; a member that joins later
 /// therefore always catches up by snapshot, which carries the configuration.
-fn bootstrap(config: &Config, backend: &Backend) -> Result<(u64, u64), StartError> {
+pub(super) fn bootstrap(config: &Config, backend: &Backend) -> Result<(u64, u64), StartError> {
     let members: Vec<MemberRecord> = config
         .initial_cluster
         .iter()

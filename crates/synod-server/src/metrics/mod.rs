@@ -5,20 +5,18 @@
 //! One registry per process, as etcd's Go default registry: a process runs one member. Events
 //! are counted where they happen (the gRPC layer in [`grpc`], peer links, the disk in [`disk`]);
 //! values the member already keeps (indexes, sizes, the core's [`synod_core::counters`]) are
-//! copied in when a scrape asks, so the hot path pays nothing for them.
+//! copied in when a scrape asks (`crate::scrape`), so the hot path pays nothing for them.
 
 pub mod disk;
 pub mod grpc;
 mod process;
 
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{LazyLock, Mutex};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-use crate::member::{ETCD_API_VERSION, Member};
 
 /// etcd's WAL fsync and backend commit buckets: 1 ms doubling to 8.192 s.
 fn disk_buckets() -> Vec<f64> {
@@ -436,11 +434,13 @@ impl Metrics {
         }
     }
 
-    /// The text exposition of every metric as of now, with the member's values copied in.
-    pub fn render(&self, member: &Member) -> String {
+    /// The text exposition of every metric as of now; `refresh` first copies in the values
+    /// kept elsewhere (scrapes take turns, so counters advance by differences).
+    pub fn render(&self, refresh: impl FnOnce(&Metrics)) -> String {
         {
             let _guard = self.refresh.lock().unwrap_or_else(|p| p.into_inner());
-            self.refresh_from(member);
+            refresh(self);
+            self.process.refresh();
         }
         let mut families = self.registry.gather();
         // raft-engine's own metrics (`raft_engine_*`) live in the default registry.
@@ -451,107 +451,12 @@ impl Metrics {
         }
         String::from_utf8(text).unwrap_or_default()
     }
-
-    fn refresh_from(&self, member: &Member) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let status = &member.status;
-        let leader = status.leader_id.load(Relaxed);
-        self.has_leader.set(i64::from(leader != 0));
-        self.is_leader
-            .set(i64::from(status.is_leader.load(Relaxed)));
-        self.proposals_committed
-            .set(status.commit_index.load(Relaxed) as i64);
-        self.proposals_applied
-            .set(status.applied_index.load(Relaxed) as i64);
-        self.quota_backend_bytes
-            .set(member.config.quota_backend_bytes as i64);
-        let id = format!("{:x}", member.member_id);
-        self.server_id.with_label_values(&[id.as_str()]).set(1);
-        self.server_version
-            .with_label_values(&[ETCD_API_VERSION])
-            .set(1);
-        self.cluster_version
-            .with_label_values(&[cluster_version()])
-            .set(1);
-        if let Ok(members) = member.members() {
-            let learner = members
-                .iter()
-                .any(|m| m.id == member.member_id && m.is_learner);
-            self.is_learner.set(i64::from(learner));
-        }
-        self.alarms.reset();
-        for (member_id, alarm) in member.machine.alarms.list() {
-            let name = synod_api::etcdserverpb::AlarmType::try_from(alarm)
-                .map(|a| a.as_str_name())
-                .unwrap_or("UNKNOWN");
-            self.alarms
-                .with_label_values(&[format!("{member_id:x}").as_str(), name])
-                .set(1);
-        }
-        self.auth_revision
-            .set(member.machine.auth.revision() as i64);
-
-        let size = member.machine.backend.size_bytes() as i64;
-        self.db_total_size.set(size);
-        self.db_total_size_debugging.set(size);
-        let store = &member.machine.store;
-        let counts = store.counters();
-        advance(&self.range_total, counts.ranges.get());
-        advance(&self.put_total, counts.puts.get());
-        advance(&self.delete_total, counts.deletes.get());
-        advance(&self.txn_total, counts.txns.get());
-        advance(&self.compaction_keys, counts.compacted_keys.get());
-        self.current_revision.set(store.current_revision());
-        self.compact_revision.set(store.compact_revision());
-        self.keys_total.set(store.keys() as i64);
-        let (streams, watchers, unsynced) = member.machine.hub.counts();
-        self.watch_streams.set(streams as i64);
-        self.watchers.set(watchers as i64);
-        self.slow_watchers.set(unsynced as i64);
-        let leases = member.machine.lessor.counters();
-        advance(&self.lease_granted, leases.granted.get());
-        advance(&self.lease_revoked, leases.revoked.get());
-        advance(&self.lease_renewed, leases.renewed.get());
-        self.process.refresh();
-    }
-}
-
-/// The cluster version as etcd reports it: major.minor.
-fn cluster_version() -> &'static str {
-    ETCD_API_VERSION
-        .rsplit_once('.')
-        .map_or(ETCD_API_VERSION, |(major_minor, _)| major_minor)
 }
 
 /// Moves a counter up to `value` (a count kept elsewhere, which only grows).
-fn advance(counter: &IntCounter, value: u64) {
+pub fn advance(counter: &IntCounter, value: u64) {
     let now = counter.get();
     if value > now {
         counter.inc_by(value - now);
     }
-}
-
-/// `/metrics`, on the client URLs and on `--listen-metrics-urls`.
-pub fn router(member: Arc<Member>) -> axum::Router {
-    axum::Router::new()
-        .route("/metrics", axum::routing::get(serve))
-        .with_state(member)
-}
-
-async fn serve(
-    axum::extract::State(member): axum::extract::State<Arc<Member>>,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    // Gathering reads /proc and walks every family: off the runtime's workers.
-    let text = tokio::task::spawn_blocking(move || metrics().render(&member))
-        .await
-        .unwrap_or_default();
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
 }

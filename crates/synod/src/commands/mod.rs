@@ -5,12 +5,10 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use futures::StreamExt;
-use sha2::Digest;
 use synod_client::etcdserverpb::{
     AlarmRequest, AlarmType, CompactionRequest, DeleteRangeRequest, LeaseGrantRequest,
     LeaseKeepAliveRequest, LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest,
-    MemberListRequest, PutRequest, RangeRequest, SnapshotRequest, StatusRequest,
-    WatchCreateRequest, WatchRequest,
+    MemberListRequest, PutRequest, RangeRequest, StatusRequest, WatchCreateRequest, WatchRequest,
     alarm_request::AlarmAction,
     range_request::{SortOrder, SortTarget},
     response_op::Response as OpResponse,
@@ -25,10 +23,12 @@ use crate::output::{self, Format};
 mod auth;
 mod cluster;
 mod lease;
+mod snapshot;
 
 use auth::{AuthCommand, RoleCommand, UserCommand};
 use cluster::{endpoint, member, move_leader};
 use lease::{keep_alive, lease};
+use snapshot::SnapshotCommand;
 
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
@@ -292,12 +292,6 @@ fn parse_member_id(text: &str) -> Result<u64, String> {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum SnapshotCommand {
-    /// Stream a copy of the state-machine file to FILE.
-    Save { file: std::path::PathBuf },
-}
-
-#[derive(Debug, Subcommand)]
 pub enum AlarmCommand {
     /// List raised alarms.
     List,
@@ -370,9 +364,16 @@ pub async fn run(
         }
         ClientCommand::Snapshot(SnapshotCommand::Save { file }) => {
             let client = Client::connect_any(&global.endpoints, global.dial()?).await?;
-            return snapshot_save(&client, &file)
+            return snapshot::save(&client, &file)
                 .await
                 .map(|()| std::process::ExitCode::SUCCESS);
+        }
+        ClientCommand::Snapshot(SnapshotCommand::Status { file }) => {
+            return snapshot::status(&file, global.write_out)
+                .map(|()| std::process::ExitCode::SUCCESS);
+        }
+        ClientCommand::Snapshot(SnapshotCommand::Restore(args)) => {
+            return snapshot::restore(args).map(|()| std::process::ExitCode::SUCCESS);
         }
         _ => {}
     }
@@ -682,35 +683,5 @@ async fn alarm(global: &Global, client: &Client, command: AlarmCommand) -> Resul
             .unwrap_or("UNKNOWN");
         println!("memberID:{:x} alarm:{name} ", alarm.member_id);
     }
-    Ok(())
-}
-
-/// Streams the snapshot into FILE.part, checks the trailing SHA-256 that the server appends, and
-/// renames the verified state-machine file (without the checksum) to FILE.
-async fn snapshot_save(client: &Client, file: &std::path::Path) -> Result<(), ClientError> {
-    let mut stream = client
-        .maintenance()
-        .snapshot(SnapshotRequest {})
-        .await?
-        .into_inner();
-    let mut data = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        data.extend_from_slice(&chunk?.blob);
-    }
-    if data.len() < 32 {
-        return Err(bad("snapshot stream too short"));
-    }
-    let (db, checksum) = data.split_at(data.len() - 32);
-    if sha2::Sha256::digest(db).as_slice() != checksum {
-        return Err(bad("snapshot checksum mismatch: the stream was corrupted"));
-    }
-    let partial = file.with_extension("part");
-    std::fs::write(&partial, db).map_err(|e| bad(format!("writing {}: {e}", partial.display())))?;
-    std::fs::File::open(&partial)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| bad(format!("syncing {}: {e}", partial.display())))?;
-    std::fs::rename(&partial, file)
-        .map_err(|e| bad(format!("renaming to {}: {e}", file.display())))?;
-    println!("Snapshot saved at {}", file.display());
     Ok(())
 }

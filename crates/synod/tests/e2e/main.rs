@@ -5,6 +5,7 @@
 mod harness;
 
 mod auth;
+mod backup;
 mod bench;
 mod cli;
 mod client_recipes;

@@ -135,7 +135,7 @@ async fn http_endpoints_share_the_client_port() {
         200
     );
     // Unknown pages are Go's plain 404, as on etcd, not a gRPC answer.
-    for path in ["/metrics", "/v2/keys", "/x"] {
+    for path in ["/v2/keys", "/x"] {
         let (code, body) = http_get(member.client_port, path).expect("unknown path");
         assert_eq!(
             (code, body.as_str()),

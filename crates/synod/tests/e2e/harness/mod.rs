@@ -536,6 +536,12 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn start(root: &Path) -> Etcd {
+        Etcd::start_on(root, &root.join("etcd-data"), "reference", free_port())
+    }
+
+    /// Starts etcd as member `name` on `data_dir` (restored ones included), with its peer URL on
+    /// `peer_port`.
+    pub fn start_on(root: &Path, data_dir: &Path, name: &str, peer_port: u16) -> Etcd {
         let found = Command::new("etcd")
             .arg("--version")
             .stdout(Stdio::null())
@@ -545,14 +551,13 @@ impl Etcd {
             "etcd is required (Debian package etcd-server); scripts/test installs it"
         );
         let client_port = free_port();
-        let peer_port = free_port();
-        let log_path = root.join("etcd.log");
+        let log_path = root.join(format!("etcd-{name}.log"));
         let log = std::fs::File::create(&log_path).expect("etcd log");
         let client = format!("http://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
         let child = Command::new("etcd")
-            .args(["--name", "reference", "--data-dir"])
-            .arg(root.join("etcd-data"))
+            .args(["--name", name, "--data-dir"])
+            .arg(data_dir)
             .args([
                 "--listen-client-urls",
                 &client,
@@ -565,7 +570,7 @@ impl Etcd {
                 "--initial-advertise-peer-urls",
                 &peer,
             ])
-            .args(["--initial-cluster", &format!("reference={peer}")])
+            .args(["--initial-cluster", &format!("{name}={peer}")])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log)
@@ -634,6 +639,18 @@ impl Cluster {
         extra_args: &[&str],
         tls: Option<(&TestPki, &str)>,
     ) -> Cluster {
+        Cluster::start_prepared(root, size, extra_args, tls, &|_, _, _| {})
+    }
+
+    /// Starts a cluster after `before_launch(name, member, initial_cluster)` has run for each
+    /// member, its ports picked and its data directory not yet created (a restore fills it).
+    pub fn start_prepared(
+        root: &Path,
+        size: usize,
+        extra_args: &[&str],
+        tls: Option<(&TestPki, &str)>,
+        before_launch: &dyn Fn(&str, &Member, &str),
+    ) -> Cluster {
         let mut members: Vec<Member> = (0..size)
             .map(|i| {
                 let mut member = Member::prepare(&root.join(format!("m{i}")), Vec::new());
@@ -658,6 +675,7 @@ impl Cluster {
             ];
             args.extend(extra_args.iter().map(|s| s.to_string()));
             member.set_args(args);
+            before_launch(&format!("m{i}"), member, &initial_cluster);
             member.launch();
         }
         for member in &mut members {
