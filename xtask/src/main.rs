@@ -16,6 +16,7 @@ const PROTOS: &[&str] = &[
     "v3electionpb/v3election.proto",
     "synodpb/internal.proto",
     "synodpb/peer.proto",
+    "synodpb/migrate.proto",
 ];
 
 fn main() -> Result<()> {

@@ -89,6 +89,9 @@ wire_errors! {
     BAD_LEADER_TRANSFEREE = FailedPrecondition, "etcdserver: bad leader transferee";
     CANCELED = Cancelled, "etcdserver: request canceled";
     DEADLINE_EXCEEDED = DeadlineExceeded, "etcdserver: context deadline exceeded";
+    // Synod's own (`synod migrate`), with etcd's prefix so clients treat them alike.
+    IMPORT_NOT_EMPTY = FailedPrecondition, "etcdserver: import target is not empty";
+    IMPORT_REVISION_PAST = FailedPrecondition, "etcdserver: import revision is not after the store's revision";
 }
 
 #[cfg(test)]

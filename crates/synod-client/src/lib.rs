@@ -241,6 +241,13 @@ impl Client {
     pub fn auth(&self) -> AuthClient<Transport> {
         AuthClient::new(self.transport())
     }
+
+    /// Synod's `synodpb.Migrate` service (`synod migrate`).
+    pub fn migrate(&self) -> synod_api::synodpb::migrate_client::MigrateClient<Transport> {
+        synod_api::synodpb::migrate_client::MigrateClient::new(self.transport())
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX)
+    }
 }
 
 fn source_chain(error: &dyn std::error::Error) -> String {

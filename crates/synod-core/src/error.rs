@@ -82,6 +82,10 @@ pub enum RequestError {
     InvalidAuthMgmt,
     #[error("revision of auth store is old")]
     AuthOldRevision,
+    #[error("import target is not empty")]
+    ImportNotEmpty,
+    #[error("import revision is not after the store's revision")]
+    ImportRevisionPast,
 }
 
 /// A failure of the disk or of a file's contents. The member cannot go on safely after one.

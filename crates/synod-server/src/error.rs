@@ -190,6 +190,8 @@ pub fn request_wire_error(error: RequestError) -> WireError {
         RequestError::InvalidAuthToken => errors::INVALID_AUTH_TOKEN,
         RequestError::InvalidAuthMgmt => errors::INVALID_AUTH_MGMT,
         RequestError::AuthOldRevision => errors::AUTH_OLD_REVISION,
+        RequestError::ImportNotEmpty => errors::IMPORT_NOT_EMPTY,
+        RequestError::ImportRevisionPast => errors::IMPORT_REVISION_PAST,
     }
 }
 

@@ -40,6 +40,7 @@ pub mod maintenance;
 pub mod member;
 pub mod membership;
 pub mod metrics;
+pub mod migrate;
 pub mod peer;
 pub mod recipes;
 pub mod scrape;
@@ -105,6 +106,12 @@ pub fn client_router(member: Arc<Member>) -> axum::Router {
     .add_service(AuthServer::from_arc(services.auth.clone()).max_decoding_message_size(buffer_max))
     .add_service(
         ElectionServer::from_arc(services.election.clone()).max_decoding_message_size(buffer_max),
+    )
+    .add_service(
+        synod_api::synodpb::migrate_server::MigrateServer::new(migrate::MigrateService::new(
+            member.clone(),
+        ))
+        .max_decoding_message_size(buffer_max),
     );
     // What web pages may call: the gateway and the HTTP endpoints (gRPC is not reachable from a
     // page: its content type needs a preflight, and HTTP/1.1 to a gRPC path is refused).

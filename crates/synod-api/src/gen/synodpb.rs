@@ -18,7 +18,7 @@ pub struct InternalRequest {
     pub auth: ::core::option::Option<AuthHeader>,
     #[prost(
         oneof = "internal_request::Request",
-        tags = "3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24"
+        tags = "3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26"
     )]
     pub request: ::core::option::Option<internal_request::Request>,
 }
@@ -79,6 +79,11 @@ pub mod internal_request {
         ),
         #[prost(message, tag = "24")]
         Authenticate(super::InternalAuthenticateRequest),
+        /// `synod migrate`: another etcd-API store's keys and history, at its revisions.
+        #[prost(message, tag = "25")]
+        ImportBase(super::ImportBase),
+        #[prost(message, tag = "26")]
+        ImportRevision(super::ImportRevision),
     }
 }
 /// The caller of a client request, as the receiving member identified it.
@@ -139,6 +144,35 @@ pub struct MemberChange {
     /// The member that proposed the change (its waiter is there).
     #[prost(uint64, tag = "3")]
     pub origin: u64,
+}
+/// A copy of another etcd-API store's live keys as read at one revision, sent
+/// in chunks into an empty store (`synod migrate`).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ImportBase {
+    /// The source's revision the keys were read at.
+    #[prost(int64, tag = "1")]
+    pub revision: i64,
+    /// Keys as the source has them: create and mod revision, version, lease.
+    #[prost(message, repeated, tag = "2")]
+    pub kvs: ::prost::alloc::vec::Vec<super::mvccpb::KeyValue>,
+    /// Position of the first of `kvs` in the whole copy; keeps the history keys
+    /// of kvs that share a mod revision distinct.
+    #[prost(int64, tag = "3")]
+    pub first: i64,
+    /// The last chunk: the store moves to `revision`, and the history below it
+    /// (which the copy does not have) counts as compacted.
+    #[prost(bool, tag = "4")]
+    pub last: bool,
+}
+/// One revision of another store's history, applied at exactly that revision.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ImportRevision {
+    #[prost(int64, tag = "1")]
+    pub revision: i64,
+    /// The revision's changes in order: puts and single-key deletes as the
+    /// success branch of a txn without compares.
+    #[prost(message, optional, tag = "2")]
+    pub changes: ::core::option::Option<super::etcdserverpb::TxnRequest>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RaftBatch {
@@ -986,6 +1020,364 @@ pub mod peer_server {
     /// Generated gRPC service name
     pub const SERVICE_NAME: &str = "synodpb.Peer";
     impl<T> tonic::server::NamedService for PeerServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ImportResponse {
+    /// The store's revision after the import.
+    #[prost(message, optional, tag = "1")]
+    pub header: ::core::option::Option<super::etcdserverpb::ResponseHeader>,
+}
+/// Generated client implementations.
+pub mod migrate_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    #[derive(Debug, Clone)]
+    pub struct MigrateClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl<T> MigrateClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> MigrateClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            MigrateClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// A chunk of the source's keys at one revision, into an empty store.
+        pub async fn import_base(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ImportBase>,
+        ) -> std::result::Result<tonic::Response<super::ImportResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/synodpb.Migrate/ImportBase",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("synodpb.Migrate", "ImportBase"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// One revision of the source's history, at exactly that revision.
+        pub async fn import_revision(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ImportRevision>,
+        ) -> std::result::Result<tonic::Response<super::ImportResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/synodpb.Migrate/ImportRevision",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("synodpb.Migrate", "ImportRevision"));
+            self.inner.unary(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod migrate_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with MigrateServer.
+    #[async_trait]
+    pub trait Migrate: std::marker::Send + std::marker::Sync + 'static {
+        /// A chunk of the source's keys at one revision, into an empty store.
+        async fn import_base(
+            &self,
+            request: tonic::Request<super::ImportBase>,
+        ) -> std::result::Result<tonic::Response<super::ImportResponse>, tonic::Status>;
+        /// One revision of the source's history, at exactly that revision.
+        async fn import_revision(
+            &self,
+            request: tonic::Request<super::ImportRevision>,
+        ) -> std::result::Result<tonic::Response<super::ImportResponse>, tonic::Status>;
+    }
+    #[derive(Debug)]
+    pub struct MigrateServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> MigrateServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for MigrateServer<T>
+    where
+        T: Migrate,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/synodpb.Migrate/ImportBase" => {
+                    #[allow(non_camel_case_types)]
+                    struct ImportBaseSvc<T: Migrate>(pub Arc<T>);
+                    impl<T: Migrate> tonic::server::UnaryService<super::ImportBase>
+                    for ImportBaseSvc<T> {
+                        type Response = super::ImportResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ImportBase>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Migrate>::import_base(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ImportBaseSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/synodpb.Migrate/ImportRevision" => {
+                    #[allow(non_camel_case_types)]
+                    struct ImportRevisionSvc<T: Migrate>(pub Arc<T>);
+                    impl<T: Migrate> tonic::server::UnaryService<super::ImportRevision>
+                    for ImportRevisionSvc<T> {
+                        type Response = super::ImportResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ImportRevision>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Migrate>::import_revision(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ImportRevisionSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for MigrateServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "synodpb.Migrate";
+    impl<T> tonic::server::NamedService for MigrateServer<T> {
         const NAME: &'static str = SERVICE_NAME;
     }
 }

@@ -64,6 +64,10 @@ pub enum Response {
     Member(MemberRecord),
     /// An Auth-service change took effect, or a token was issued.
     Auth(crate::auth::Outcome),
+    /// An import from another store (`synod migrate`) was applied; the store's revision now.
+    Imported {
+        revision: i64,
+    },
 }
 
 /// The cluster-wide key of a proposed request: the member that proposed it and its id there.

@@ -32,9 +32,11 @@ pub(super) fn check(
         Request::Alarm(alarm) if alarm.action == AlarmAction::Get as i32 => {
             auth.check_authenticated(caller)
         }
-        Request::Compaction(_) | Request::Alarm(_) | Request::MemberUpdate(_) => {
-            auth.check_root(caller)
-        }
+        Request::Compaction(_)
+        | Request::Alarm(_)
+        | Request::MemberUpdate(_)
+        | Request::ImportBase(_)
+        | Request::ImportRevision(_) => auth.check_root(caller),
         // Only members propose these, without a caller.
         Request::LeaseCheckpoint(_) | Request::MemberAttributes(_) => Ok(()),
         _ => Ok(()),

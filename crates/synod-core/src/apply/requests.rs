@@ -184,6 +184,21 @@ impl StateMachine {
                     }
                 }
             }
+            Some(Request::ImportBase(base)) => self.import_base(batch, &base),
+            Some(Request::ImportRevision(import)) => {
+                if import.revision <= batch.revision() {
+                    return Ok(Err(RequestError::ImportRevisionPast));
+                }
+                // The changes only: a copied revision happened at the source, unconditionally.
+                let changes = TxnRequest {
+                    success: import.changes.unwrap_or_default().success,
+                    ..TxnRequest::default()
+                };
+                batch.skip_to(import.revision - 1);
+                self.txn(batch, &changes).map(|_| Response::Imported {
+                    revision: batch.revision(),
+                })
+            }
             Some(Request::MemberUpdate(update)) => {
                 let tx = batch.transaction();
                 match backend::member(tx, update.id)? {
@@ -201,6 +216,46 @@ impl StateMachine {
             Err(Error::Request(refused)) => Ok(Err(refused)),
             Err(Error::Storage(failure)) => Err(failure),
         }
+    }
+
+    /// A chunk of another store's keys (`synod migrate`): only into an empty store, which the
+    /// last chunk moves to the copy's revision, history below it compacted.
+    fn import_base(
+        &self,
+        batch: &mut crate::mvcc::kv_store::WriteBatch<'_>,
+        base: &synod_api::synodpb::ImportBase,
+    ) -> Result<Response, Error> {
+        // Until the last chunk the store stays at its first revision; one that moved on (a
+        // write, or a finished copy) takes no more.
+        if batch.revision() > 1 || (base.first == 0 && self.store.keys() > 0) {
+            return Err(RequestError::ImportNotEmpty.into());
+        }
+        for kv in &base.kvs {
+            let valid = !kv.key.is_empty()
+                && kv.mod_revision <= base.revision
+                && kv.create_revision >= 1
+                && kv.create_revision <= kv.mod_revision
+                && kv.version >= 1;
+            if !valid {
+                return Err(RequestError::KeyNotFound.into());
+            }
+            if kv.lease != 0 && !self.lessor.contains(kv.lease) {
+                return Err(RequestError::LeaseNotFound.into());
+            }
+        }
+        for (offset, kv) in base.kvs.iter().enumerate() {
+            batch.import_key(kv, base.first + offset as i64)?;
+            if kv.lease != 0 {
+                self.lessor.attach(&kv.key, kv.lease);
+            }
+        }
+        if base.last && base.revision > batch.revision() {
+            batch.skip_to(base.revision);
+            batch.compact(base.revision)?;
+        }
+        Ok(Response::Imported {
+            revision: batch.revision(),
+        })
     }
 
     /// Records a configuration change Raft has accepted in the member list.

@@ -326,6 +326,31 @@ impl<'s> WriteBatch<'s> {
         self.current
     }
 
+    /// Moves the store to `revision` without a change (an import from another store continues
+    /// at that store's revisions). The caller has checked that `revision` is ahead.
+    pub fn skip_to(&mut self, revision: i64) {
+        self.current = self.current.max(revision);
+    }
+
+    /// Writes a key's record as another store has it (`synod migrate`'s base copy): at
+    /// `(kv.mod_revision, sub)` in the history, with its create revision and version in the
+    /// index. No event: the store is empty and nobody watches it yet.
+    pub fn import_key(&mut self, kv: &KeyValue, sub: i64) -> Result<(), StorageError> {
+        let rev = Revision::new(kv.mod_revision, sub);
+        let mut table = self.tx.open_table(KEY).map_err(StorageError::backend)?;
+        table
+            .insert(
+                rev.to_bytes(false).as_slice(),
+                kv.encode_to_vec().as_slice(),
+            )
+            .map_err(StorageError::backend)?;
+        self.store
+            .write_state()?
+            .index
+            .restore(&kv.key, rev, kv.create_revision, kv.version);
+        Ok(())
+    }
+
     /// Starts one request: every change it makes shares the next revision.
     pub fn begin(&mut self) -> RevisionTxn<'_, 's> {
         let main = self.current + 1;

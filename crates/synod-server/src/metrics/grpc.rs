@@ -96,6 +96,8 @@ const METHODS: &[(&str, &str, &str)] = &[
     ("v3electionpb.Election", "Resign", UNARY),
     ("v3lockpb.Lock", "Lock", UNARY),
     ("v3lockpb.Lock", "Unlock", UNARY),
+    ("synodpb.Migrate", "ImportBase", UNARY),
+    ("synodpb.Migrate", "ImportRevision", UNARY),
 ];
 
 /// One method's series, resolved once so a call pays no label lookups.

@@ -23,6 +23,7 @@ use crate::output::{self, Format};
 mod auth;
 mod cluster;
 mod lease;
+mod migrate;
 mod snapshot;
 
 use auth::{AuthCommand, RoleCommand, UserCommand};
@@ -56,6 +57,9 @@ pub enum ClientCommand {
     /// Snapshot commands.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Copy a live etcd cluster into this one at its revisions and follow its changes until
+    /// interrupted (the target is --endpoints; see docs/MIGRATION.md).
+    Migrate(migrate::MigrateArgs),
     /// Alarm commands.
     #[command(subcommand)]
     Alarm(AlarmCommand),
@@ -362,6 +366,11 @@ pub async fn run(
                 .await
                 .map(|()| std::process::ExitCode::SUCCESS);
         }
+        ClientCommand::Migrate(args) => {
+            return migrate::migrate(global, args)
+                .await
+                .map(|()| std::process::ExitCode::SUCCESS);
+        }
         ClientCommand::Snapshot(SnapshotCommand::Save { file }) => {
             let client = Client::connect_any(&global.endpoints, global.dial()?).await?;
             return snapshot::save(&client, &file)
@@ -417,6 +426,7 @@ async fn unary(
         ClientCommand::Endpoint(_)
         | ClientCommand::Watch(_)
         | ClientCommand::Snapshot(_)
+        | ClientCommand::Migrate(_)
         | ClientCommand::Lock(_)
         | ClientCommand::Elect(_)
         | ClientCommand::Fence(_)

@@ -327,3 +327,145 @@ async fn etcd_reads_and_restores_a_synod_backup() {
         .expect("connect to etcd");
     assert_eq!(dump(&mut reference).await, expected);
 }
+
+/// A `synod migrate` process, killed when dropped.
+struct Migration(std::process::Child);
+
+impl Drop for Migration {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Goal: `synod migrate` copies a live etcd into an empty Synod and follows it while clients
+/// write (puts, overwrites, deletes, txns, leases granted and revoked); once the writes stop it
+/// catches up, and every key's value, create and mod revision, version and lease are etcd's,
+/// at etcd's revision.
+#[tokio::test]
+async fn migrate_follows_a_live_etcd_under_writes() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let etcd = Etcd::start(root.path());
+    let mut source = Client::connect([etcd.endpoint()], None)
+        .await
+        .expect("connect to etcd");
+    write_history(&mut source).await;
+    let member = Member::start(&root.path().join("synod"), &[]);
+    let log = std::fs::File::create(root.path().join("migrate.log")).expect("log");
+    let migration = Migration(
+        std::process::Command::new(synod_binary())
+            .args([
+                "--endpoints",
+                &member.endpoint(),
+                "migrate",
+                "--from",
+                &etcd.endpoint(),
+            ])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start synod migrate"),
+    );
+    // Writes while the migration copies and follows, bounded in count.
+    let mut revoked = 0;
+    for round in 0..60 {
+        let key = format!("live/k{}", round % 17);
+        source
+            .put(key.as_str(), format!("r{round}"), None)
+            .await
+            .expect("put");
+        if round % 5 == 0 {
+            source
+                .delete(format!("live/k{}", (round + 3) % 17), None)
+                .await
+                .expect("delete");
+        }
+        if round % 7 == 0 {
+            let lease = source.lease_grant(300, None).await.expect("grant").id();
+            source
+                .txn(Txn::new().and_then([
+                    TxnOp::put(
+                        format!("txn/{round}/a"),
+                        "1",
+                        Some(PutOptions::new().with_lease(lease)),
+                    ),
+                    TxnOp::put(format!("txn/{round}/b"), "2", None),
+                ]))
+                .await
+                .expect("txn");
+            if round % 14 == 0 {
+                source.lease_revoke(lease).await.expect("revoke");
+                revoked += 1;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(revoked > 0);
+    let expected = dump(&mut source).await;
+    let mut target = member.etcd_client().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = dump(&mut target).await;
+        if now.0 == expected.0 {
+            assert_eq!(
+                now, expected,
+                "Synod differs from etcd at revision {}",
+                expected.0
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the migration did not catch up: Synod at {}, etcd at {}; log:\n{}",
+            now.0,
+            expected.0,
+            std::fs::read_to_string(root.path().join("migrate.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The leases etcd still has are here, holding the same keys.
+    let mut live = source
+        .leases()
+        .await
+        .expect("etcd leases")
+        .leases()
+        .iter()
+        .map(|l| l.id())
+        .collect::<Vec<_>>();
+    live.sort();
+    assert!(!live.is_empty());
+    for lease in live {
+        assert_eq!(
+            lease_keys(&mut target, lease).await,
+            lease_keys(&mut source, lease).await
+        );
+    }
+    drop(migration);
+
+    // The target takes no base copy now that it has keys, and no revision it has passed.
+    let synod =
+        synod_client::Client::connect(&member.endpoint(), std::time::Duration::from_secs(2))
+            .await
+            .expect("connect");
+    let refused = synod
+        .migrate()
+        .import_base(synod_api::synodpb::ImportBase {
+            revision: 1_000,
+            ..Default::default()
+        })
+        .await
+        .expect_err("a base copy into a store with keys");
+    assert_eq!(refused.message(), "etcdserver: import target is not empty");
+    let refused = synod
+        .migrate()
+        .import_revision(synod_api::synodpb::ImportRevision {
+            revision: expected.0,
+            changes: None,
+        })
+        .await
+        .expect_err("a revision the store has");
+    assert_eq!(
+        refused.message(),
+        "etcdserver: import revision is not after the store's revision"
+    );
+}
