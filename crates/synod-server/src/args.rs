@@ -181,6 +181,21 @@ pub struct ServerArgs {
     /// `basic`, or `extensive` to also export `grpc_server_handling_seconds`.
     #[arg(long, env = "SYNOD_METRICS")]
     pub metrics: Option<String>,
+    /// Export request spans over OTLP/gRPC (off by default).
+    #[arg(long, env = "SYNOD_ENABLE_DISTRIBUTED_TRACING", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub enable_distributed_tracing: Option<bool>,
+    /// The OTLP/gRPC collector [default: localhost:4317].
+    #[arg(long, env = "SYNOD_DISTRIBUTED_TRACING_ADDRESS")]
+    pub distributed_tracing_address: Option<String>,
+    /// `service.name` of the spans [default: synod].
+    #[arg(long, env = "SYNOD_DISTRIBUTED_TRACING_SERVICE_NAME")]
+    pub distributed_tracing_service_name: Option<String>,
+    /// `service.instance.id` of the spans [default: the member's name].
+    #[arg(long, env = "SYNOD_DISTRIBUTED_TRACING_INSTANCE_ID")]
+    pub distributed_tracing_instance_id: Option<String>,
+    /// Requests traced per million among those whose caller does not trace them [default: 0].
+    #[arg(long, env = "SYNOD_DISTRIBUTED_TRACING_SAMPLING_RATE")]
+    pub distributed_tracing_sampling_rate: Option<u32>,
 }
 
 impl ServerArgs {
@@ -255,6 +270,21 @@ impl ServerArgs {
             host_whitelist: self.host_whitelist.or(other.host_whitelist),
             listen_metrics_urls: self.listen_metrics_urls.or(other.listen_metrics_urls),
             metrics: self.metrics.or(other.metrics),
+            enable_distributed_tracing: self
+                .enable_distributed_tracing
+                .or(other.enable_distributed_tracing),
+            distributed_tracing_address: self
+                .distributed_tracing_address
+                .or(other.distributed_tracing_address),
+            distributed_tracing_service_name: self
+                .distributed_tracing_service_name
+                .or(other.distributed_tracing_service_name),
+            distributed_tracing_instance_id: self
+                .distributed_tracing_instance_id
+                .or(other.distributed_tracing_instance_id),
+            distributed_tracing_sampling_rate: self
+                .distributed_tracing_sampling_rate
+                .or(other.distributed_tracing_sampling_rate),
             audit_log: self.audit_log.or(other.audit_log),
             audit_log_max_bytes: self.audit_log_max_bytes.or(other.audit_log_max_bytes),
         }

@@ -15,6 +15,9 @@ pub enum Command {
         id: u64,
         input: Input,
         reply: Waiter,
+        /// The request's span (disabled unless tracing is on): the node loop marks on it when
+        /// the request reached the driver and when it was answered.
+        span: tracing::Span,
     },
     /// Something for the driver from the peers or a background job (no answer).
     Input(Input),

@@ -74,6 +74,8 @@ pub struct Config {
     pub listen_metrics_urls: Vec<String>,
     /// `--metrics extensive`.
     pub metrics_extensive: bool,
+    /// Request spans exported over OTLP, when `--enable-distributed-tracing`.
+    pub tracing: Option<crate::telemetry::TracingSettings>,
 }
 
 /// A setting that cannot be used.
@@ -243,6 +245,23 @@ impl Config {
         {
             socket_address(url)?;
         }
+        let tracing_settings = args.enable_distributed_tracing.unwrap_or(false).then(|| {
+            crate::telemetry::TracingSettings {
+                address: args
+                    .distributed_tracing_address
+                    .clone()
+                    .unwrap_or_else(|| "localhost:4317".to_owned()),
+                service_name: args
+                    .distributed_tracing_service_name
+                    .clone()
+                    .unwrap_or_else(|| "synod".to_owned()),
+                instance_id: args
+                    .distributed_tracing_instance_id
+                    .clone()
+                    .unwrap_or_else(|| name.clone()),
+                samples_per_million: args.distributed_tracing_sampling_rate.unwrap_or(0),
+            }
+        });
         let metrics_extensive = match args.metrics.as_deref().unwrap_or("basic") {
             "basic" => false,
             "extensive" => true,
@@ -308,6 +327,7 @@ impl Config {
             audit_log_bytes_max: args.audit_log_max_bytes.unwrap_or(100 << 20),
             listen_metrics_urls,
             metrics_extensive,
+            tracing: tracing_settings,
         })
     }
 

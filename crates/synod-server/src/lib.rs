@@ -45,6 +45,7 @@ pub mod peer;
 pub mod recipes;
 pub mod scrape;
 pub mod serve;
+pub mod telemetry;
 pub mod tls;
 pub mod transport;
 pub mod validate;

@@ -179,7 +179,6 @@ fn main() -> ExitCode {
 }
 
 fn run_server(args: synod_server::config::ServerArgs) -> ExitCode {
-    init_logging();
     let config = match synod_server::config::Config::resolve(args) {
         Ok(config) => config,
         Err(error) => {
@@ -197,6 +196,18 @@ fn run_server(args: synod_server::config::ServerArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The span exporter's gRPC client lives on the runtime.
+    let telemetry = {
+        let _entered = runtime.enter();
+        synod_server::telemetry::install(config.tracing.as_ref())
+    };
+    let _telemetry = match telemetry {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("synod server: {error}");
+            return ExitCode::from(2);
+        }
+    };
     match runtime.block_on(synod_server::run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -204,27 +215,6 @@ fn run_server(args: synod_server::config::ServerArgs) -> ExitCode {
             eprintln!("synod server: {error:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SYNOD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,raft=warn"));
-    let json = std::env::var("SYNOD_LOG_FORMAT").is_ok_and(|format| format == "json");
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    // Not `init()`: that would install tracing-log's bridge for `log` records, and raft-engine's
-    // need ours (see `synod_server::log_bridge`).
-    let installed = if json {
-        tracing::subscriber::set_global_default(builder.json().finish())
-    } else {
-        tracing::subscriber::set_global_default(builder.finish())
-    };
-    if installed.is_ok() {
-        synod_server::log_bridge::install();
     }
 }
 

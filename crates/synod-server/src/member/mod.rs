@@ -149,6 +149,7 @@ impl Member {
             id,
             input: input(id),
             reply,
+            span: tracing::Span::current(),
         })?;
         match tokio::time::timeout(self.request_timeout, answer).await {
             Ok(Ok(outcome)) => outcome,
@@ -188,12 +189,19 @@ impl Member {
         if request.encoded_len() > self.config.request_bytes_max {
             return Err(ServerError::RequestTooLarge);
         }
-        let answer = self
-            .call(|id| {
+        let span = tracing::trace_span!(
+            "propose",
+            otel.name = "propose",
+            bytes = request.encoded_len()
+        );
+        let answer = tracing::Instrument::instrument(
+            self.call(|id| {
                 request.id = id;
                 Input::Propose { request }
-            })
-            .await?;
+            }),
+            span,
+        )
+        .await?;
         match answer {
             Answer::Applied(response) => Ok(response),
             other => Err(unexpected_answer(&other)),
@@ -206,7 +214,10 @@ impl Member {
         if self.transport.faults.unsafe_local_reads() {
             return Ok(());
         }
-        match self.call(|token| Input::Read { token }).await? {
+        let span = tracing::trace_span!("read_index", otel.name = "read_index");
+        match tracing::Instrument::instrument(self.call(|token| Input::Read { token }), span)
+            .await?
+        {
             Answer::ReadReady => Ok(()),
             other => Err(unexpected_answer(&other)),
         }

@@ -38,7 +38,7 @@ pub struct NodeLoop {
     commands: Receiver<Command>,
     /// Handlers waiting, by request id; the driver answers each id once (at the latest with a
     /// timeout), so entries do not outlive their requests for long.
-    waiters: HashMap<u64, Waiter>,
+    waiters: HashMap<u64, (Waiter, tracing::Span)>,
     tick: Duration,
     data_dir: PathBuf,
     snapshots_taken: u64,
@@ -114,11 +114,17 @@ impl NodeLoop {
             let mut next = first;
             while let Some(command) = next {
                 match command {
-                    Command::Client { id, input, reply } => {
+                    Command::Client {
+                        id,
+                        input,
+                        reply,
+                        span,
+                    } => {
                         if let Input::Propose { request } = &input {
                             proposed_bytes += request.encoded_len();
                         }
-                        self.waiters.insert(id, reply);
+                        tracing::trace!(parent: &span, "queued");
+                        self.waiters.insert(id, (reply, span));
                         self.driver.handle(input, &mut out);
                     }
                     Command::Input(input) => self.driver.handle(input, &mut out),
@@ -151,7 +157,10 @@ impl NodeLoop {
             let transport = &self.transport;
             let mut send = |messages| unreachable.extend(transport.send(messages));
             let turn_started = Instant::now();
-            if let Err(error) = self.driver.advance(&mut out, &mut send) {
+            let turn =
+                tracing::trace_span!("node.turn", otel.name = "node.turn", commands = handled);
+            let advanced = turn.in_scope(|| self.driver.advance(&mut out, &mut send));
+            if let Err(error) = advanced {
                 fail_stop(&error);
             }
             let metrics = metrics();
@@ -239,7 +248,8 @@ impl NodeLoop {
             if reply.outcome.is_err() {
                 metrics().proposals_failed.inc();
             }
-            if let Some(waiter) = self.waiters.remove(&reply.id) {
+            if let Some((waiter, span)) = self.waiters.remove(&reply.id) {
+                tracing::trace!(parent: &span, ok = reply.outcome.is_ok(), "applied");
                 // The handler may have timed out and gone; nothing to do then.
                 let _ = waiter.send(reply.outcome.map_err(ServerError::from));
             }

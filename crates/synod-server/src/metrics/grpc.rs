@@ -209,6 +209,18 @@ pub async fn middleware(request: Request, next: Next) -> Response {
     };
     method.started.inc();
     let started = Instant::now();
+    let [_, service, name] = method.labels;
+    // The call's span (exported only with --enable-distributed-tracing; see `crate::telemetry`).
+    let span = tracing::trace_span!(
+        "grpc",
+        otel.name = %&request.uri().path()[1..],
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = name,
+        rpc.grpc.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::continue_trace(&span, request.headers());
     let request = request.map(|body| {
         Body::new(Counted {
             inner: body,
@@ -217,11 +229,12 @@ pub async fn middleware(request: Request, next: Next) -> Response {
             sending: None,
         })
     });
-    let response = next.run(request).await;
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
     // A call that fails before any message carries its status in the headers (trailers-only).
     let ended = status_code(response.headers());
     if let Some(code) = ended {
         grpc.finish(&method, code, started);
+        span.record("rpc.grpc.status_code", code);
     }
     response.map(|body| {
         Body::new(Counted {
@@ -231,6 +244,7 @@ pub async fn middleware(request: Request, next: Next) -> Response {
             sending: Some(Sending {
                 started,
                 finished: ended.is_some(),
+                span,
             }),
         })
     })
@@ -243,10 +257,12 @@ fn status_code(headers: &axum::http::HeaderMap) -> Option<usize> {
     Some(if code < CODES.len() { code } else { UNKNOWN })
 }
 
-/// A response body being sent: when its call started, and whether its end was counted.
+/// A response body being sent: when its call started, whether its end was counted, and the
+/// call's span, which ends when the body does.
 struct Sending {
     started: Instant,
     finished: bool,
+    span: tracing::Span,
 }
 
 /// A request or response body that counts its bytes and gRPC messages as they pass.
@@ -267,6 +283,7 @@ impl Counted {
             super::metrics()
                 .grpc
                 .finish(&self.method, code, sending.started);
+            sending.span.record("rpc.grpc.status_code", code);
         }
     }
 }

@@ -20,5 +20,6 @@ mod lease;
 mod maintenance;
 mod metrics;
 mod recipes;
+mod telemetry;
 mod tls;
 mod watch;
