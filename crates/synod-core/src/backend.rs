@@ -19,6 +19,9 @@ use crate::error::StorageError;
 
 /// Key history: revision bytes (see [`crate::mvcc::revision`]) to an encoded `mvccpb.KeyValue`.
 pub const KEY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("key");
+/// Long values, in chunks: revision bytes and the chunk's index (u32, big-endian) to the chunk
+/// (see [`crate::mvcc::rows`]).
+pub const VALUE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("value");
 /// Small named values; see the `META_*` names.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Leases: id to an encoded `synodpb.LeaseRecord`.
@@ -109,6 +112,7 @@ impl Backend {
         let tx = db.begin_write().map_err(StorageError::backend)?;
         {
             tx.open_table(KEY).map_err(StorageError::backend)?;
+            tx.open_table(VALUE).map_err(StorageError::backend)?;
             tx.open_table(META).map_err(StorageError::backend)?;
             tx.open_table(LEASE).map_err(StorageError::backend)?;
             tx.open_table(MEMBERS).map_err(StorageError::backend)?;
@@ -353,6 +357,7 @@ fn copy_tables(
         cursor.close().map_err(StorageError::backend)
     }
     copy(from, to, KEY, replace)?;
+    copy(from, to, VALUE, replace)?;
     copy(from, to, META, replace)?;
     copy(from, to, LEASE, replace)?;
     copy(from, to, MEMBERS, replace)?;

@@ -16,10 +16,13 @@ use synod_api::etcdserverpb::AlarmMember;
 use synod_api::synodpb::MemberRecord;
 use synod_bbolt::{ReadAt, Reader, Writer, Written};
 
-use crate::backend::{self, ALARM, AUTH_ROLES, AUTH_USERS, KEY, LEASE, MEMBERS, META, REMOVED};
+use crate::backend::{
+    self, ALARM, AUTH_ROLES, AUTH_USERS, KEY, LEASE, MEMBERS, META, REMOVED, VALUE,
+};
 use crate::crc32c;
 use crate::error::StorageError;
 use crate::mvcc::revision::Revision;
+use crate::mvcc::rows;
 
 /// The cluster version written into a snapshot. etcd 3.4 to 3.6 open such a file; the storage
 /// version key (3.6) is left out so that 3.4 and 3.5 do not meet a schema newer than theirs.
@@ -88,6 +91,7 @@ pub fn export<W: Write + Seek>(tx: &ReadTransaction, out: W) -> Result<Written<W
         .map_err(bbolt)?;
 
     writer.bucket(b"key").map_err(bbolt)?;
+    let values = tx.open_table(VALUE).map_err(StorageError::backend)?;
     for entry in tx
         .open_table(KEY)
         .map_err(StorageError::backend)?
@@ -95,7 +99,8 @@ pub fn export<W: Write + Seek>(tx: &ReadTransaction, out: W) -> Result<Written<W
         .map_err(StorageError::backend)?
     {
         let (revision, value) = entry.map_err(StorageError::backend)?;
-        writer.put(revision.value(), value.value()).map_err(bbolt)?;
+        let row = rows::etcd_row(&values, revision.value(), value.value())?;
+        writer.put(revision.value(), &row).map_err(bbolt)?;
     }
 
     writer.bucket(b"lease").map_err(bbolt)?;
@@ -281,6 +286,7 @@ pub fn import<R: ReadAt>(
             ));
         };
         let mut table = tx.open_table(KEY).map_err(StorageError::backend)?;
+        let mut values = tx.open_table(VALUE).map_err(StorageError::backend)?;
         let mut cursor = table
             .upper_bound_mut(std::ops::Bound::<&[u8]>::Unbounded)
             .map_err(StorageError::backend)?;
@@ -291,16 +297,20 @@ pub fn import<R: ReadAt>(
                     "etcd database: malformed revision key {revision:?}"
                 )));
             };
-            synod_api::mvccpb::KeyValue::decode(value.as_slice()).map_err(|e| {
+            let kv = synod_api::mvccpb::KeyValue::decode(value.as_slice()).map_err(|e| {
                 StorageError::corrupt(format!(
                     "etcd database: revision {}/{}: {e}",
                     rev.main, rev.sub
                 ))
             })?;
             // bbolt iterates in key order, which is revision order: appends at the end.
+            let (row, spilled) = rows::encode(&kv);
             cursor
-                .insert_before(revision.as_slice(), value.as_slice())
+                .insert_before(revision.as_slice(), row.as_slice())
                 .map_err(StorageError::backend)?;
+            if spilled {
+                rows::write_value(&mut values, &revision, &kv.value)?;
+            }
             imported.revision = rev.main;
             imported.history_rows += 1;
         }

@@ -450,15 +450,27 @@ mod tests {
     use super::*;
 
     fn put_entry(index: u64, id: u64, value: &str) -> Entry {
+        put_bytes_entry(index, id, value.as_bytes())
+    }
+
+    fn put_bytes_entry(index: u64, id: u64, value: &[u8]) -> Entry {
+        request_entry(
+            index,
+            id,
+            Request::Put(PutRequest {
+                key: b"k".to_vec(),
+                value: value.to_vec(),
+                ..PutRequest::default()
+            }),
+        )
+    }
+
+    fn request_entry(index: u64, id: u64, request: Request) -> Entry {
         let request = InternalRequest {
             auth: None,
             id,
             origin: 7,
-            request: Some(Request::Put(PutRequest {
-                key: b"k".to_vec(),
-                value: value.as_bytes().to_vec(),
-                ..PutRequest::default()
-            })),
+            request: Some(request),
         };
         Entry {
             index,
@@ -509,5 +521,116 @@ mod tests {
             4,
             "only request 9 applied"
         );
+    }
+
+    /// Goal: a value longer than a chunk is stored in chunks and read back whole by ranges,
+    /// watch catch-up and etcd-format snapshots; its hash is the hash of etcd's layout; a
+    /// compaction removes the chunks of the revisions it removes and keeps the others.
+    #[test]
+    fn long_values_are_chunked_and_read_back_whole_everywhere() {
+        use crate::mvcc::kv_store::RangeOptions;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backend = Arc::new(Backend::open(&dir.path().join("db")).expect("open"));
+        let mut machine = StateMachine::open(backend.clone(), 100, 1, 1).expect("machine");
+        let long: Vec<u8> = (0..crate::mvcc::rows::CHUNK_BYTES * 5 + 17)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let longer: Vec<u8> = long.iter().rev().copied().chain([9u8; 3000]).collect();
+        machine
+            .apply(
+                &[
+                    put_bytes_entry(1, 1, &long),
+                    put_bytes_entry(2, 2, &longer),
+                    put_entry(3, 3, "short"),
+                ],
+                no_conf_change,
+                false,
+            )
+            .expect("apply");
+        let store = machine.store().clone();
+        let at = |revision| {
+            store
+                .range(
+                    b"k",
+                    &[],
+                    RangeOptions {
+                        revision,
+                        ..RangeOptions::default()
+                    },
+                )
+                .expect("range")
+                .kvs[0]
+                .value
+                .clone()
+        };
+        assert_eq!(at(2), long);
+        assert_eq!(at(3), longer);
+        assert_eq!(at(4), b"short");
+        let events = store.events(2, 4, 10).expect("events");
+        assert_eq!(events[0].kv.as_ref().expect("kv").value, long);
+        assert_eq!(events[1].kv.as_ref().expect("kv").value, longer);
+        let chunks = |backend: &Backend| {
+            let tx = backend.begin_read().expect("read");
+            let table = tx.open_table(crate::backend::VALUE).expect("table");
+            redb::ReadableTableMetadata::len(&table).expect("len")
+        };
+        assert_eq!(chunks(&backend), 6 + 7);
+
+        // The hash is over etcd's layout: the same with the values inline.
+        let (hash, _, _) = store.hash_kv(4).expect("hash");
+        let mut expected = crate::crc32c::Hasher::new();
+        expected.update(b"key");
+        for (main, value) in [(2i64, &long), (3, &longer), (4, &b"short".to_vec())] {
+            let revision = crate::mvcc::revision::Revision::new(main, 0);
+            let kv = KeyValue {
+                key: b"k".to_vec(),
+                create_revision: 2,
+                mod_revision: main,
+                version: main - 1,
+                value: value.clone(),
+                lease: 0,
+            };
+            expected.update(&revision.to_bytes(false));
+            expected.update(&kv.encode_to_vec());
+        }
+        assert_eq!(hash, expected.finish());
+
+        // An etcd-format snapshot holds the values whole, and imports back into chunks.
+        let mut file = std::io::Cursor::new(Vec::new());
+        let tx = backend.begin_read().expect("read");
+        crate::etcd_db::export(&tx, &mut file).expect("export");
+        drop(tx);
+        let reader = synod_bbolt::Reader::new(file.into_inner()).expect("bbolt");
+        let bucket = reader.bucket(b"key").expect("buckets").expect("key bucket");
+        let rows: Vec<_> = reader.iter(&bucket).map(|r| r.expect("row")).collect();
+        assert_eq!(
+            KeyValue::decode(rows[0].1.as_slice()).expect("kv").value,
+            long
+        );
+        let copy = Backend::open(&dir.path().join("copy")).expect("open copy");
+        let mut tx = copy.begin_write().expect("write");
+        crate::etcd_db::import(&reader, &tx).expect("import");
+        tx.set_durability(redb::Durability::Immediate)
+            .expect("durable");
+        tx.commit().expect("commit");
+        assert_eq!(chunks(&copy), 6 + 7);
+
+        // Compacting to revision 4 removes revisions 2 and 3 with their chunks.
+        machine
+            .apply(
+                &[request_entry(
+                    4,
+                    4,
+                    Request::Compaction(synod_api::etcdserverpb::CompactionRequest {
+                        revision: 4,
+                        physical: false,
+                    }),
+                )],
+                no_conf_change,
+                false,
+            )
+            .expect("compact");
+        assert_eq!(chunks(&backend), 0);
+        assert_eq!(at(4), b"short");
     }
 }

@@ -18,7 +18,8 @@ use synod_api::mvccpb::{Event, KeyValue, event::EventType};
 
 use super::key_index::{KeyAt, KeyRange, TreeIndex};
 use super::revision::Revision;
-use crate::backend::{self, Backend, KEY, META};
+use super::rows;
+use crate::backend::{self, Backend, KEY, META, VALUE};
 use crate::counters::MvccCounters;
 use crate::crc32c;
 use crate::error::{Error, RequestError, StorageError};
@@ -150,7 +151,8 @@ impl KvStore {
             (tx, state.current, lookup)
         };
         let table = tx.open_table(KEY).map_err(StorageError::backend)?;
-        let kvs = fetch(&table, &lookup.keys)?;
+        let values = tx.open_table(VALUE).map_err(StorageError::backend)?;
+        let kvs = fetch(&table, &values, &lookup.keys)?;
         Ok(RangeResult {
             kvs,
             count: lookup.count,
@@ -169,6 +171,7 @@ impl KvStore {
             self.backend.begin_read()?
         };
         let table = tx.open_table(KEY).map_err(StorageError::backend)?;
+        let values = tx.open_table(VALUE).map_err(StorageError::backend)?;
         let start = Revision::lower_bound(from);
         let end = Revision::lower_bound(to.saturating_add(1));
         let mut events = Vec::new();
@@ -188,8 +191,7 @@ impl KvStore {
                 revisions += 1;
                 last_main = rev.main;
             }
-            let mut kv = KeyValue::decode(value.value())
-                .map_err(|e| StorageError::corrupt(e.to_string()))?;
+            let mut kv = rows::decode(&values, rev_bytes.value(), value.value())?;
             let kind = if tombstone {
                 kv.mod_revision = rev.main;
                 EventType::Delete
@@ -222,6 +224,7 @@ impl KvStore {
             (self.backend.begin_read()?, at, state.compact, visible)
         };
         let table = tx.open_table(KEY).map_err(StorageError::backend)?;
+        let values = tx.open_table(VALUE).map_err(StorageError::backend)?;
         let mut hash = crc32c::Hasher::new();
         hash.update(b"key");
         let end = Revision::lower_bound(at.saturating_add(1));
@@ -236,7 +239,7 @@ impl KvStore {
                 continue;
             }
             hash.update(rev_bytes.value());
-            hash.update(value.value());
+            hash.update(&rows::etcd_row(&values, rev_bytes.value(), value.value())?);
         }
         Ok((hash.finish(), compact, at))
     }
@@ -281,6 +284,7 @@ fn lookup(index: &TreeIndex, range: KeyRange<'_>, at: i64, options: RangeOptions
 
 fn fetch(
     table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    values: &impl ReadableTable<&'static [u8], &'static [u8]>,
     keys: &[(Vec<u8>, KeyAt)],
 ) -> Result<Vec<KeyValue>, StorageError> {
     let mut kvs = Vec::with_capacity(keys.len());
@@ -297,9 +301,7 @@ fn fetch(
                     state.modified.sub
                 ))
             })?;
-        let kv =
-            KeyValue::decode(value.value()).map_err(|e| StorageError::corrupt(e.to_string()))?;
-        kvs.push(kv);
+        kvs.push(rows::decode(values, &rev_bytes, value.value())?);
     }
     Ok(kvs)
 }
@@ -338,12 +340,7 @@ impl<'s> WriteBatch<'s> {
     pub fn import_key(&mut self, kv: &KeyValue, sub: i64) -> Result<(), StorageError> {
         let rev = Revision::new(kv.mod_revision, sub);
         let mut table = self.tx.open_table(KEY).map_err(StorageError::backend)?;
-        table
-            .insert(
-                rev.to_bytes(false).as_slice(),
-                kv.encode_to_vec().as_slice(),
-            )
-            .map_err(StorageError::backend)?;
+        rows::write(&self.tx, &mut table, &rev.to_bytes(false), kv)?;
         self.store
             .write_state()?
             .index
@@ -379,19 +376,29 @@ impl<'s> WriteBatch<'s> {
         let mut table = self.tx.open_table(KEY).map_err(StorageError::backend)?;
         let end = Revision::lower_bound(revision + 1);
         let mut removed = 0;
+        let mut spilled = Vec::new();
         table
             .retain_in(
                 ..end.as_slice(),
-                |rev_bytes, _| match Revision::from_bytes(rev_bytes) {
+                |rev_bytes, row| match Revision::from_bytes(rev_bytes) {
                     Some((rev, _)) => {
                         let kept = keep.contains(&rev);
                         removed += u64::from(!kept);
+                        if !kept && rows::spilled_len(row).is_some() {
+                            spilled.push(rev_bytes.to_vec());
+                        }
                         kept
                     }
                     None => true,
                 },
             )
             .map_err(StorageError::backend)?;
+        if !spilled.is_empty() {
+            let mut values = self.tx.open_table(VALUE).map_err(StorageError::backend)?;
+            for revision in &spilled {
+                rows::remove_value(&mut values, revision)?;
+            }
+        }
         self.store.counters.compacted_keys.add(removed);
         let mut meta = self.tx.open_table(META).map_err(StorageError::backend)?;
         backend::write_meta_u64(&mut meta, backend::META_COMPACT_REVISION, revision as u64)?;
@@ -482,7 +489,12 @@ impl RevisionTxn<'_, '_> {
             .tx
             .open_table(KEY)
             .map_err(StorageError::backend)?;
-        let kvs = fetch(&table, &lookup.keys)?;
+        let values = self
+            .batch
+            .tx
+            .open_table(VALUE)
+            .map_err(StorageError::backend)?;
+        let kvs = fetch(&table, &values, &lookup.keys)?;
         Ok(RangeResult {
             kvs,
             count: lookup.count,
@@ -540,13 +552,7 @@ impl RevisionTxn<'_, '_> {
             .tx
             .open_table(KEY)
             .map_err(StorageError::backend)?;
-        table
-            .insert(
-                rev.to_bytes(tombstone).as_slice(),
-                kv.encode_to_vec().as_slice(),
-            )
-            .map_err(StorageError::backend)?;
-        Ok(())
+        rows::write(&self.batch.tx, &mut table, &rev.to_bytes(tombstone), kv)
     }
 
     /// Deletes every live key in the range; returns the deleted values.

@@ -3,3 +3,4 @@
 pub mod key_index;
 pub mod kv_store;
 pub mod revision;
+pub mod rows;
