@@ -161,7 +161,13 @@ impl World {
             return;
         }
         self.clients[client].sequence += 1;
-        let value = format!("c{client}-{}", self.clients[client].sequence);
+        let mut value = format!("c{client}-{}", self.clients[client].sequence);
+        // One value in eight is long enough to be stored in chunks (`mvcc::rows`), so apply,
+        // snapshots, compaction and crashes meet chunked values too.
+        if self.rng.below(8) == 0 {
+            let filler = 2_001 + self.rng.below(3_000) as usize;
+            value.push_str(&".".repeat(filler));
+        }
         let input = match self.rng.below(100) {
             0..35 => KvInput::Put { key, value },
             35..65 => KvInput::Get { key },
