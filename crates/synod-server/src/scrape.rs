@@ -96,6 +96,10 @@ fn copy_in(metrics: &Metrics, member: &Member) {
     metrics.watch_streams.set(streams as i64);
     metrics.watchers.set(watchers as i64);
     metrics.slow_watchers.set(unsynced as i64);
+    advance(
+        &metrics.read_index_rounds,
+        status.read_index_rounds.load(Relaxed),
+    );
     let leases = member.machine.lessor.counters();
     advance(&metrics.lease_granted, leases.granted.get());
     advance(&metrics.lease_revoked, leases.revoked.get());

@@ -71,19 +71,30 @@ impl StreamBudget {
 
     /// Takes `bytes` if they fit (anything fits in an empty budget).
     fn try_take(&self, bytes: usize) -> bool {
-        self.used
+        let taken = self
+            .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 (used == 0 || used + bytes <= self.limit).then_some(used + bytes)
             })
-            .is_ok()
+            .is_ok();
+        if taken {
+            crate::metrics::metrics()
+                .watch_queued_bytes
+                .add(bytes as i64);
+        }
+        taken
     }
 
     fn release(&self, bytes: usize) {
-        let _ = self
+        let released = self
             .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 Some(used.saturating_sub(bytes))
-            });
+            })
+            .map_or(0, |used| used.min(bytes));
+        crate::metrics::metrics()
+            .watch_queued_bytes
+            .sub(released as i64);
         self.freed.notify_waiters();
     }
 

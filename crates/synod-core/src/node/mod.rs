@@ -59,6 +59,8 @@ pub struct NodeStatus {
     pub applied_index: AtomicU64,
     pub last_index: AtomicU64,
     pub is_leader: AtomicBool,
+    /// ReadIndex rounds asked of Raft (each serves every read of its turn).
+    pub read_index_rounds: AtomicU64,
 }
 
 /// What one [`Node::advance`] produced for the shell to act on (messages for peers go out

@@ -31,6 +31,9 @@ impl<F: FileSystem> Node<F> {
         // Every attempt carries a fresh context, so an answer can never be matched to a read
         // that did not ask for it.
         self.raw.read_index(context.to_be_bytes().to_vec());
+        self.status
+            .read_index_rounds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.reads_in_flight
             .push_back((context, self.now_tick, tokens));
     }

@@ -88,6 +88,8 @@ pub struct Metrics {
     pub grpc: grpc::GrpcMetrics,
     process: process::ProcessMetrics,
 
+    pub read_index_rounds: IntCounter,
+    pub watch_queued_bytes: IntGauge,
     pub turn_seconds: Histogram,
     pub turn_commands: Histogram,
     pub applied_entries_per_turn: Histogram,
@@ -411,6 +413,16 @@ impl Metrics {
             grpc: grpc::GrpcMetrics::new(registry),
             process: process::ProcessMetrics::new(registry),
 
+            read_index_rounds: counter(
+                registry,
+                "synod_read_index_rounds_total",
+                "ReadIndex rounds asked of Raft; each serves every linearizable read of its node-loop turn.",
+            ),
+            watch_queued_bytes: gauge(
+                registry,
+                "synod_watch_queued_bytes",
+                "Bytes of events and responses queued in watch streams, waiting for their clients.",
+            ),
             turn_seconds: histogram(
                 registry,
                 "synod_node_turn_duration_seconds",

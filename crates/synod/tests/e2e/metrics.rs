@@ -117,6 +117,9 @@ async fn metrics_parse_and_count_the_work_done() {
     assert_eq!(value(&after, "etcd_server_has_leader"), 1.0);
     assert_eq!(value(&after, "etcd_server_is_leader"), 1.0);
     assert!(value(&after, "etcd_mvcc_range_total") >= 1.0);
+    // The linearizable get took a ReadIndex round.
+    assert!(value(&after, "synod_read_index_rounds_total") >= 1.0);
+    assert_eq!(value(&after, "synod_watch_queued_bytes"), 0.0);
     assert!(value(&after, "etcd_disk_wal_fsync_duration_seconds_count") >= PUTS);
     assert!(value(&after, "etcd_debugging_mvcc_keys_total") >= PUTS);
     assert!(value(&after, "etcd_network_client_grpc_received_bytes_total") > 0.0);
