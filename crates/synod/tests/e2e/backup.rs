@@ -469,3 +469,69 @@ async fn migrate_follows_a_live_etcd_under_writes() {
         "etcdserver: import revision is not after the store's revision"
     );
 }
+
+/// Goal: `snapshot restore` refuses what etcdutl refuses, with etcdutl's messages: a snapshot
+/// whose digest does not match, one without a digest unless `--skip-hash-check`, a data
+/// directory that exists, a file that is not a database; and leaves no directory behind.
+#[tokio::test]
+async fn restore_refuses_bad_snapshots_and_existing_directories() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(&root.path().join("source"), &[]);
+    let mut client = member.etcd_client().await;
+    client.put("k", "v", None).await.expect("put");
+    let snapshot = root.path().join("good.db");
+    let (ok, out, err) = run_tool(
+        synod_binary(),
+        &["--endpoints", &member.endpoint()],
+        &["snapshot", "save", snapshot.to_str().expect("path")],
+        None,
+    );
+    assert!(ok, "{out}{err}");
+    let good = std::fs::read(&snapshot).expect("read");
+    let attempt = |file: &Path, dir: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "snapshot",
+            "restore",
+            file.to_str().expect("path"),
+            "--name",
+            "r",
+            "--data-dir",
+            dir.to_str().expect("path"),
+            "--initial-cluster",
+            "r=http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+        ];
+        args.extend_from_slice(extra);
+        run_tool(synod_binary(), &[], &args, None)
+    };
+
+    let mut flipped = good.clone();
+    flipped[5000] ^= 0xff;
+    let bad = root.path().join("flipped.db");
+    std::fs::write(&bad, &flipped).expect("write");
+    let dir = root.path().join("r1");
+    let (ok, _, err) = attempt(&bad, &dir, &[]);
+    assert!(!ok && err.contains("expected sha256"), "{err}");
+    assert!(!dir.exists(), "a refused restore leaves no data directory");
+
+    let bare = root.path().join("bare.db");
+    std::fs::write(&bare, &good[..good.len() - 32]).expect("write");
+    let (ok, _, err) = attempt(&bare, &dir, &[]);
+    assert!(
+        !ok && err.contains("snapshot missing hash but --skip-hash-check=false"),
+        "{err}"
+    );
+    let (ok, out, err) = attempt(&bare, &dir, &["--skip-hash-check"]);
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = attempt(&snapshot, &dir, &[]);
+    assert!(!ok && err.contains("exists"), "{err}");
+
+    let garbage = root.path().join("garbage.db");
+    std::fs::write(&garbage, vec![7u8; 10_000]).expect("write");
+    let (ok, _, err) = attempt(&garbage, &root.path().join("r2"), &[]);
+    assert!(
+        !ok && err.contains("not a snapshot in etcd's database format"),
+        "{err}"
+    );
+}
