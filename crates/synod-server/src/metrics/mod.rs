@@ -447,13 +447,14 @@ impl Metrics {
     }
 
     /// The text exposition of every metric as of now; `refresh` first copies in the values
-    /// kept elsewhere (scrapes take turns, so counters advance by differences).
+    /// kept elsewhere (scrapes take turns, so counters advance by differences). Blocking: call
+    /// it off the runtime's workers.
     pub fn render(&self, refresh: impl FnOnce(&Metrics)) -> String {
-        {
-            let _guard = self.refresh.lock().unwrap_or_else(|p| p.into_inner());
-            refresh(self);
-            self.process.refresh();
-        }
+        // Held through the gathering too: one scrape's refresh (which resets the alarm series)
+        // must not show through another's.
+        let _guard = self.refresh.lock().unwrap_or_else(|p| p.into_inner());
+        refresh(self);
+        self.process.refresh();
         let mut families = self.registry.gather();
         // raft-engine's own metrics (`raft_engine_*`) live in the default registry.
         families.extend(prometheus::gather());
