@@ -155,16 +155,6 @@ impl Backend {
         self.disk.len(&self.path).unwrap_or(0)
     }
 
-    /// Bytes of the file that hold data (allocated pages); the rest is free for reuse. Opens a
-    /// write transaction (and aborts it), so only the thread that writes may call it.
-    pub fn in_use_bytes(&self) -> Result<u64, StorageError> {
-        let tx = self.begin_write()?;
-        let stats = tx.stats().map_err(StorageError::backend)?;
-        let bytes = stats.allocated_pages() * stats.page_size() as u64;
-        tx.abort().map_err(StorageError::backend)?;
-        Ok(bytes)
-    }
-
     /// Rewrites the file to release free pages. Fails while a read transaction is open.
     pub fn defragment(&self) -> Result<(), StorageError> {
         let mut db = self.db.write().map_err(|_| StorageError::Poisoned)?;

@@ -82,6 +82,9 @@ fn copy_in(metrics: &Metrics, member: &Member) {
     let size = member.machine.backend.size_bytes() as i64;
     metrics.db_total_size.set(size);
     metrics.db_total_size_debugging.set(size);
+    // redb tells its allocated pages only by walking every page of the file (`stats`), which
+    // took 0.7 s on a cold 540 MB file: the file's size stands in for the bytes in use.
+    metrics.db_in_use.set(size);
     let store = &member.machine.store;
     let counts = store.counters();
     advance(&metrics.range_total, counts.ranges.get());

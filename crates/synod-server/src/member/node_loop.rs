@@ -29,8 +29,6 @@ const COMMANDS_PER_TURN_MAX: usize = 4 * 1024;
 const PROPOSAL_BYTES_PER_TURN_MAX: usize = 8 << 20;
 /// How long a removed member keeps running before it stops (etcd: one second).
 const REMOVED_STOP_DELAY: Duration = Duration::from_secs(1);
-/// How often the bytes in use in the state-machine file are measured for the metrics.
-const SPACE_MEASURE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The node loop, ready to run on its own thread.
 pub struct NodeLoop {
@@ -45,8 +43,6 @@ pub struct NodeLoop {
     transport: Arc<Transport>,
     commands_back: SyncSender<Command>,
     progress: tokio::sync::watch::Sender<Progress>,
-    /// When [`NodeLoop::measure_space`] last measured.
-    space_measured: Instant,
 }
 
 impl NodeLoop {
@@ -68,9 +64,6 @@ impl NodeLoop {
             transport,
             commands_back,
             progress,
-            space_measured: Instant::now()
-                .checked_sub(SPACE_MEASURE_INTERVAL)
-                .unwrap_or_else(Instant::now),
         }
     }
 
@@ -186,7 +179,6 @@ impl NodeLoop {
             }
             self.dispatch(out);
             self.publish_progress();
-            self.measure_space();
             if removed_at.is_some_and(|at| at.elapsed() >= REMOVED_STOP_DELAY) {
                 if let Err(error) = self.driver.node_mut().sync() {
                     fail_stop(&error);
@@ -222,19 +214,6 @@ impl NodeLoop {
             *published = now;
             changed
         });
-    }
-
-    /// Measures the bytes in use in the state-machine file now and then: it takes the write
-    /// transaction, which only this thread may hold without stalling apply.
-    fn measure_space(&mut self) {
-        if self.space_measured.elapsed() < SPACE_MEASURE_INTERVAL {
-            return;
-        }
-        self.space_measured = Instant::now();
-        match self.driver.node().machine().backend().in_use_bytes() {
-            Ok(bytes) => metrics().db_in_use.set(bytes as i64),
-            Err(error) => tracing::debug!(%error, "measuring the state machine's space failed"),
-        }
     }
 
     /// Carries out a turn's output: answers, peer links, snapshot files.
