@@ -49,6 +49,11 @@ pub const META_APPLIED_INDEX: &str = "applied_index";
 pub const META_APPLIED_TERM: &str = "applied_term";
 /// The latest compaction revision whose deletions are complete.
 pub const META_COMPACT_REVISION: &str = "compact_revision";
+/// The compaction revision whose old revisions are still being removed from the key table, a
+/// few per applied entry (see `WriteBatch::sweep`); absent when none are left.
+pub const META_SWEEP_UNTIL: &str = "sweep_until";
+/// The revision key the removal goes on from.
+pub const META_SWEEP_FROM: &str = "sweep_from";
 /// The cluster id, fixed at bootstrap.
 pub const META_CLUSTER_ID: &str = "cluster_id";
 /// The Raft configuration (an encoded `eraftpb.ConfState`) as of the applied index.

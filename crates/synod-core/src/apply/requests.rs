@@ -102,14 +102,21 @@ impl StateMachine {
                 }
                 self.txn(batch, &request).map(Response::Txn)
             }
-            Some(Request::Compaction(compaction)) => batch.compact(compaction.revision).map(|()| {
-                Response::Compaction(CompactionResponse {
-                    header: Some(ResponseHeader {
-                        revision: batch.revision(),
-                        ..ResponseHeader::default()
-                    }),
+            Some(Request::Compaction(compaction)) => {
+                batch.compact(compaction.revision).and_then(|()| {
+                    // `physical`: the caller waits until the old revisions are gone from disk
+                    // (etcd's meaning), so they go now, in this entry.
+                    if compaction.physical {
+                        batch.sweep(usize::MAX)?;
+                    }
+                    Ok(Response::Compaction(CompactionResponse {
+                        header: Some(ResponseHeader {
+                            revision: batch.revision(),
+                            ..ResponseHeader::default()
+                        }),
+                    }))
                 })
-            }),
+            }
             Some(Request::LeaseGrant(grant)) => {
                 if self.alarms.is_raised(AlarmType::Nospace) {
                     return Ok(Err(RequestError::NoSpace));

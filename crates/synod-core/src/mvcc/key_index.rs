@@ -343,6 +343,17 @@ impl TreeIndex {
         keep
     }
 
+    /// Whether compacting at `at` keeps `key`'s revision `rev` on disk (one key's part of
+    /// [`TreeIndex::kept_by_compaction`]).
+    pub fn keeps(&self, key: &[u8], rev: Revision, at: i64) -> bool {
+        let Some(index) = self.keys.get(key) else {
+            return false;
+        };
+        let mut keep = HashSet::new();
+        index.clone().compact(at, &mut keep);
+        keep.contains(&rev)
+    }
+
     /// Number of keys with any history in the index.
     pub fn len(&self) -> usize {
         self.keys.len()

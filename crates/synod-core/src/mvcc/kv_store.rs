@@ -209,11 +209,12 @@ impl KvStore {
 
     /// etcd's `HashKV`: CRC-32C over the table name and the (revision, value) pairs at or below
     /// `revision` (0 means the latest). Below the compaction point only revisions still visible
-    /// at `revision` count (etcd's `kvindex.Keep(rev)`), so the hash does not depend on whether
-    /// a compaction's deletions have finished, and it equals etcd's for the same history.
+    /// at `revision` count (etcd's `kvindex.Keep(rev)`); when none is (etcd then hashes every
+    /// row still on disk there), the rows the compaction keeps. So the hash does not depend on
+    /// how far a compaction's removal has got, and it equals etcd's for the same history.
     /// Returns (hash, compact revision, hashed revision).
     pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), Error> {
-        let (tx, at, compact, visible) = {
+        let (tx, at, compact, visible, kept) = {
             let state = self.read_state()?;
             let at = check_read_revision(revision, state.current, state.compact)?;
             let mut visible = std::collections::HashSet::new();
@@ -221,7 +222,12 @@ impl KvStore {
                 visible.insert(key_at.modified);
                 true
             });
-            (self.backend.begin_read()?, at, state.compact, visible)
+            let kept = if visible.is_empty() && state.compact > 0 {
+                state.index.kept_by_compaction(state.compact)
+            } else {
+                std::collections::HashSet::new()
+            };
+            (self.backend.begin_read()?, at, state.compact, visible, kept)
         };
         let table = tx.open_table(KEY).map_err(StorageError::backend)?;
         let values = tx.open_table(VALUE).map_err(StorageError::backend)?;
@@ -235,8 +241,15 @@ impl KvStore {
             let (rev_bytes, value) = entry.map_err(StorageError::backend)?;
             let (rev, _) = Revision::from_bytes(rev_bytes.value())
                 .ok_or_else(|| StorageError::corrupt("key table holds a malformed revision"))?;
-            if rev.main <= compact && !visible.is_empty() && !visible.contains(&rev) {
-                continue;
+            if rev.main <= compact {
+                let counted = if visible.is_empty() {
+                    kept.contains(&rev)
+                } else {
+                    visible.contains(&rev)
+                };
+                if !counted {
+                    continue;
+                }
             }
             hash.update(rev_bytes.value());
             hash.update(&rows::etcd_row(&values, rev_bytes.value(), value.value())?);
@@ -358,12 +371,14 @@ impl<'s> WriteBatch<'s> {
         }
     }
 
-    /// Compacts history below `revision`: the index forgets it, the key table drops it.
+    /// Compacts history below `revision`: the index forgets it when the batch commits, and the
+    /// key table drops it a few rows per applied entry from then on ([`WriteBatch::sweep`]), so
+    /// no single apply turn pays for the whole removal.
     pub fn compact(&mut self, revision: i64) -> Result<(), Error> {
         // Readers see the compaction only when the batch commits (see `commit`): until then the
         // published revision may be below `revision`, and the latest state must stay readable.
         // Requests later in this batch see it at once, through `pending_compact`.
-        let keep = {
+        {
             let state = self.store.read_state()?;
             if revision <= state.compact.max(self.pending_compact.unwrap_or(-1)) {
                 return Err(RequestError::Compacted.into());
@@ -371,38 +386,93 @@ impl<'s> WriteBatch<'s> {
             if revision > self.current {
                 return Err(RequestError::FutureRevision.into());
             }
-            state.index.kept_by_compaction(revision)
-        };
-        let mut table = self.tx.open_table(KEY).map_err(StorageError::backend)?;
-        let end = Revision::lower_bound(revision + 1);
-        let mut removed = 0;
-        let mut spilled = Vec::new();
-        table
-            .retain_in(
-                ..end.as_slice(),
-                |rev_bytes, row| match Revision::from_bytes(rev_bytes) {
-                    Some((rev, _)) => {
-                        let kept = keep.contains(&rev);
-                        removed += u64::from(!kept);
-                        if !kept && rows::spilled_len(row).is_some() {
-                            spilled.push(rev_bytes.to_vec());
-                        }
-                        kept
-                    }
-                    None => true,
-                },
-            )
-            .map_err(StorageError::backend)?;
-        if !spilled.is_empty() {
-            let mut values = self.tx.open_table(VALUE).map_err(StorageError::backend)?;
-            for revision in &spilled {
-                rows::remove_value(&mut values, revision)?;
-            }
         }
-        self.store.counters.compacted_keys.add(removed);
         let mut meta = self.tx.open_table(META).map_err(StorageError::backend)?;
         backend::write_meta_u64(&mut meta, backend::META_COMPACT_REVISION, revision as u64)?;
+        // A later compaction removes more, from the start again: revisions an earlier one kept
+        // may be gone at this one.
+        backend::write_meta_u64(&mut meta, backend::META_SWEEP_UNTIL, revision as u64)?;
+        meta.remove(backend::META_SWEEP_FROM)
+            .map_err(StorageError::backend)?;
         self.pending_compact = Some(revision);
+        Ok(())
+    }
+
+    /// Removes up to `rows_max` rows' worth of old revisions that compaction no longer keeps.
+    /// Called once per applied entry, so every member removes the same rows at the same entry and
+    /// their key tables stay equal entry by entry. Reads never reach these rows (the index has
+    /// forgotten them, or forgets them when the compaction's batch commits), and `HashKV` skips
+    /// them, so how far the removal has got is invisible.
+    pub fn sweep(&mut self, rows_max: usize) -> Result<(), StorageError> {
+        let (until, from) = {
+            let meta = self.tx.open_table(META).map_err(StorageError::backend)?;
+            let until = backend::read_meta_u64(&meta, backend::META_SWEEP_UNTIL)? as i64;
+            if until <= 0 {
+                return Ok(());
+            }
+            let from = meta
+                .get(backend::META_SWEEP_FROM)
+                .map_err(StorageError::backend)?
+                .map(|value| value.value().to_vec())
+                .unwrap_or_default();
+            (until, from)
+        };
+        let end = Revision::lower_bound(until + 1);
+        let mut examined = 0;
+        let mut next: Option<Vec<u8>> = None;
+        let mut garbage: Vec<(Vec<u8>, bool)> = Vec::new();
+        {
+            let table = self.tx.open_table(KEY).map_err(StorageError::backend)?;
+            let state = self.store.read_state()?;
+            for entry in table
+                .range(from.as_slice()..end.as_slice())
+                .map_err(StorageError::backend)?
+            {
+                let (rev_bytes, row) = entry.map_err(StorageError::backend)?;
+                if examined == rows_max {
+                    next = Some(rev_bytes.value().to_vec());
+                    break;
+                }
+                examined += 1;
+                let Some((rev, _)) = Revision::from_bytes(rev_bytes.value()) else {
+                    continue;
+                };
+                let kv = KeyValue::decode(row.value())
+                    .map_err(|e| StorageError::corrupt(e.to_string()))?;
+                if !state.index.keeps(&kv.key, rev, until) {
+                    garbage.push((
+                        rev_bytes.value().to_vec(),
+                        rows::spilled_len(row.value()).is_some(),
+                    ));
+                }
+            }
+        }
+        if !garbage.is_empty() {
+            let mut table = self.tx.open_table(KEY).map_err(StorageError::backend)?;
+            let mut values = self.tx.open_table(VALUE).map_err(StorageError::backend)?;
+            for (revision, spilled) in &garbage {
+                table
+                    .remove(revision.as_slice())
+                    .map_err(StorageError::backend)?;
+                if *spilled {
+                    rows::remove_value(&mut values, revision)?;
+                }
+            }
+            self.store.counters.compacted_keys.add(garbage.len() as u64);
+        }
+        let mut meta = self.tx.open_table(META).map_err(StorageError::backend)?;
+        match next {
+            Some(next) => {
+                meta.insert(backend::META_SWEEP_FROM, next.as_slice())
+                    .map_err(StorageError::backend)?;
+            }
+            None => {
+                meta.remove(backend::META_SWEEP_UNTIL)
+                    .map_err(StorageError::backend)?;
+                meta.remove(backend::META_SWEEP_FROM)
+                    .map_err(StorageError::backend)?;
+            }
+        }
         Ok(())
     }
 
@@ -640,6 +710,11 @@ fn load(backend: &Backend) -> Result<(IndexState, Vec<LeasedKey>), StorageError>
             }
         }
         current = current.max(rev.main);
+    }
+    if compact > 0 {
+        // Old revisions a compaction had not finished removing (see `WriteBatch::sweep`) were
+        // read back above; the index forgets them again.
+        index.compact(compact);
     }
     Ok((
         IndexState {
