@@ -181,7 +181,13 @@ fn decode_all<T: DeserializeOwned>(body: &[u8]) -> Result<Vec<T>, Status> {
         .map_err(|error| Failure::BadBody(error.to_string()).into())
 }
 
-async fn unary<Req, Resp, F, Fut>(body: Bytes, credentials: Credentials, call: F) -> Response
+/// A unary call: `names` are the service and method, for the gRPC metrics.
+async fn unary<Req, Resp, F, Fut>(
+    names: (&str, &str),
+    body: Bytes,
+    credentials: Credentials,
+    call: F,
+) -> Response
 where
     Req: DeserializeOwned + Default,
     Resp: Serialize,
@@ -194,9 +200,16 @@ where
     };
     let mut request = tonic::Request::new(request);
     credentials.attach(&mut request);
+    let counted = crate::metrics::grpc::GatewayCall::start(names.0, names.1);
     match call(request).await {
-        Ok(response) => json_response(&response.into_inner()),
-        Err(status) => error_response(&status),
+        Ok(response) => {
+            counted.finish(tonic::Code::Ok);
+            json_response(&response.into_inner())
+        }
+        Err(status) => {
+            counted.finish(status.code());
+            error_response(&status)
+        }
     }
 }
 
@@ -228,7 +241,8 @@ macro_rules! unary_route {
             |State(gateway): State<Arc<Gateway>>,
              HttpCredentials(credentials): HttpCredentials,
              JsonBody(body): JsonBody| async move {
-                unary(body, credentials, |request| async move {
+                let names = (stringify!($service), stringify!($method));
+                unary(names, body, credentials, |request| async move {
                     gateway.$service.$method(request).await
                 })
                 .await

@@ -201,6 +201,67 @@ impl GrpcMetrics {
     }
 }
 
+/// A unary call through the JSON gateway, counted as the gRPC call it stands for (etcd's
+/// gateway dials its own gRPC server, so there these are gRPC calls). `service` and `method`
+/// are the gateway's names for them (`kv`, `delete_range`).
+pub struct GatewayCall {
+    method: Option<Arc<Method>>,
+    started: Instant,
+}
+
+impl GatewayCall {
+    pub fn start(service: &str, method: &str) -> GatewayCall {
+        let service = match service {
+            "kv" => "etcdserverpb.KV",
+            "lease" => "etcdserverpb.Lease",
+            "maintenance" => "etcdserverpb.Maintenance",
+            "cluster" => "etcdserverpb.Cluster",
+            "auth" => "etcdserverpb.Auth",
+            "lock" => "v3lockpb.Lock",
+            "election" => "v3electionpb.Election",
+            _ => "",
+        };
+        let name: String = if method == "hash_kv" {
+            "HashKV".to_owned()
+        } else {
+            method
+                .split('_')
+                .map(|word| {
+                    let mut chars = word.chars();
+                    chars.next().map_or_else(String::new, |first| {
+                        first.to_ascii_uppercase().to_string() + chars.as_str()
+                    })
+                })
+                .collect()
+        };
+        let found = super::metrics()
+            .grpc
+            .by_path
+            .get(&format!("/{service}/{name}"))
+            .cloned();
+        if let Some(series) = &found {
+            series.started.inc();
+            series.received.inc();
+        }
+        GatewayCall {
+            method: found,
+            started: Instant::now(),
+        }
+    }
+
+    /// The call ended with `code` (`Ok` for an answer).
+    pub fn finish(self, code: tonic::Code) {
+        if let Some(series) = &self.method {
+            if code == tonic::Code::Ok {
+                series.sent.inc();
+            }
+            super::metrics()
+                .grpc
+                .finish(series, code as usize, self.started);
+        }
+    }
+}
+
 /// The layer: counts the calls to known gRPC methods, passes everything else through.
 pub async fn middleware(request: Request, next: Next) -> Response {
     let grpc = &super::metrics().grpc;
@@ -376,6 +437,25 @@ impl Frames {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gateway_names_resolve_to_grpc_methods() {
+        for (service, method) in [
+            ("kv", "delete_range"),
+            ("maintenance", "hash_kv"),
+            ("maintenance", "move_leader"),
+            ("lease", "lease_time_to_live"),
+            ("cluster", "member_promote"),
+            ("auth", "user_change_password"),
+            ("auth", "role_revoke_permission"),
+            ("election", "proclaim"),
+            ("lock", "unlock"),
+        ] {
+            let call = GatewayCall::start(service, method);
+            assert!(call.method.is_some(), "{service}.{method}");
+        }
+        assert!(GatewayCall::start("kv", "no_such_method").method.is_none());
+    }
 
     #[test]
     fn frames_count_messages_split_across_chunks() {

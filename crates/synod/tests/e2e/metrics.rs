@@ -142,6 +142,20 @@ async fn metrics_parse_and_count_the_work_done() {
         ),
         1.0
     );
+    // A call through the JSON gateway counts as the gRPC call it stands for, as in etcd.
+    let before_gateway = value(&failed, put_ok);
+    let (status, body) = crate::harness::http_request(
+        member.client_port,
+        "POST",
+        "/v3/kv/put",
+        Some(r#"{"key": "Z3c=", "value": "dg=="}"#),
+    )
+    .expect("gateway put");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        value(&scrape(member.client_port), put_ok),
+        before_gateway + 1.0
+    );
     // The metrics URL serves metrics and health, not the API.
     let (status, _) = http_get(metrics_port, "/health").expect("GET /health");
     assert_eq!(status, 200);
