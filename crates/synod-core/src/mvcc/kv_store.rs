@@ -10,6 +10,7 @@
 //! Lock order: `state` is the only lock here; it is never held across a call into redb other than
 //! `begin_read`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use prost::Message;
@@ -55,6 +56,8 @@ struct IndexState {
     current: i64,
     /// Reads below this revision fail with `Compacted`.
     compact: i64,
+    /// Whether a compaction's old revisions are still being removed (read at load).
+    sweeping: bool,
 }
 
 /// The MVCC store of one member.
@@ -62,6 +65,9 @@ pub struct KvStore {
     backend: Arc<Backend>,
     state: RwLock<IndexState>,
     counters: MvccCounters,
+    /// Whether [`WriteBatch::sweep`] has rows to remove: without one, applying an entry does not
+    /// read the meta table to find out.
+    sweeping: AtomicBool,
 }
 
 /// Result of looking up revisions under the index lock.
@@ -77,6 +83,7 @@ impl KvStore {
         let (state, leased) = load(&backend)?;
         let store = KvStore {
             backend,
+            sweeping: AtomicBool::new(state.sweeping),
             state: RwLock::new(state),
             counters: MvccCounters::default(),
         };
@@ -97,6 +104,7 @@ impl KvStore {
         // The log's timestamps tell how a catch-up's time splits (core reads no clock).
         tracing::info!("snapshot rows copied into the state machine; rebuilding the key index");
         let (fresh, leased) = load(&self.backend)?;
+        self.sweeping.store(fresh.sweeping, Ordering::Relaxed);
         *state = fresh;
         Ok(leased)
     }
@@ -394,6 +402,7 @@ impl<'s> WriteBatch<'s> {
         backend::write_meta_u64(&mut meta, backend::META_SWEEP_UNTIL, revision as u64)?;
         meta.remove(backend::META_SWEEP_FROM)
             .map_err(StorageError::backend)?;
+        self.store.sweeping.store(true, Ordering::Relaxed);
         self.pending_compact = Some(revision);
         Ok(())
     }
@@ -404,10 +413,14 @@ impl<'s> WriteBatch<'s> {
     /// forgotten them, or forgets them when the compaction's batch commits), and `HashKV` skips
     /// them, so how far the removal has got is invisible.
     pub fn sweep(&mut self, rows_max: usize) -> Result<(), StorageError> {
+        if !self.store.sweeping.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let (until, from) = {
             let meta = self.tx.open_table(META).map_err(StorageError::backend)?;
             let until = backend::read_meta_u64(&meta, backend::META_SWEEP_UNTIL)? as i64;
             if until <= 0 {
+                self.store.sweeping.store(false, Ordering::Relaxed);
                 return Ok(());
             }
             let from = meta
@@ -471,6 +484,7 @@ impl<'s> WriteBatch<'s> {
                     .map_err(StorageError::backend)?;
                 meta.remove(backend::META_SWEEP_FROM)
                     .map_err(StorageError::backend)?;
+                self.store.sweeping.store(false, Ordering::Relaxed);
             }
         }
         Ok(())
@@ -679,6 +693,7 @@ fn load(backend: &Backend) -> Result<(IndexState, Vec<LeasedKey>), StorageError>
         None => -1,
         Some(_) => backend::read_meta_u64(&meta, backend::META_COMPACT_REVISION)? as i64,
     };
+    let sweeping = backend::read_meta_u64(&meta, backend::META_SWEEP_UNTIL)? > 0;
     let table = tx.open_table(KEY).map_err(StorageError::backend)?;
     let mut index = TreeIndex::default();
     // A new store is at revision 1, as in etcd: the first write makes revision 2.
@@ -721,6 +736,7 @@ fn load(backend: &Backend) -> Result<(IndexState, Vec<LeasedKey>), StorageError>
             index,
             current,
             compact,
+            sweeping,
         },
         leased.into_iter().collect(),
     ))
