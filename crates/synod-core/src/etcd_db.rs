@@ -16,9 +16,7 @@ use synod_api::etcdserverpb::AlarmMember;
 use synod_api::synodpb::MemberRecord;
 use synod_bbolt::{ReadAt, Reader, Writer, Written};
 
-use crate::backend::{
-    self, ALARM, AUTH_ROLES, AUTH_USERS, KEY, LEASE, MEMBERS, META, REMOVED, VALUE,
-};
+use crate::backend::{self, AUTH_ROLES, AUTH_USERS, KEY, LEASE, MEMBERS, META, REMOVED, VALUE};
 use crate::crc32c;
 use crate::error::StorageError;
 use crate::mvcc::revision::Revision;
@@ -40,17 +38,10 @@ pub fn export<W: Write + Seek>(tx: &ReadTransaction, out: W) -> Result<Written<W
     let meta = tx.open_table(META).map_err(StorageError::backend)?;
 
     writer.bucket(b"alarm").map_err(bbolt)?;
-    let mut alarms = Vec::new();
-    for entry in tx
-        .open_table(ALARM)
-        .map_err(StorageError::backend)?
-        .iter()
-        .map_err(StorageError::backend)?
-    {
-        let (key, _) = entry.map_err(StorageError::backend)?;
-        let (member_id, alarm) = key.value();
-        alarms.push(AlarmMember { member_id, alarm }.encode_to_vec());
-    }
+    let mut alarms: Vec<Vec<u8>> = crate::apply::read_alarms(tx)?
+        .into_iter()
+        .map(|(member_id, alarm)| AlarmMember { member_id, alarm }.encode_to_vec())
+        .collect();
     alarms.sort();
     for alarm in &alarms {
         writer.put(alarm, b"").map_err(bbolt)?;
@@ -330,24 +321,23 @@ pub fn import<R: ReadAt>(
         imported.leases += 1;
     }
 
-    let mut users = tx.open_table(AUTH_USERS).map_err(StorageError::backend)?;
-    for (name, user) in pairs(b"authUsers")? {
-        let name = String::from_utf8(name)
-            .map_err(|_| StorageError::corrupt("etcd database: a user name is not UTF-8"))?;
-        users
-            .insert(name.as_str(), user.as_slice())
-            .map_err(StorageError::backend)?;
-        imported.users += 1;
-    }
-    let mut roles = tx.open_table(AUTH_ROLES).map_err(StorageError::backend)?;
-    for (name, role) in pairs(b"authRoles")? {
-        let name = String::from_utf8(name)
-            .map_err(|_| StorageError::corrupt("etcd database: a role name is not UTF-8"))?;
-        roles
-            .insert(name.as_str(), role.as_slice())
-            .map_err(StorageError::backend)?;
-        imported.roles += 1;
-    }
+    // Users and roles: a name to an `authpb` record, in both layouts.
+    let by_name = |bucket: &[u8], table, what: &str| -> Result<u64, StorageError> {
+        let mut table = tx.open_table(table).map_err(StorageError::backend)?;
+        let mut count = 0;
+        for (name, record) in pairs(bucket)? {
+            let name = String::from_utf8(name).map_err(|_| {
+                StorageError::corrupt(format!("etcd database: a {what} name is not UTF-8"))
+            })?;
+            table
+                .insert(name.as_str(), record.as_slice())
+                .map_err(StorageError::backend)?;
+            count += 1;
+        }
+        Ok(count)
+    };
+    imported.users = by_name(b"authUsers", AUTH_USERS, "user")?;
+    imported.roles = by_name(b"authRoles", AUTH_ROLES, "role")?;
 
     let mut meta = tx.open_table(META).map_err(StorageError::backend)?;
     for (key, value) in pairs(b"auth")? {

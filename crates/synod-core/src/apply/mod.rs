@@ -120,7 +120,10 @@ impl Alarms {
     }
 }
 
-fn read_alarms(tx: &redb::ReadTransaction) -> Result<BTreeSet<(u64, i32)>, StorageError> {
+/// Every raised alarm recorded in the file: (member id, alarm type).
+pub(crate) fn read_alarms(
+    tx: &redb::ReadTransaction,
+) -> Result<BTreeSet<(u64, i32)>, StorageError> {
     let mut raised = BTreeSet::new();
     for entry in tx
         .open_table(ALARM)
