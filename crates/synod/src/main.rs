@@ -97,20 +97,15 @@ impl Global {
             || self.cert.is_some()
             || self.key.is_some()
             || self.insecure_skip_tls_verify;
-        let tls = if wants_tls {
-            let files = synod_tls::ClientFiles {
+        let tls = client_tls(
+            wants_tls,
+            synod_tls::ClientFiles {
                 ca: self.cacert.clone(),
                 cert: self.cert.clone(),
                 key: self.key.clone(),
                 skip_verify: self.insecure_skip_tls_verify,
-            };
-            Some(std::sync::Arc::new(synod_tls::ClientTls::new(
-                files,
-                synod_tls::Policy::default(),
-            )?))
-        } else {
-            None
-        };
+            },
+        )?;
         let user = match (&self.user, &self.password) {
             (None, _) => None,
             (Some(user), Some(password)) => Some((user.clone(), password.clone())),
@@ -129,6 +124,18 @@ impl Global {
             user,
         })
     }
+}
+
+/// TLS for the client's connections when `wanted`, from `files`, with the default policy.
+pub fn client_tls(
+    wanted: bool,
+    files: synod_tls::ClientFiles,
+) -> Result<Option<std::sync::Arc<synod_tls::ClientTls>>, synod_client::ClientError> {
+    if !wanted {
+        return Ok(None);
+    }
+    let tls = synod_tls::ClientTls::new(files, synod_tls::Policy::default())?;
+    Ok(Some(std::sync::Arc::new(tls)))
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

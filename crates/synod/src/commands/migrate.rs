@@ -58,20 +58,15 @@ pub struct MigrateArgs {
 }
 
 fn source_dial(global: &Global, args: &MigrateArgs) -> Result<synod_client::Dial, ClientError> {
-    let tls = if args.from_cacert.is_some() || args.from_cert.is_some() {
-        let files = synod_tls::ClientFiles {
+    let tls = crate::client_tls(
+        args.from_cacert.is_some() || args.from_cert.is_some(),
+        synod_tls::ClientFiles {
             ca: args.from_cacert.clone(),
             cert: args.from_cert.clone(),
             key: args.from_key.clone(),
             skip_verify: false,
-        };
-        Some(std::sync::Arc::new(synod_tls::ClientTls::new(
-            files,
-            synod_tls::Policy::default(),
-        )?))
-    } else {
-        None
-    };
+        },
+    )?;
     let user = match &args.from_user {
         None => None,
         Some(user) => match user.split_once(':') {
@@ -322,6 +317,17 @@ fn by_revision(events: Vec<Event>) -> Vec<(i64, Vec<Event>)> {
     groups
 }
 
+/// The ids of the leases the source has now.
+async fn source_leases(source: &Client) -> Result<BTreeSet<i64>, ClientError> {
+    let leases = source
+        .lease()
+        .lease_leases(LeaseLeasesRequest {})
+        .await?
+        .into_inner()
+        .leases;
+    Ok(leases.iter().map(|lease| lease.id).collect())
+}
+
 /// The source's leases as granted here, kept alive while the source has them.
 #[derive(Default)]
 struct Leases {
@@ -331,16 +337,7 @@ struct Leases {
 impl Leases {
     /// Grants here every lease the source has now.
     async fn adopt(&mut self, source: &Client, target: &Client) -> Result<(), ClientError> {
-        let ids: Vec<i64> = source
-            .lease()
-            .lease_leases(LeaseLeasesRequest {})
-            .await?
-            .into_inner()
-            .leases
-            .iter()
-            .map(|lease| lease.id)
-            .collect();
-        for id in ids {
+        for id in source_leases(source).await? {
             self.ensure(source, target, id).await?;
         }
         Ok(())
@@ -385,15 +382,7 @@ impl Leases {
         if self.known.is_empty() {
             return Ok(());
         }
-        let alive: BTreeSet<i64> = source
-            .lease()
-            .lease_leases(LeaseLeasesRequest {})
-            .await?
-            .into_inner()
-            .leases
-            .iter()
-            .map(|lease| lease.id)
-            .collect();
+        let alive = source_leases(source).await?;
         let (sender, receiver) = tokio::sync::mpsc::channel(self.known.len().max(1));
         for id in &self.known {
             let _ = sender.try_send(LeaseKeepAliveRequest { id: *id });
