@@ -149,21 +149,19 @@ impl NodeLoop {
             let mut unreachable = Vec::new();
             let transport = &self.transport;
             let mut send = |messages| unreachable.extend(transport.send(messages));
-            let turn_started = Instant::now();
+            let metrics = metrics();
             let turn =
                 tracing::trace_span!("node.turn", otel.name = "node.turn", commands = handled);
-            let advanced = turn.in_scope(|| self.driver.advance(&mut out, &mut send));
+            let advanced = metrics.turn_seconds.observe_closure_duration(|| {
+                turn.in_scope(|| self.driver.advance(&mut out, &mut send))
+            });
             if let Err(error) = advanced {
                 fail_stop(&error);
             }
-            let metrics = metrics();
-            metrics
-                .turn_seconds
-                .observe(turn_started.elapsed().as_secs_f64());
             metrics.turn_commands.observe(handled as f64);
             if !out.replies.is_empty() {
                 metrics
-                    .applied_entries_per_turn
+                    .apply_batch_replies
                     .observe(out.replies.len() as f64);
             }
             for peer in unreachable {

@@ -6,7 +6,6 @@ use std::io;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
 use raft_engine::env::{DefaultFileSystem, FileSystem, Handle, Permission};
 use redb::{BackendError, StorageBackend};
@@ -33,12 +32,9 @@ impl Handle for TimedHandle {
     }
 
     fn sync(&self) -> io::Result<()> {
-        let started = Instant::now();
-        let synced = self.0.sync();
         super::metrics()
             .wal_fsync
-            .observe(started.elapsed().as_secs_f64());
-        synced
+            .observe_closure_duration(|| self.0.sync())
     }
 }
 
@@ -106,12 +102,9 @@ impl StorageBackend for TimedStorage {
     }
 
     fn sync_data(&self) -> Result<(), io::Error> {
-        let started = Instant::now();
-        let synced = self.0.sync_data();
         super::metrics()
             .backend_commit
-            .observe(started.elapsed().as_secs_f64());
-        synced
+            .observe_closure_duration(|| self.0.sync_data())
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {

@@ -92,7 +92,7 @@ pub struct Metrics {
     pub watch_queued_bytes: IntGauge,
     pub turn_seconds: Histogram,
     pub turn_commands: Histogram,
-    pub applied_entries_per_turn: Histogram,
+    pub apply_batch_replies: Histogram,
 }
 
 /// The process's metrics.
@@ -435,7 +435,7 @@ impl Metrics {
                 "Commands (proposals, reads, peer messages) drained in one node-loop turn: the batch size.",
                 doubling(1.0, 14),
             ),
-            applied_entries_per_turn: histogram(
+            apply_batch_replies: histogram(
                 registry,
                 "synod_apply_batch_replies",
                 "Requests answered by one apply batch.",
