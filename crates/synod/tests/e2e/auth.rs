@@ -42,6 +42,31 @@ fn refused(member: &Member, user: Option<&str>, args: &[&str], message: &str) {
     );
 }
 
+/// Adds root (`root`: etcdctl's arguments for it) and alice (`name:password`) with READWRITE on
+/// `a/` through the role `apps`, then turns auth on.
+fn alice_on_apps_then_auth(member: &Member, root: &[&str], alice: &str) {
+    let mut add_root = vec!["user", "add"];
+    add_root.extend_from_slice(root);
+    for args in [
+        &add_root[..],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "apps"],
+        &[
+            "role",
+            "grant-permission",
+            "apps",
+            "readwrite",
+            "a/",
+            "--prefix=true",
+        ],
+        &["user", "add", alice],
+        &["user", "grant-role", "alice", "apps"],
+        &["auth", "enable"],
+    ] {
+        ok(member, None, args);
+    }
+}
+
 /// root (password `rootpw`) with the root role, and auth switched on.
 fn enable_with_root(member: &Member) {
     ok(member, None, &["user", "add", "root:rootpw"]);
@@ -649,24 +674,7 @@ fn python_etcd3_authenticates_with_a_password_and_a_certificate() {
     member.tls = Some(pki.member("m0", "root"));
     member.launch();
     member.wait_ready();
-    for args in [
-        &["user", "add", "root", "--no-password"][..],
-        &["user", "grant-role", "root", "root"],
-        &["role", "add", "apps"],
-        &[
-            "role",
-            "grant-permission",
-            "apps",
-            "readwrite",
-            "a/",
-            "--prefix=true",
-        ],
-        &["user", "add", "alice:secret"],
-        &["user", "grant-role", "alice", "apps"],
-        &["auth", "enable"],
-    ] {
-        ok(&member, None, args);
-    }
+    alice_on_apps_then_auth(&member, &["root", "--no-password"], "alice:secret");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/etcd3_auth_check.py");
     let port = member.client_port.to_string();
     let tls = member.tls.clone().expect("tls");
@@ -719,24 +727,7 @@ async fn jwt_tokens_work_everywhere_until_auth_changes() {
     );
     let mut cluster = crate::harness::Cluster::start(root.path(), 3, &[&flag]);
     let m0 = &cluster.members[0];
-    for args in [
-        &["user", "add", "root:rootpw"][..],
-        &["user", "grant-role", "root", "root"],
-        &["role", "add", "apps"],
-        &[
-            "role",
-            "grant-permission",
-            "apps",
-            "readwrite",
-            "a/",
-            "--prefix=true",
-        ],
-        &["user", "add", "alice:pw"],
-        &["user", "grant-role", "alice", "apps"],
-        &["auth", "enable"],
-    ] {
-        ok(m0, None, args);
-    }
+    alice_on_apps_then_auth(m0, &["root:rootpw"], "alice:pw");
     ok(m0, Some("root:rootpw"), &["put", "a/1", "one"]);
     let gateway = |member: &Member, path: &str, body: &str, token: Option<&str>| {
         let mut args = vec!["-s".to_owned(), "-d".to_owned(), body.to_owned()];
