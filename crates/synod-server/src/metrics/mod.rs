@@ -25,7 +25,7 @@ fn disk_buckets() -> Vec<f64> {
 
 /// `count` bucket edges from `first`, each twice the one before (Go's `ExponentialBuckets(first,
 /// 2, count)`).
-pub(crate) fn doubling(first: f64, count: usize) -> Vec<f64> {
+fn doubling(first: f64, count: usize) -> Vec<f64> {
     (0..count).map(|k| first * f64::from(1u32 << k)).collect()
 }
 
