@@ -23,6 +23,7 @@ pub mod caller;
 pub mod command;
 pub mod config;
 pub mod connection;
+pub mod console;
 pub mod corrupt;
 pub mod error;
 #[cfg(feature = "fault-injection")]
@@ -129,7 +130,8 @@ pub fn client_router(member: Arc<Member>) -> axum::Router {
         .layer(axum::middleware::from_fn(metrics::grpc::middleware))
         .merge(scrape::router(member.clone()))
         .merge(gateway::router(services, decode_max * 4 / 3 + 64 * 1024).layer(browsers.clone()))
-        .merge(http::router(member.clone()).layer(browsers));
+        .merge(http::router(member.clone()).layer(browsers.clone()))
+        .merge(console::router(member.clone()).layer(browsers));
     let router = if member.security.audit.is_on() {
         router.layer(axum::middleware::from_fn_with_state(
             member.clone(),

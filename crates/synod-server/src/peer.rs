@@ -1,8 +1,8 @@
 //! The inbound side of the peer transport, the `synodpb.Peer` service (Raft batches, chunked
-//! snapshots, cluster lookup for joiners, HashKV for the corruption checks), and the requests a
-//! follower forwards to the leader over the same channels (lease renewal and time-to-live,
-//! membership changes). Every request carries the sender's cluster id; a member of another
-//! cluster is refused with etcd's "cluster ID mismatch".
+//! snapshots, cluster lookup for joiners, HashKV for the corruption checks, status for the
+//! console), and the requests a follower forwards to the leader over the same channels (lease
+//! renewal and time-to-live, membership changes). Every request carries the sender's cluster id;
+//! a member of another cluster is refused with etcd's "cluster ID mismatch".
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,8 +14,8 @@ use synod_api::etcdserverpb::{HashKvResponse, LeaseTimeToLiveRequest, LeaseTimeT
 use synod_api::synodpb::peer_server::Peer;
 use synod_api::synodpb::{
     ClusterRequest, ClusterResponse, LeaseRenewRequest, LeaseRenewResponse, LeaseTimeToLiveForward,
-    MemberChangeForward, MemberChangeForwarded, PeerAck, PeerHashKvRequest, RaftBatch,
-    SnapshotChunk, member_change_forward,
+    MemberChangeForward, MemberChangeForwarded, PeerAck, PeerHashKvRequest, PeerStatus,
+    PeerStatusRequest, RaftBatch, SnapshotChunk, member_change_forward,
 };
 use tonic::Status;
 
@@ -310,6 +310,17 @@ impl Peer for PeerService {
             hash,
             compact_revision,
             hash_revision,
+        }))
+    }
+
+    async fn status(
+        &self,
+        request: tonic::Request<PeerStatusRequest>,
+    ) -> Result<tonic::Response<PeerStatus>, Status> {
+        self.check_cluster(request.into_inner().cluster_id)?;
+        Ok(tonic::Response::new(PeerStatus {
+            status: Some(crate::maintenance::status(&self.member)),
+            leader_changes: crate::metrics::metrics().leader_changes.get(),
         }))
     }
 }

@@ -239,6 +239,19 @@ pub struct PeerHashKvRequest {
     #[prost(int64, tag = "2")]
     pub revision: i64,
 }
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PeerStatusRequest {
+    #[prost(uint64, tag = "1")]
+    pub cluster_id: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PeerStatus {
+    #[prost(message, optional, tag = "1")]
+    pub status: ::core::option::Option<super::etcdserverpb::StatusResponse>,
+    /// Leader changes this member has seen since it started (etcd_server_leader_changes_seen_total).
+    #[prost(uint64, tag = "2")]
+    pub leader_changes: u64,
+}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MemberChangeForward {
     #[prost(uint64, tag = "1")]
@@ -535,6 +548,26 @@ pub mod peer_client {
             req.extensions_mut().insert(GrpcMethod::new("synodpb.Peer", "ChangeMember"));
             self.inner.unary(req, path, codec).await
         }
+        /// This member's Maintenance.Status and what it has seen of leaders: the console's cluster
+        /// page shows every member, asked through the member the browser talks to.
+        pub async fn status(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PeerStatusRequest>,
+        ) -> std::result::Result<tonic::Response<super::PeerStatus>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/synodpb.Peer/Status");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("synodpb.Peer", "Status"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -599,6 +632,12 @@ pub mod peer_server {
             tonic::Response<super::MemberChangeForwarded>,
             tonic::Status,
         >;
+        /// This member's Maintenance.Status and what it has seen of leaders: the console's cluster
+        /// page shows every member, asked through the member the browser talks to.
+        async fn status(
+            &self,
+            request: tonic::Request<super::PeerStatusRequest>,
+        ) -> std::result::Result<tonic::Response<super::PeerStatus>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct PeerServer<T> {
@@ -968,6 +1007,49 @@ pub mod peer_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ChangeMemberSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/synodpb.Peer/Status" => {
+                    #[allow(non_camel_case_types)]
+                    struct StatusSvc<T: Peer>(pub Arc<T>);
+                    impl<T: Peer> tonic::server::UnaryService<super::PeerStatusRequest>
+                    for StatusSvc<T> {
+                        type Response = super::PeerStatus;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PeerStatusRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Peer>::status(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = StatusSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -10,6 +10,7 @@ mod bench;
 mod cli;
 mod client_recipes;
 mod cluster;
+mod console;
 mod crash;
 mod differential;
 mod etcdctl;
