@@ -43,11 +43,6 @@ const ASSETS: [(&str, &str, &str); 3] = [
     ),
 ];
 
-/// Bytes the console sends a browser, all files together (the budget the tests hold it to).
-pub fn asset_bytes() -> usize {
-    ASSETS.iter().map(|(_, _, body)| body.len()).sum()
-}
-
 pub fn router(member: Arc<Member>) -> Router {
     let mut router = Router::new()
         .route("/ui", get(|| async { Redirect::permanent("/ui/") }))

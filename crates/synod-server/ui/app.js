@@ -264,11 +264,15 @@ function after(b64) {
   return btoa(atob(b64) + '\0');
 }
 
-// Children of `prefix` from `start` on: keys, and folders (the next segment up to a '/'), each
-// folder skipped over in one step, so a page costs one range per folder, not per key below it.
-// Returns the children and where the next page starts (null at the end).
-async function children(prefix, start) {
+// Up to PAGE children of `prefix` from `start` on: keys, and folders (the next segment up to a
+// '/'), each folder skipped over in one step, so a page costs one range per folder, not per key
+// below it. Each child goes to `show` as it is found: every range also counts the keys after it,
+// as etcd's does, so on a large keyspace a folder costs tens of milliseconds; the page fills in
+// as they come and ends after a second. Returns where the next page starts (null at the end).
+async function children(prefix, start, show) {
   const found = [];
+  const add = (item) => { found.push(item); show(item); };
+  const deadline = Date.now() + 1000;
   const end = prefix ? prefixEnd(prefix) : btoa('\0'); // from the first key: etcd's "\0" range
   let from = start || (prefix ? toBase64(prefix) : btoa('\0'));
   while (found.length < PAGE) {
@@ -281,17 +285,18 @@ async function children(prefix, start) {
       const slash = rest.indexOf('/');
       if (slash >= 0) {
         const folder = prefix + rest.slice(0, slash + 1);
-        found.push({ folder });
+        add({ folder });
         from = prefixEnd(folder);
         skipped = true;
         break;
       }
-      found.push({ key, kv });
+      add({ key, kv });
       from = after(kv.key);
     }
-    if (!skipped && !answer.more) return { found, next: null };
+    if (!skipped && !answer.more) return null;
+    if (Date.now() > deadline) break;
   }
-  return { found, next: from };
+  return from;
 }
 
 function keysRoute(params) {
@@ -323,20 +328,17 @@ async function keysPage(view, params) {
     el('div.split', {}, el('section', {}, list, more, isAdmin() || grants.perms.length ? newKeyForm(prefix) : null), detail));
   async function load(start) {
     try {
-      const { found, next } = await children(prefix, start);
-      if (!start && found.length === 0) list.append(el('li', {}, 'No keys under this prefix.'));
-      for (const item of found) {
-        list.append(item.folder
-          ? el('li.folder', {}, el('a', { href: keysRoute({ prefix: item.folder }) }, item.folder.slice(prefix.length)))
-          : el('li.key', {}, el('a', { href: keysRoute({ prefix, key: item.key }), 'aria-current': item.key === selected ? 'true' : false }, item.key.slice(prefix.length) || item.key)));
-      }
+      more.replaceChildren(el('span', { role: 'status' }, 'Loading…'));
+      const next = await children(prefix, start, (item) => list.append(item.folder
+        ? el('li.folder', {}, el('a', { href: keysRoute({ prefix: item.folder }) }, item.folder.slice(prefix.length)))
+        : el('li.key', {}, el('a', { href: keysRoute({ prefix, key: item.key }), 'aria-current': item.key === selected ? 'true' : false }, item.key.slice(prefix.length) || item.key))));
+      if (!start && list.children.length === 0) list.append(el('li', {}, 'No keys under this prefix.'));
       more.replaceChildren(next ? button('More', () => load(next)) : '');
     } catch (failure) {
       more.replaceChildren(problem(failure));
     }
   }
-  await load(null);
-  if (selected != null) await showKey(detail, selected, prefix);
+  await Promise.all([load(null), selected != null && showKey(detail, selected, prefix)]);
 }
 
 function newKeyForm(prefix) {
