@@ -8,7 +8,8 @@
 
 import { chromium } from 'playwright-core';
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -21,11 +22,28 @@ function etcdctl(...args) {
   return execFileSync('etcdctl', args, { env: etcdctlEnv, encoding: 'utf8' }).trim();
 }
 
+// axe-core (Deque's accessibility engine, as browsers' audit tools run it), for WCAG 2.1 A and AA:
+// names, roles, labels, contrast.
+const axeSource = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
+
+async function accessible(page, name) {
+  await page.evaluate(axeSource);
+  const found = await page.evaluate(() => window.axe.run(document, {
+    runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] },
+  }));
+  console.log(`axe on ${name}: ${found.passes.length} rules pass, ${found.violations.length} fail`);
+  for (const violation of found.violations) {
+    const where = violation.nodes.slice(0, 3).map((node) => node.target.join(' ')).join('; ');
+    failures.push(`${name}: ${violation.id} (${violation.impact}): ${violation.help}: ${where}`);
+  }
+}
+
 function step(name) {
   console.log(`-- ${name}`);
 }
 
 const holders = [];
+const failures = [];
 const profile = mkdtempSync(join(tmpdir(), 'synod-console-chromium-'));
 const context = await chromium.launchPersistentContext(profile, {
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -33,7 +51,6 @@ const context = await chromium.launchPersistentContext(profile, {
   args: ['--no-sandbox', '--disable-background-networking'],
   viewport: { width: 1280, height: 800 },
 });
-const failures = [];
 const page = context.pages()[0] || (await context.newPage());
 try {
   page.on('pageerror', (error) => failures.push(`page error: ${error.message}`));
@@ -56,6 +73,10 @@ try {
   await page.waitForFunction((name) => document.getElementById('leader-name')?.textContent === name, target);
   await page.waitForFunction(() => document.querySelectorAll('.timeline li').length >= 2);
   await page.screenshot({ path: join(shots, 'cluster.png'), fullPage: true });
+  await accessible(page, 'cluster');
+  await page.emulateMedia({ colorScheme: 'dark' });
+  await accessible(page, 'cluster, dark');
+  await page.emulateMedia({ colorScheme: 'light' });
   console.log(`leader moved from ${leader} to ${target}`);
 
   step('keyboard: the navigation is reachable and works without a mouse');
@@ -79,6 +100,7 @@ try {
   await page.waitForSelector('.diff del >> text=db1');
   await page.waitForSelector('.diff ins >> text=db2');
   await page.screenshot({ path: join(shots, 'keys.png'), fullPage: true });
+  await accessible(page, 'keys');
 
   step('a compare-and-swap from the page is refused once the key has changed underneath');
   await page.click('summary >> text=Edit');
@@ -100,6 +122,7 @@ try {
   etcdctl('put', '/app/live', 'held while paused');
   await page.waitForSelector('text=1 held while paused');
   await page.screenshot({ path: join(shots, 'watch.png'), fullPage: true });
+  await accessible(page, 'watch');
   await page.click('button >> text=Resume');
   await page.waitForSelector('#events tr >> text=held while paused');
 
@@ -110,19 +133,23 @@ try {
   await page.goto(`${base}/ui/#/leases`);
   await page.waitForSelector(`tr[data-lease="${lease}"] >> text="/services/worker-2"`);
 
-  step('locks: the holder and the waiter, with their fencing tokens');
+  step('locks and elections: the holder and the waiter with their fencing tokens, the leader with its value');
   for (let i = 0; i < 2; i++) {
     const holder = spawn('etcdctl', ['lock', '/locks/db-migration', 'sleep', '120'], { env: etcdctlEnv, stdio: 'ignore' });
     holders.push(holder);
     await new Promise((resolve) => setTimeout(resolve, 700));
   }
+  holders.push(spawn('etcdctl', ['elect', '/elections/scheduler', 'node-a'], { env: etcdctlEnv, stdio: 'ignore' }));
   await page.goto(`${base}/ui/#/locks`);
   await page.waitForSelector('section[data-lock="/locks/db-migration"] tr >> text=waits (1)');
+  await page.waitForSelector('section[data-lock="/elections/scheduler"] td >> text="node-a"');
   await page.screenshot({ path: join(shots, 'locks.png'), fullPage: true });
+  await accessible(page, 'locks');
 
   await page.goto(`${base}/ui/#/leases?id=0`);
   await page.waitForSelector(`tr[data-lease="${lease}"] >> text="/services/worker-1"`);
   await page.screenshot({ path: join(shots, 'leases.png'), fullPage: true });
+  await accessible(page, 'leases');
   etcdctl('lease', 'revoke', lease);
   await page.waitForFunction((id) => !document.querySelector(`tr[data-lease="${id}"]`), lease);
   if (await page.$('text="/services/worker-1"')) throw new Error('a revoked lease\'s key is still shown');
@@ -134,6 +161,7 @@ try {
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   if (overflow > 0) throw new Error(`the page is ${overflow}px wider than a phone's screen`);
   await page.screenshot({ path: join(shots, 'phone.png') });
+  await accessible(page, 'phone');
 
   step('with auth on: the page asks to sign in, and a user who may only read gets no edit controls');
   await page.setViewportSize({ width: 1280, height: 800 });

@@ -50,6 +50,7 @@ fn console_in_chromium() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    println!("{report}");
     assert!(
         output.status.success(),
         "the console test failed:\n{report}"
