@@ -121,6 +121,25 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for HttpCredentials {
     }
 }
 
+/// The caller of a request to one of Synod's own HTTP endpoints, if `check` lets it through;
+/// a refusal is their 403 answer, `{"error": message}` with etcd's message.
+pub async fn http_allowed(
+    member: &Member,
+    credentials: &Credentials,
+    check: impl FnOnce(&synod_core::auth::AuthStore, &AuthHeader) -> Result<(), RequestError>,
+) -> Result<AuthHeader, axum::response::Response> {
+    use axum::response::IntoResponse;
+    let allowed = resolve(member, credentials).await.and_then(|caller| {
+        check(&member.machine.auth, &caller)?;
+        Ok(caller)
+    });
+    allowed.map_err(|refused| {
+        let status = tonic::Status::from(refused);
+        let body = serde_json::json!({ "error": status.message() });
+        (axum::http::StatusCode::FORBIDDEN, axum::Json(body)).into_response()
+    })
+}
+
 /// Resolves `credentials` into the header the request is checked and proposed with.
 pub async fn resolve(
     member: &Member,

@@ -81,18 +81,12 @@ async fn cluster(
     State(member): State<Arc<Member>>,
     HttpCredentials(credentials): HttpCredentials,
 ) -> Response {
-    let allowed = match crate::caller::resolve(&member, &credentials).await {
-        Ok(caller) => member
-            .machine
-            .auth
-            .check_authenticated(&caller)
-            .map_err(crate::error::ServerError::from),
-        Err(refused) => Err(refused),
-    };
+    let allowed = crate::caller::http_allowed(&member, &credentials, |auth, caller| {
+        auth.check_authenticated(caller)
+    })
+    .await;
     if let Err(refused) = allowed {
-        let status = tonic::Status::from(refused);
-        let body = serde_json::json!({ "error": status.message() });
-        return (StatusCode::FORBIDDEN, Json(body)).into_response();
+        return refused;
     }
     let records = match member.members() {
         Ok(records) => records,

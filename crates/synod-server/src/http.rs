@@ -61,23 +61,17 @@ async fn check_fence(
     // The answer tells who holds the lock: READ on its holders, as a range of them would need.
     let mut prefix = query.name.as_bytes().to_vec();
     prefix.push(b'/');
-    let allowed = match crate::caller::resolve(&member, &credentials).await {
-        Ok(caller) => member
-            .machine
-            .auth
-            .check_keys(
-                &caller,
-                synod_core::auth::Access::Read,
-                &prefix,
-                &synod_api::prefix_range_end(&prefix),
-            )
-            .map_err(crate::error::ServerError::from),
-        Err(refused) => Err(refused),
-    };
+    let allowed = crate::caller::http_allowed(&member, &credentials, |auth, caller| {
+        auth.check_keys(
+            caller,
+            synod_core::auth::Access::Read,
+            &prefix,
+            &synod_api::prefix_range_end(&prefix),
+        )
+    })
+    .await;
     if let Err(refused) = allowed {
-        let status = tonic::Status::from(refused);
-        let body = serde_json::json!({ "error": status.message() });
-        return (StatusCode::FORBIDDEN, Json(body)).into_response();
+        return refused;
     }
     match crate::recipes::check_fence(&member, query.name.as_bytes(), query.token).await {
         Ok(check) => Json(check).into_response(),
