@@ -17,6 +17,7 @@ const PROTOS: &[&str] = &[
     "synodpb/internal.proto",
     "synodpb/peer.proto",
     "synodpb/migrate.proto",
+    "synodpb/zookeeper.proto",
 ];
 
 fn main() -> Result<()> {

@@ -34,5 +34,6 @@ pub mod node;
 pub mod planted;
 pub mod raft_log;
 pub mod watch;
+pub mod zk;
 
 pub use error::{Error, RequestError, StorageError};

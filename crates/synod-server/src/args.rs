@@ -178,6 +178,23 @@ pub struct ServerArgs {
     /// is also served on the client URLs.
     #[arg(long, env = "SYNOD_LISTEN_METRICS_URLS")]
     pub listen_metrics_urls: Option<String>,
+    /// Where to serve ZooKeeper's client protocol (HOST:PORT); empty turns it off [default:
+    /// 127.0.0.1:2181 when --listen-client-urls is not given, else off].
+    #[arg(long, env = "SYNOD_ZOOKEEPER_ADDR")]
+    pub zookeeper_addr: Option<String>,
+    /// Shortest session timeout a ZooKeeper client gets, in ms (ZooKeeper's minSessionTimeout).
+    #[arg(long, env = "SYNOD_ZOOKEEPER_MIN_SESSION_TIMEOUT")]
+    pub zookeeper_min_session_timeout: Option<u32>,
+    /// Longest session timeout a ZooKeeper client gets, in ms (maxSessionTimeout).
+    #[arg(long, env = "SYNOD_ZOOKEEPER_MAX_SESSION_TIMEOUT")]
+    pub zookeeper_max_session_timeout: Option<u32>,
+    /// `super:<base64 SHA-1>` digest that makes a ZooKeeper connection super user
+    /// (zookeeper.DigestAuthenticationProvider.superDigest).
+    #[arg(long, env = "SYNOD_ZOOKEEPER_SUPER_DIGEST")]
+    pub zookeeper_super_digest: Option<String>,
+    /// Largest ZooKeeper frame in bytes (jute.maxbuffer) [default: 1048575].
+    #[arg(long, env = "SYNOD_ZOOKEEPER_MAX_BUFFER")]
+    pub zookeeper_max_buffer: Option<u32>,
     /// `basic`, or `extensive` to also export `grpc_server_handling_seconds`.
     #[arg(long, env = "SYNOD_METRICS")]
     pub metrics: Option<String>,
@@ -270,6 +287,15 @@ impl ServerArgs {
             host_whitelist: self.host_whitelist.or(other.host_whitelist),
             listen_metrics_urls: self.listen_metrics_urls.or(other.listen_metrics_urls),
             metrics: self.metrics.or(other.metrics),
+            zookeeper_addr: self.zookeeper_addr.or(other.zookeeper_addr),
+            zookeeper_min_session_timeout: self
+                .zookeeper_min_session_timeout
+                .or(other.zookeeper_min_session_timeout),
+            zookeeper_max_session_timeout: self
+                .zookeeper_max_session_timeout
+                .or(other.zookeeper_max_session_timeout),
+            zookeeper_super_digest: self.zookeeper_super_digest.or(other.zookeeper_super_digest),
+            zookeeper_max_buffer: self.zookeeper_max_buffer.or(other.zookeeper_max_buffer),
             enable_distributed_tracing: self
                 .enable_distributed_tracing
                 .or(other.enable_distributed_tracing),

@@ -76,6 +76,64 @@ pub struct Config {
     pub metrics_extensive: bool,
     /// Request spans exported over OTLP, when `--enable-distributed-tracing`.
     pub tracing: Option<crate::telemetry::TracingSettings>,
+    /// ZooKeeper's client protocol, when served.
+    pub zookeeper: Option<ZookeeperSettings>,
+}
+
+/// `--zookeeper-*`.
+#[derive(Debug, Clone)]
+pub struct ZookeeperSettings {
+    pub address: String,
+    /// Taken by default rather than asked for: failing to bind it is a warning, not an error.
+    pub implicit: bool,
+    pub min_session_timeout_ms: u32,
+    pub max_session_timeout_ms: u32,
+    /// `super:<hash>`'s hash.
+    pub super_digest: Option<String>,
+    pub max_buffer: usize,
+}
+
+fn zookeeper_settings(args: &ServerArgs) -> Result<Option<ZookeeperSettings>, ConfigError> {
+    let (address, implicit) = match (&args.zookeeper_addr, &args.listen_client_urls) {
+        (Some(address), _) => (address.trim().to_owned(), false),
+        (None, None) => ("127.0.0.1:2181".to_owned(), true),
+        (None, Some(_)) => (String::new(), true),
+    };
+    if address.is_empty() {
+        return Ok(None);
+    }
+    if address.parse::<std::net::SocketAddr>().is_err() {
+        return Err(ConfigError(format!(
+            "--zookeeper-addr {address:?}: expected HOST:PORT with an IP address"
+        )));
+    }
+    let min = args.zookeeper_min_session_timeout.unwrap_or(6_000);
+    let max = args.zookeeper_max_session_timeout.unwrap_or(60_000);
+    if min == 0 || min > max {
+        return Err(ConfigError(format!(
+            "--zookeeper-min-session-timeout {min} must be positive and at most \
+             --zookeeper-max-session-timeout {max}"
+        )));
+    }
+    let super_digest = match args.zookeeper_super_digest.as_deref() {
+        None | Some("") => None,
+        Some(digest) => match digest.split_once(':') {
+            Some(("super", hash)) if !hash.is_empty() => Some(hash.to_owned()),
+            _ => {
+                return Err(ConfigError(format!(
+                    "--zookeeper-super-digest {digest:?}: expected super:<base64 SHA-1>"
+                )));
+            }
+        },
+    };
+    Ok(Some(ZookeeperSettings {
+        address,
+        implicit,
+        min_session_timeout_ms: min,
+        max_session_timeout_ms: max,
+        super_digest,
+        max_buffer: args.zookeeper_max_buffer.unwrap_or(0xfffff) as usize,
+    }))
 }
 
 /// A setting that cannot be used.
@@ -238,6 +296,7 @@ impl Config {
         let corrupt_check =
             parse_duration(args.corrupt_check_interval.as_deref().unwrap_or("30s"))?;
         let listen_metrics_urls = list(args.listen_metrics_urls.as_deref().unwrap_or(""));
+        let zookeeper = zookeeper_settings(&args)?;
         for url in listen_client_urls
             .iter()
             .chain(&listen_peer_urls)
@@ -328,6 +387,7 @@ impl Config {
             listen_metrics_urls,
             metrics_extensive,
             tracing: tracing_settings,
+            zookeeper,
         })
     }
 

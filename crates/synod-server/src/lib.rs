@@ -51,6 +51,7 @@ pub mod tls;
 pub mod transport;
 pub mod validate;
 pub mod watch;
+pub mod zookeeper;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -260,6 +261,10 @@ pub async fn run(
     metrics::metrics()
         .grpc
         .set_extensive(config.metrics_extensive);
+    let zookeeper_listener = match &config.zookeeper {
+        Some(settings) => zookeeper::bind(settings).await?,
+        None => None,
+    };
     let mut peer_listeners = Vec::new();
     for url in &config.listen_peer_urls {
         let address = config::socket_address(url)?;
@@ -323,6 +328,15 @@ pub async fn run(
             tls.client.clone(),
             config.client_cert_auth,
         ));
+    }
+    if let (Some(listener), Some(settings)) = (zookeeper_listener, config.zookeeper.clone()) {
+        tracing::info!(address = %listener.local_addr()?, "serving ZooKeeper clients");
+        servers.push(tokio::spawn(zookeeper::serve(
+            member.clone(),
+            settings,
+            listener,
+            stop_receiver.clone(),
+        )));
     }
     for (listener, https) in metrics_listeners {
         // `/metrics` and the health endpoints only, as on etcd's metrics URLs.

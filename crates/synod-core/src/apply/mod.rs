@@ -68,6 +68,8 @@ pub enum Response {
     Imported {
         revision: i64,
     },
+    /// A ZooKeeper write was applied, or refused operation by operation.
+    Zk(crate::zk::ZkOutcome),
 }
 
 /// The cluster-wide key of a proposed request: the member that proposed it and its id there.

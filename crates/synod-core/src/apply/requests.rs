@@ -142,11 +142,23 @@ impl StateMachine {
                     Ok(keys) => {
                         let mut txn = batch.begin();
                         let mut outcome = Ok(());
-                        for key in keys {
-                            if let Err(error) = txn.delete_range(&key, &[]) {
+                        for key in &keys {
+                            if let Err(error) = txn.delete_range(key, &[]) {
                                 outcome = Err(error);
                                 break;
                             }
+                        }
+                        // A ZooKeeper session's ephemerals went: their parents record it.
+                        if outcome.is_ok()
+                            && keys.iter().any(|key| key.starts_with(crate::zk::PREFIX))
+                        {
+                            outcome = crate::zk::after_revoke(
+                                &mut ZkTxn {
+                                    txn: &mut txn,
+                                    lessor: &self.lessor,
+                                },
+                                &keys,
+                            );
                         }
                         let revision = txn.end();
                         outcome.map(|()| {
@@ -205,6 +217,37 @@ impl StateMachine {
                 self.txn(batch, &changes).map(|_| Response::Imported {
                     revision: batch.revision(),
                 })
+            }
+            Some(Request::ZkWrite(write)) => {
+                if !write.bootstrap && self.alarms.is_raised(AlarmType::Nospace) {
+                    return Ok(Err(RequestError::NoSpace));
+                }
+                if write.session != 0 && !self.lessor.contains(write.session) {
+                    let results = write
+                        .ops
+                        .iter()
+                        .map(|op| crate::zk::OpResult {
+                            opcode: op.opcode,
+                            err: crate::zk::code::SESSION_EXPIRED,
+                            path: String::new(),
+                            stat: None,
+                        })
+                        .collect();
+                    return Ok(Ok(Response::Zk(crate::zk::ZkOutcome {
+                        revision: batch.revision(),
+                        results,
+                    })));
+                }
+                let mut txn = batch.begin();
+                let results = crate::zk::apply(
+                    &mut ZkTxn {
+                        txn: &mut txn,
+                        lessor: &self.lessor,
+                    },
+                    &write,
+                );
+                let revision = txn.end();
+                results.map(|results| Response::Zk(crate::zk::ZkOutcome { revision, results }))
             }
             Some(Request::MemberUpdate(update)) => {
                 let tx = batch.transaction();
@@ -455,5 +498,33 @@ impl StateMachine {
             header: Some(ResponseHeader::default()),
             alarms: answer,
         })
+    }
+}
+
+/// A request's revision as ZooKeeper's writes see it: reads through it, and writes that keep the
+/// lessor's record of which keys each lease holds.
+struct ZkTxn<'t, 'b, 's> {
+    txn: &'t mut RevisionTxn<'b, 's>,
+    lessor: &'t Lessor,
+}
+
+impl crate::zk::Reader for ZkTxn<'_, '_, '_> {
+    fn range(&self, key: &[u8], end: &[u8], options: RangeOptions) -> Result<RangeResult, Error> {
+        self.txn.range(key, end, options)
+    }
+}
+
+impl crate::zk::Writer for ZkTxn<'_, '_, '_> {
+    fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<KeyValue, Error> {
+        let kv = self.txn.put(key, value, lease)?;
+        self.lessor.attach(key, lease);
+        Ok(kv)
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<(), Error> {
+        for kv in self.txn.delete_range(key, &[])? {
+            self.lessor.attach(&kv.key, 0);
+        }
+        Ok(())
     }
 }
