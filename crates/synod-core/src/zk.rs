@@ -695,17 +695,16 @@ pub fn apply(store: &mut impl Writer, write: &ZkWrite) -> Result<Vec<OpResult>, 
         store: &*store,
         nodes: HashMap::new(),
     };
-    let mut changes = Vec::new();
-    let mut created = Vec::with_capacity(write.ops.len());
+    let mut planned = Vec::with_capacity(write.ops.len());
     let mut failed = None;
     for (at, op) in write.ops.iter().enumerate() {
         match plan.check(write, op)? {
-            Ok(mut more) => {
-                created.push(match more.first() {
+            Ok(changes) => {
+                let created = match changes.first() {
                     Some(Change::Create { path, .. }) => path.clone(),
                     _ => String::new(),
-                });
-                changes.append(&mut more);
+                };
+                planned.push((created, changes));
             }
             Err(err) => {
                 failed = Some((at, err));
@@ -730,11 +729,13 @@ pub fn apply(store: &mut impl Writer, write: &ZkWrite) -> Result<Vec<OpResult>, 
             })
             .collect());
     }
-    for change in changes {
-        write_change(store, change, write.time_ms)?;
-    }
+    // Each operation's changes, then its result: a stat shows the node as that operation left
+    // it, before the later operations of the multi.
     let mut results = Vec::with_capacity(write.ops.len());
-    for (op, path) in write.ops.iter().zip(created) {
+    for (op, (path, changes)) in write.ops.iter().zip(planned) {
+        for change in changes {
+            write_change(store, change, write.time_ms)?;
+        }
         let stat_path = if path.is_empty() { &op.path } else { &path };
         let stat = match op.opcode {
             op::CHECK | op::DELETE => None,

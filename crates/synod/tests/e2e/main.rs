@@ -24,3 +24,4 @@ mod recipes;
 mod telemetry;
 mod tls;
 mod watch;
+mod zookeeper;

@@ -3,6 +3,7 @@
 //! server behind.
 
 mod pki;
+pub mod zookeeper;
 
 pub use pki::{MemberTls, TestPki};
 
@@ -49,6 +50,8 @@ pub struct Member {
     pub data_dir: PathBuf,
     pub client_port: u16,
     pub peer_port: u16,
+    /// Where the member serves ZooKeeper's protocol (every test member does).
+    pub zookeeper_port: u16,
     extra_args: Vec<String>,
     log_path: PathBuf,
     /// A program that runs the server (`prlimit ... --`), if any.
@@ -73,6 +76,7 @@ impl Member {
             }
             member.client_port = free_port();
             member.peer_port = free_port();
+            member.zookeeper_port = free_port();
         }
         member.wait_ready();
         member
@@ -107,6 +111,7 @@ impl Member {
             data_dir: root.join("data"),
             client_port: free_port(),
             peer_port: free_port(),
+            zookeeper_port: free_port(),
             extra_args,
             log_path: root.join("server.log"),
             wrapper: Vec::new(),
@@ -222,6 +227,11 @@ impl Member {
         format!("127.0.0.1:{}", self.client_port)
     }
 
+    /// The member's ZooKeeper address, as ZooKeeper clients name it.
+    pub fn zookeeper_address(&self) -> String {
+        format!("127.0.0.1:{}", self.zookeeper_port)
+    }
+
     pub fn url(&self) -> String {
         format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
     }
@@ -252,6 +262,8 @@ impl Member {
             .arg(self.peer_url())
             .arg("--initial-advertise-peer-urls")
             .arg(self.peer_url())
+            .arg("--zookeeper-addr")
+            .arg(self.zookeeper_address())
             .args(self.tls.iter().flat_map(MemberTls::server_flags))
             .args(
                 self.auto_tls

@@ -1,0 +1,299 @@
+//! ZooKeeper's client protocol: kazoo and its recipes, ZooKeeper's own zkCli.sh, a session moved
+//! to another member by a kill -9, the four-letter words, and a differential test against a real
+//! ZooKeeper 3.8 (Debian's package), step by step.
+
+use std::collections::BTreeSet;
+
+use crate::harness::zookeeper::{ZKCLI, ZooKeeper, four_letter};
+use crate::harness::{Cluster, Member, run_tool};
+
+fn script(name: &str) -> String {
+    format!("{}/tests/e2e/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs one of the kazoo scripts; its output on success.
+fn kazoo(name: &str, args: &[&str]) -> String {
+    assert!(
+        run_tool("python3", &[], &["-c", "import kazoo"], None).0,
+        "Python's kazoo is required; scripts/test installs it (pip install kazoo)"
+    );
+    let path = script(name);
+    let mut all = vec![path.as_str()];
+    all.extend_from_slice(args);
+    let (ok, stdout, stderr) = run_tool("python3", &[], &all, None);
+    assert!(ok, "{name} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+/// Goal: an application written for ZooKeeper runs unchanged on one member: kazoo's
+/// operations, Stat fields, errors, watches (and their order against replies), ephemerals,
+/// transactions, ACLs, and the recipes kazoo ships (Lock, Election, Counter, Queue, Barrier,
+/// Party, ChildrenWatch, DataWatch). The same script passes against ZooKeeper 3.8 itself.
+#[test]
+fn kazoo_and_its_recipes_work_against_a_member() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    let out = kazoo("zk_kazoo_check.py", &[&member.zookeeper_address()]);
+    assert!(out.contains("kazoo ok"), "{out}");
+}
+
+/// Goal: every member of a cluster serves ZooKeeper clients, on one shared tree.
+#[test]
+fn kazoo_works_through_every_member_of_a_cluster() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let cluster = Cluster::start(root.path(), 3, &[]);
+    for member in &cluster.members {
+        let out = kazoo("zk_kazoo_check.py", &[&member.zookeeper_address()]);
+        assert!(out.contains("kazoo ok"), "{out}");
+    }
+}
+
+/// Goal: a client whose member dies (kill -9) reconnects to another member within its session
+/// timeout and keeps its session, its ephemerals and its watches (sent again by kazoo with
+/// setWatches); once it closes the session, its ephemeral goes.
+#[test]
+fn a_session_moves_to_another_member_with_its_ephemerals_and_watches() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let cluster = Cluster::start(root.path(), 3, &[]);
+    let pid = cluster.members[0].pid().expect("running").to_string();
+    let out = kazoo(
+        "zk_session_move_check.py",
+        &[
+            &cluster.members[0].zookeeper_address(),
+            &cluster.members[1].zookeeper_address(),
+            &cluster.members[2].zookeeper_address(),
+            &pid,
+        ],
+    );
+    assert!(out.contains("moved ok"), "{out}");
+}
+
+/// ZooKeeper's own command-line client (Debian's zkCli.sh), one command per run: what it
+/// printed.
+fn zkcli(member: &Member, command: &[&str]) -> String {
+    let server = member.zookeeper_address();
+    let mut args = vec!["-server", server.as_str()];
+    args.extend_from_slice(command);
+    // zkCli exits non-zero on a refusal; its words are what the tests check. It prints some
+    // answers on stdout and others ("Created ...") on stderr.
+    let (_, stdout, stderr) = run_tool(ZKCLI, &[], &args, None);
+    format!("{stdout}{stderr}")
+}
+
+/// Goal: zkCli.sh, ZooKeeper's own client (Java), works unchanged.
+#[test]
+fn zkcli_works_unchanged() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    assert!(zkcli(&member, &["create", "/cli", "hello"]).contains("Created /cli"));
+    assert!(
+        zkcli(&member, &["create", "-s", "-e", "/cli/seq-", "x"])
+            .contains("Created /cli/seq-0000000000")
+    );
+    assert!(zkcli(&member, &["get", "/cli"]).contains("hello"));
+    assert!(!zkcli(&member, &["set", "/cli", "world"]).contains("Exception"));
+    let stat = zkcli(&member, &["stat", "/cli"]);
+    // zkCli exits without closing its session: the ephemeral stays until the session expires,
+    // on ZooKeeper as here.
+    for line in [
+        "dataVersion = 1",
+        "dataLength = 5",
+        "numChildren = 1",
+        "cversion = 1",
+    ] {
+        assert!(stat.contains(line), "{line} not in:\n{stat}");
+    }
+    let listing = zkcli(&member, &["ls", "/"]);
+    assert!(listing.contains("[cli, zookeeper]"), "{listing}");
+    let refused = zkcli(&member, &["delete", "/zookeeper"]);
+    assert!(
+        refused.contains("Arguments are not valid : /zookeeper"),
+        "{refused}"
+    );
+    assert!(zkcli(&member, &["delete", "/cli"]).contains("Node not empty: /cli"));
+    assert!(!zkcli(&member, &["deleteall", "/cli"]).contains("Exception"));
+    assert!(zkcli(&member, &["ls", "/"]).contains("[zookeeper]"));
+}
+
+/// The labels of `key: value` or `key<TAB>value` lines.
+fn keys(text: &str, separator: char) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|line| line.split_once(separator))
+        .map(|(key, _)| key.trim().to_owned())
+        .collect()
+}
+
+/// Goal: monitoring that reads ZooKeeper's four-letter words reads Synod's: the same answers to
+/// ruok and isro, srvr's lines labelled as ZooKeeper labels them, and every mntr and conf key
+/// one that ZooKeeper 3.8 reports too.
+#[test]
+fn four_letter_words_answer_as_zookeeper_does() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    let reference = ZooKeeper::start(root.path());
+    let ours = member.zookeeper_address();
+    let theirs = reference.address();
+    for word in ["ruok", "isro"] {
+        assert_eq!(
+            four_letter(&ours, word),
+            four_letter(&theirs, word),
+            "{word}"
+        );
+    }
+    assert_eq!(
+        keys(&four_letter(&ours, "srvr"), ':'),
+        keys(&four_letter(&theirs, "srvr"), ':')
+    );
+    let their_mntr = keys(&four_letter(&theirs, "mntr"), '\t');
+    let our_mntr = four_letter(&ours, "mntr");
+    assert!(
+        our_mntr.starts_with("zk_version\t")
+            && our_mntr.contains("\nzk_server_state\tstandalone\n")
+    );
+    for key in keys(&our_mntr, '\t') {
+        assert!(their_mntr.contains(&key), "ZooKeeper has no mntr key {key}");
+    }
+    let their_conf = keys(&four_letter(&theirs, "conf"), '=');
+    for key in keys(&four_letter(&ours, "conf"), '=') {
+        assert!(their_conf.contains(&key), "ZooKeeper has no conf key {key}");
+    }
+    let stat = four_letter(&ours, "stat");
+    assert!(
+        stat.contains("\nClients:\n") && stat.contains("\nMode: standalone\n"),
+        "{stat}"
+    );
+    let watches = four_letter(&ours, "wchs");
+    assert!(watches.contains("connections watching") && watches.contains("Total watches:"));
+    assert!(four_letter(&ours, "envi").starts_with("Environment:\n"));
+    assert!(four_letter(&ours, "dump").starts_with("SessionTracker dump:\n"));
+    assert_eq!(
+        four_letter(&ours, "srst"),
+        "srst is not executed because it is not in the whitelist.\n"
+    );
+}
+
+/// Goal: Synod answers like ZooKeeper 3.8: random sequences of creates (persistent, ephemeral,
+/// sequential), deletes, setData, reads, child listings and transactions, with versions right
+/// and wrong, run against both through kazoo; every result, Stat (its versions, counts and
+/// how its zxids relate) and error is compared after every step. `SYNOD_ZK_DIFF_SEEDS=a..b`
+/// runs a longer campaign.
+#[test]
+fn answers_match_zookeeper_differentially() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    let reference = ZooKeeper::start(root.path());
+    let seeds = std::env::var("SYNOD_ZK_DIFF_SEEDS").unwrap_or_else(|_| "1..25".to_owned());
+    let (first, last) = seeds.split_once("..").expect("SYNOD_ZK_DIFF_SEEDS is a..b");
+    let out = kazoo(
+        "zk_differential.py",
+        &[
+            &member.zookeeper_address(),
+            &reference.address(),
+            first,
+            last,
+            "120",
+        ],
+    );
+    assert!(out.contains("differential ok"), "{out}");
+}
+
+/// Goal: one store, two APIs: etcd clients read what ZooKeeper clients wrote (a znode's data
+/// is the value of its key), and ZooKeeper clients see etcd clients' writes to it.
+#[test]
+fn etcd_and_zookeeper_clients_share_the_tree() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    let zk = member.zookeeper_address();
+    let program = format!(
+        "from kazoo.client import KazooClient\n\
+         zk = KazooClient(hosts='{zk}'); zk.start()\n\
+         zk.create('/shared', b'from-zookeeper')\n\
+         zk.stop()"
+    );
+    assert!(run_tool("python3", &[], &["-c", &program], None).0);
+    let flags = member.client_flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let (ok, out, _) = run_tool(
+        "etcdctl",
+        &flags,
+        &["get", "zk/n001/shared", "--print-value-only"],
+        None,
+    );
+    assert!(ok && out.trim() == "from-zookeeper", "{out}");
+    assert!(
+        run_tool(
+            "etcdctl",
+            &flags,
+            &["put", "zk/n001/shared", "from-etcd"],
+            None
+        )
+        .0
+    );
+    let program = format!(
+        "from kazoo.client import KazooClient\n\
+         zk = KazooClient(hosts='{zk}'); zk.start()\n\
+         data, stat = zk.get('/shared')\n\
+         print(data.decode(), stat.version)\n\
+         zk.stop()"
+    );
+    let (ok, out, err) = run_tool("python3", &[], &["-c", &program], None);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "from-etcd 1");
+}
+
+/// Waits up to 30 s for `file` to contain `text` `times` times.
+fn wait_for_output(file: &std::path::Path, text: &str, times: usize) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let output = std::fs::read_to_string(file).unwrap_or_default();
+        if output.matches(text).count() >= times {
+            return output;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{text:?} did not appear {times} time(s) in:\n{output}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Goal: ZooKeeper's Java client (zkCli.sh) keeps its watch when its member dies: it reconnects
+/// to another member with the same session and sends setWatches, and the change made there
+/// reaches it.
+#[test]
+fn the_java_client_keeps_its_watches_on_another_member() {
+    use std::io::Write;
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut cluster = Cluster::start(root.path(), 3, &[]);
+    assert!(zkcli(&cluster.members[2], &["create", "/w", "v0"]).contains("Created /w"));
+    let output = root.path().join("zkcli.out");
+    let log = std::fs::File::create(&output).expect("zkCli output");
+    let servers = format!(
+        "{},{}",
+        cluster.members[0].zookeeper_address(),
+        cluster.members[1].zookeeper_address()
+    );
+    let mut client = std::process::Command::new(ZKCLI)
+        .args(["-server", &servers])
+        .stdin(std::process::Stdio::piped())
+        .stdout(log.try_clone().expect("clone"))
+        .stderr(log)
+        .spawn()
+        .expect("zkCli.sh");
+    let mut input = client.stdin.take().expect("stdin");
+    wait_for_output(&output, "type:None", 1);
+    writeln!(input, "get -w /w").expect("send get -w");
+    wait_for_output(&output, "v0", 1);
+    // The Java client picks its member at random: kill the one it is on.
+    let connected = (0..2)
+        .find(|&i| four_letter(&cluster.members[i].zookeeper_address(), "cons").contains(",sid=0x"))
+        .expect("zkCli is connected to one of the two members");
+    cluster.members[connected].kill9();
+    wait_for_output(&output, "state:SyncConnected type:None", 2);
+    zkcli(&cluster.members[2], &["set", "/w", "v1"]);
+    let seen = wait_for_output(&output, "type:NodeDataChanged path:/w", 1);
+    let _ = writeln!(input, "quit");
+    let _ = client.kill();
+    let _ = client.wait();
+    assert!(!seen.contains("Expired"), "the session expired:\n{seen}");
+}
