@@ -75,6 +75,8 @@ pub const BUILT_IN: [&str; 4] = ["/", "/zookeeper", "/zookeeper/quota", "/zookee
 
 /// Deepest path the key layout holds (three digits of depth).
 const DEPTH_MAX: usize = 999;
+/// Longest TTL of a TTL node, in ms (ZooKeeper's `EphemeralType.MAX_TTL`).
+const TTL_MAX: i64 = (1 << 40) - 1;
 
 /// A znode's `Stat`, as ZooKeeper sends it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -603,11 +605,14 @@ impl<S: Reader> Plan<'_, S> {
             return Ok(Err(code::BAD_ARGUMENTS));
         }
         let ttl_mode = matches!(flags, 5 | 6);
-        if ttl_mode {
-            // TTL nodes need `zookeeper.extendedTypesEnabled`, off by default, as here.
+        if ttl_mode && !write.extended_types {
+            // TTL nodes need `zookeeper.extendedTypesEnabled` (`--zookeeper-extended-types`).
             return Ok(Err(code::UNIMPLEMENTED));
         }
-        if op.opcode == op::CREATE_TTL {
+        if ttl_mode && !(1..=TTL_MAX).contains(&op.ttl) {
+            return Ok(Err(code::BAD_ARGUMENTS));
+        }
+        if !ttl_mode && op.opcode == op::CREATE_TTL {
             return Ok(Err(code::BAD_ARGUMENTS));
         }
         let ephemeral = matches!(flags, 1 | 3);
@@ -672,7 +677,7 @@ impl<S: Reader> Plan<'_, S> {
                     aversion: 0,
                     acl,
                     flags,
-                    ttl: 0,
+                    ttl: if ttl_mode { op.ttl } else { 0 },
                 },
             },
             Change::Children {
@@ -837,6 +842,44 @@ fn bootstrap(store: &mut impl Writer, time_ms: i64) -> Result<(), Error> {
         store.put(&children_key(path), 0i64.to_be_bytes().to_vec(), 0)?;
     }
     Ok(())
+}
+
+/// Nodes due for removal at `now_ms` (ZooKeeper's `ContainerManager`): containers that once had
+/// children and have none now, and TTL nodes without children not modified for their TTL.
+pub fn due_for_removal(store: &impl Reader, now_ms: i64) -> Result<Vec<String>, Error> {
+    let prefix = b"zk/m";
+    let metas = store
+        .range(prefix, &prefix_end(prefix), RangeOptions::default())?
+        .kvs;
+    let mut due = Vec::new();
+    for kv in metas {
+        let Ok(meta) = ZnodeMeta::decode(kv.value.as_slice()) else {
+            continue;
+        };
+        let ttl_node = matches!(meta.flags, 5 | 6);
+        if meta.flags != 4 && !ttl_node {
+            continue;
+        }
+        let Some(path) = kv
+            .key
+            .get(prefix.len() + 3..)
+            .and_then(|p| std::str::from_utf8(p).ok())
+        else {
+            continue;
+        };
+        if num_children(store, path)? > 0 {
+            continue;
+        }
+        let expired = if ttl_node {
+            now_ms.saturating_sub(meta.mtime) > meta.ttl
+        } else {
+            node(store, path)?.is_some_and(|n| n.creations > 0)
+        };
+        if expired {
+            due.push(path.to_owned());
+        }
+    }
+    Ok(due)
 }
 
 /// After a lease was revoked and its keys deleted: the parents of the ephemerals that went with

@@ -192,6 +192,13 @@ pub struct ServerArgs {
     /// (zookeeper.DigestAuthenticationProvider.superDigest).
     #[arg(long, env = "SYNOD_ZOOKEEPER_SUPER_DIGEST")]
     pub zookeeper_super_digest: Option<String>,
+    /// Allow TTL nodes (ZooKeeper's zookeeper.extendedTypesEnabled) [default: false].
+    #[arg(long, env = "SYNOD_ZOOKEEPER_EXTENDED_TYPES", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub zookeeper_extended_types: Option<bool>,
+    /// How often the leader removes empty containers and expired TTL nodes, in ms
+    /// (znode.container.checkIntervalMs) [default: 60000].
+    #[arg(long, env = "SYNOD_ZOOKEEPER_CONTAINER_CHECK_INTERVAL_MS")]
+    pub zookeeper_container_check_interval_ms: Option<u64>,
     /// Largest ZooKeeper frame in bytes (jute.maxbuffer) [default: 1048575].
     #[arg(long, env = "SYNOD_ZOOKEEPER_MAX_BUFFER")]
     pub zookeeper_max_buffer: Option<u32>,
@@ -296,6 +303,12 @@ impl ServerArgs {
                 .or(other.zookeeper_max_session_timeout),
             zookeeper_super_digest: self.zookeeper_super_digest.or(other.zookeeper_super_digest),
             zookeeper_max_buffer: self.zookeeper_max_buffer.or(other.zookeeper_max_buffer),
+            zookeeper_extended_types: self
+                .zookeeper_extended_types
+                .or(other.zookeeper_extended_types),
+            zookeeper_container_check_interval_ms: self
+                .zookeeper_container_check_interval_ms
+                .or(other.zookeeper_container_check_interval_ms),
             enable_distributed_tracing: self
                 .enable_distributed_tracing
                 .or(other.enable_distributed_tracing),

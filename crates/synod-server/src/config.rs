@@ -91,6 +91,10 @@ pub struct ZookeeperSettings {
     /// `super:<hash>`'s hash.
     pub super_digest: Option<String>,
     pub max_buffer: usize,
+    /// TTL nodes allowed.
+    pub extended_types: bool,
+    /// How often empty containers and expired TTL nodes are removed.
+    pub container_check_interval: Duration,
 }
 
 fn zookeeper_settings(args: &ServerArgs) -> Result<Option<ZookeeperSettings>, ConfigError> {
@@ -133,6 +137,12 @@ fn zookeeper_settings(args: &ServerArgs) -> Result<Option<ZookeeperSettings>, Co
         max_session_timeout_ms: max,
         super_digest,
         max_buffer: args.zookeeper_max_buffer.unwrap_or(0xfffff) as usize,
+        extended_types: args.zookeeper_extended_types.unwrap_or(false),
+        container_check_interval: Duration::from_millis(
+            args.zookeeper_container_check_interval_ms
+                .unwrap_or(60_000)
+                .max(1),
+        ),
     }))
 }
 

@@ -55,6 +55,10 @@ pub struct ZkWrite {
     /// Creates the built-in nodes (`/`, `/zookeeper`, ...) where missing; no ops.
     #[prost(bool, tag = "5")]
     pub bootstrap: bool,
+    /// TTL nodes are allowed (ZooKeeper's zookeeper.extendedTypesEnabled), as the
+    /// proposing member is configured.
+    #[prost(bool, tag = "6")]
+    pub extended_types: bool,
 }
 /// What Synod keeps of a znode beside its data (the `m` key).
 #[derive(Clone, PartialEq, ::prost::Message)]

@@ -108,6 +108,7 @@ impl Context<'_> {
             identities: self.identities.to_vec(),
             ops,
             bootstrap: false,
+            extended_types: self.front.settings().extended_types,
         };
         match self.front.member().propose(Request::ZkWrite(write)).await? {
             Response::Zk(outcome) => Ok(outcome),

@@ -194,6 +194,7 @@ pub async fn serve(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let front = Arc::new(Front::new(member, settings));
+    tokio::spawn(remove_due_nodes(front.clone(), stop.clone()));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -207,6 +208,59 @@ pub async fn serve(
                 }
             },
             _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Most removals of empty containers and expired TTL nodes per check
+/// (znode.container.maxPerMinute, per minute there).
+const REMOVALS_PER_CHECK_MAX: usize = 10_000;
+
+/// On the leader, every check interval: removes containers that lost their last child and TTL
+/// nodes past their TTL (ZooKeeper's `ContainerManager`), each by a delete through Raft that
+/// fails harmlessly (NotEmpty) if a child appeared meanwhile.
+async fn remove_due_nodes(front: Arc<Front>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let interval = front.settings().container_check_interval;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+        let member = front.member();
+        if !member.is_leader() {
+            continue;
+        }
+        let now = command::At {
+            store: &member.machine.store,
+            revision: member.machine.store.current_revision(),
+        };
+        let due = match synod_core::zk::due_for_removal(&now, command::now_ms()) {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::warn!(%error, "finding containers and TTL nodes to remove");
+                continue;
+            }
+        };
+        for path in due.into_iter().take(REMOVALS_PER_CHECK_MAX) {
+            let write = ZkWrite {
+                time_ms: command::now_ms(),
+                // The removal is the server's own: no ACL stands in its way.
+                identities: vec![synod_api::synodpb::ZkId {
+                    scheme: "super".to_owned(),
+                    id: String::new(),
+                }],
+                ops: vec![synod_api::synodpb::ZkOp {
+                    opcode: synod_core::zk::op::DELETE,
+                    path,
+                    version: -1,
+                    ..Default::default()
+                }],
+                ..ZkWrite::default()
+            };
+            if let Err(error) = member.propose(Request::ZkWrite(write)).await {
+                tracing::debug!(%error, "removing a container or TTL node");
+                break;
+            }
         }
     }
 }

@@ -297,3 +297,46 @@ fn the_java_client_keeps_its_watches_on_another_member() {
     let _ = client.wait();
     assert!(!seen.contains("Expired"), "the session expired:\n{seen}");
 }
+
+/// Waits up to 10 s for `path` to be gone, as zkCli sees it.
+fn wait_gone(member: &Member, path: &str) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if zkcli(member, &["stat", path]).contains(&format!("Node does not exist: {path}")) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
+}
+
+/// Goal: a container goes once its last child does, a TTL node once unmodified and childless
+/// for its TTL (with `--zookeeper-extended-types`, as ZooKeeper's extendedTypesEnabled); a
+/// container that never had a child stays, and TTL nodes are refused without the flag.
+#[test]
+fn containers_and_ttl_nodes_are_removed_when_due() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(
+        &root.path().join("extended"),
+        &[
+            "--zookeeper-extended-types",
+            "--zookeeper-container-check-interval-ms",
+            "200",
+        ],
+    );
+    assert!(zkcli(&member, &["create", "-c", "/box"]).contains("Created /box"));
+    assert!(zkcli(&member, &["create", "-c", "/never-used"]).contains("Created /never-used"));
+    assert!(zkcli(&member, &["create", "/box/child"]).contains("Created /box/child"));
+    assert!(zkcli(&member, &["create", "-t", "500", "/short", "x"]).contains("Created /short"));
+    zkcli(&member, &["delete", "/box/child"]);
+    assert!(wait_gone(&member, "/box"), "the empty container stayed");
+    assert!(
+        wait_gone(&member, "/short"),
+        "the TTL node outlived its TTL"
+    );
+    assert!(zkcli(&member, &["stat", "/never-used"]).contains("numChildren = 0"));
+
+    let plain = Member::start(&root.path().join("plain"), &[]);
+    let refused = zkcli(&plain, &["create", "-t", "500", "/short", "x"]);
+    assert!(refused.contains("Unimplemented"), "{refused}");
+}
