@@ -21,6 +21,7 @@ mod faults;
 mod health;
 mod leases;
 mod membership;
+mod zookeeper_faults;
 
 type History = Arc<Mutex<Vec<Operation<KvInput, KvOutput>>>>;
 
