@@ -6,6 +6,7 @@
 //! [`streams`].
 
 mod streams;
+mod zookeeper;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -119,6 +120,22 @@ enum Workload {
         key_space_size: u64,
         #[arg(long, default_value_t = 256)]
         val_size: usize,
+    },
+    /// ZooKeeper's protocol against `--servers` (a Synod member's ZooKeeper port, or
+    /// ZooKeeper): create, get, set or watch-fanout, one connection and session per client.
+    Zookeeper {
+        #[arg(value_enum)]
+        operation: zookeeper::Operation,
+        /// ZooKeeper addresses (HOST:PORT), comma-separated.
+        #[arg(long, default_value = "127.0.0.1:2181")]
+        servers: String,
+        #[arg(long, default_value_t = 256)]
+        val_size: usize,
+        #[arg(long, default_value_t = 16)]
+        key_space_size: u64,
+        /// watch-fanout: time between writes.
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u64,
     },
     /// `--watchers` watchers of one key over `--clients` streams, one write every
     /// `--interval-ms`; the same measures as `watch`.
@@ -249,6 +266,29 @@ pub async fn run(target: &Target, args: BenchArgs) -> Result<std::process::ExitC
                 val_size,
             };
             return streams::watch(target, load, args.json).await;
+        }
+        Workload::Zookeeper {
+            operation,
+            servers,
+            val_size,
+            key_space_size,
+            interval_ms,
+        } => {
+            let load = zookeeper::Load {
+                servers: servers
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                operation,
+                clients: args.clients,
+                total: args.total,
+                val_size,
+                key_space_size,
+                interval_ms,
+            };
+            return zookeeper::run(load, args.json).await;
         }
         Workload::LeaseKeepalive { leases, ttl } => {
             let load = streams::KeepAliveLoad {
@@ -414,6 +454,7 @@ impl Workload {
             Workload::Watch { .. } => "watch",
             Workload::WatchFanout { .. } => "watch-fanout",
             Workload::LeaseKeepalive { .. } => "lease-keepalive",
+            Workload::Zookeeper { .. } => "zookeeper",
         }
     }
 }
@@ -536,6 +577,7 @@ async fn one(
         Workload::ElectionFailover { .. }
         | Workload::Watch { .. }
         | Workload::WatchFanout { .. }
+        | Workload::Zookeeper { .. }
         | Workload::LeaseKeepalive { .. } => {
             return Err(other("this workload is measured separately"));
         }
