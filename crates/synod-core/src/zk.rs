@@ -7,8 +7,9 @@
 //!   revision is the czxid, its mod revision the mzxid, its version − 1 the ZooKeeper version,
 //!   its lease the owning session of an ephemeral.
 //! - `zk/m<ddd><path>`: [`ZnodeMeta`] (ctime, mtime, aversion, ACL, create mode).
-//! - `zk/c<ddd><path>`: how many children were ever created under it (the sequence counter); its
-//!   mod revision is the pzxid, as every child create or delete rewrites it.
+//! - `zk/c<ddd><path>`: how many children were ever created under it (the sequence counter) and
+//!   how many it has now; its mod revision is the pzxid, as every child create or delete
+//!   rewrites it. Keeping the count here makes `numChildren` one read, however many children.
 //!
 //! The depth in the key keeps a node's children, and only they, under one prefix
 //! (`zk/n<d+1><path>/`), so listing and counting them never reads grandchildren. An ephemeral's
@@ -231,6 +232,8 @@ pub struct Node {
     pub meta: ZnodeMeta,
     /// Children ever created.
     pub creations: i64,
+    /// Children now.
+    pub children: i64,
     pub pzxid: i64,
 }
 
@@ -243,8 +246,9 @@ impl Node {
         (self.data.version - 1) as i32
     }
 
-    /// The node's `Stat`, given how many children it has.
-    pub fn stat(&self, num_children: i64) -> Stat {
+    /// The node's `Stat`.
+    pub fn stat(&self) -> Stat {
+        let num_children = self.children;
         Stat {
             czxid: self.data.create_revision,
             mzxid: self.data.mod_revision,
@@ -273,30 +277,34 @@ pub fn node(store: &impl Reader, path: &str) -> Result<Option<Node>, Error> {
     let meta = get(store, &meta_key(path))?
         .and_then(|kv| ZnodeMeta::decode(kv.value.as_slice()).ok())
         .unwrap_or_default();
-    let (creations, pzxid) = match get(store, &children_key(path))? {
-        Some(kv) => (decode_count(&kv.value), kv.mod_revision),
-        None => (0, data.create_revision),
+    let ((creations, children), pzxid) = match get(store, &children_key(path))? {
+        Some(kv) => (decode_counts(&kv.value), kv.mod_revision),
+        None => ((0, 0), data.create_revision),
     };
     Ok(Some(Node {
         data,
         meta,
         creations,
+        children,
         pzxid,
     }))
 }
 
-fn decode_count(value: &[u8]) -> i64 {
-    value.try_into().map(i64::from_be_bytes).unwrap_or_default()
+/// A `c` key's value: children ever created, children now.
+fn decode_counts(value: &[u8]) -> (i64, i64) {
+    let half = |at: usize| {
+        value
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, i64::from_be_bytes)
+    };
+    (half(0), half(8))
 }
 
-/// How many children `path` has.
-pub fn num_children(store: &impl Reader, path: &str) -> Result<i64, Error> {
-    let prefix = children_prefix(path);
-    let options = RangeOptions {
-        count_only: true,
-        ..RangeOptions::default()
-    };
-    Ok(store.range(&prefix, &prefix_end(&prefix), options)?.count)
+fn encode_counts(creations: i64, children: i64) -> Vec<u8> {
+    let mut value = creations.to_be_bytes().to_vec();
+    value.extend_from_slice(&children.to_be_bytes());
+    value
 }
 
 /// The names of `path`'s children.
@@ -333,11 +341,6 @@ pub fn descendants(store: &impl Reader, path: &str) -> Result<i64, Error> {
         total += count;
         depth += 1;
     }
-}
-
-/// The node's `Stat`, its children counted.
-pub fn stat_of(store: &impl Reader, path: &str, node: &Node) -> Result<Stat, Error> {
-    Ok(node.stat(num_children(store, path)?))
 }
 
 /// Whether `identities` may do `wanted` on a node with `acl` (super passes; an empty ACL too).
@@ -483,7 +486,7 @@ impl<S: Reader> Plan<'_, S> {
                 ephemeral: stored.is_ephemeral(),
                 acl: stored.meta.acl.clone(),
                 creations: stored.creations,
-                children: num_children(self.store, path)?,
+                children: stored.children,
             }),
             None => None,
         };
@@ -745,7 +748,7 @@ pub fn apply(store: &mut impl Writer, write: &ZkWrite) -> Result<Vec<OpResult>, 
         let stat = match op.opcode {
             op::CHECK | op::DELETE => None,
             _ => match node(&*store, stat_path)? {
-                Some(node) => Some(stat_of(&*store, stat_path, &node)?),
+                Some(node) => Some(node.stat()),
                 None => None,
             },
         };
@@ -769,7 +772,7 @@ fn write_change(store: &mut impl Writer, change: Change, time_ms: i64) -> Result
         } => {
             store.put(&data_key(&path), data, lease)?;
             store.put(&meta_key(&path), meta.encode_to_vec(), lease)?;
-            store.put(&children_key(&path), 0i64.to_be_bytes().to_vec(), lease)?;
+            store.put(&children_key(&path), encode_counts(0, 0), lease)?;
         }
         Change::Delete { path } => {
             store.delete(&data_key(&path))?;
@@ -788,16 +791,16 @@ fn write_change(store: &mut impl Writer, change: Change, time_ms: i64) -> Result
             })?;
         }
         Change::Children { path, created } => {
-            let (creations, lease) = match get(&*store, &children_key(&path))? {
-                Some(kv) => (decode_count(&kv.value), kv.lease),
-                None => (0, 0),
+            let ((creations, children), lease) = match get(&*store, &children_key(&path))? {
+                Some(kv) => (decode_counts(&kv.value), kv.lease),
+                None => ((0, 0), 0),
             };
-            let creations = creations + i64::from(created);
-            store.put(
-                &children_key(&path),
-                creations.to_be_bytes().to_vec(),
-                lease,
-            )?;
+            let counts = if created {
+                encode_counts(creations + 1, children + 1)
+            } else {
+                encode_counts(creations, (children - 1).max(0))
+            };
+            store.put(&children_key(&path), counts, lease)?;
         }
     }
     Ok(())
@@ -839,7 +842,14 @@ fn bootstrap(store: &mut impl Writer, time_ms: i64) -> Result<(), Error> {
         };
         store.put(&data_key(path), Vec::new(), 0)?;
         store.put(&meta_key(path), meta.encode_to_vec(), 0)?;
-        store.put(&children_key(path), 0i64.to_be_bytes().to_vec(), 0)?;
+        // The built-in nodes are attached to their parents without counting a creation, as
+        // in ZooKeeper (so `/` shows cversion -1 and `/zookeeper` -2).
+        let children = match path {
+            "/" => 1,
+            "/zookeeper" => 2,
+            _ => 0,
+        };
+        store.put(&children_key(path), encode_counts(0, children), 0)?;
     }
     Ok(())
 }
@@ -867,13 +877,16 @@ pub fn due_for_removal(store: &impl Reader, now_ms: i64) -> Result<Vec<String>, 
         else {
             continue;
         };
-        if num_children(store, path)? > 0 {
+        let Some(found) = node(store, path)? else {
+            continue;
+        };
+        if found.children > 0 {
             continue;
         }
         let expired = if ttl_node {
             now_ms.saturating_sub(meta.mtime) > meta.ttl
         } else {
-            node(store, path)?.is_some_and(|n| n.creations > 0)
+            found.creations > 0
         };
         if expired {
             due.push(path.to_owned());
@@ -883,19 +896,20 @@ pub fn due_for_removal(store: &impl Reader, now_ms: i64) -> Result<Vec<String>, 
 }
 
 /// After a lease was revoked and its keys deleted: the parents of the ephemerals that went with
-/// it record the deletion (their pzxid moves), as a ZooKeeper session's close does.
+/// it record the deletions (one child fewer each, and their pzxid moves), as a ZooKeeper
+/// session's close does.
 pub fn after_revoke(store: &mut impl Writer, deleted: &[Vec<u8>]) -> Result<(), Error> {
-    let mut parents: Vec<String> = deleted
-        .iter()
-        .filter_map(|key| path_of(key))
-        .filter_map(parent)
-        .map(str::to_owned)
-        .collect();
-    parents.sort();
-    parents.dedup();
-    for path in parents {
+    let mut gone: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+    for path in deleted.iter().filter_map(|key| path_of(key)) {
+        if let Some(parent) = parent(path) {
+            *gone.entry(parent.to_owned()).or_default() += 1;
+        }
+    }
+    for (path, count) in gone {
         if let Some(kv) = get(&*store, &children_key(&path))? {
-            store.put(&children_key(&path), kv.value, kv.lease)?;
+            let (creations, children) = decode_counts(&kv.value);
+            let counts = encode_counts(creations, (children - count).max(0));
+            store.put(&children_key(&path), counts, kv.lease)?;
         }
     }
     Ok(())

@@ -199,6 +199,10 @@ pub struct ServerArgs {
     /// (znode.container.checkIntervalMs) [default: 60000].
     #[arg(long, env = "SYNOD_ZOOKEEPER_CONTAINER_CHECK_INTERVAL_MS")]
     pub zookeeper_container_check_interval_ms: Option<u64>,
+    /// Most ZooKeeper connections from one address; 0 for no cap (maxClientCnxns) [default:
+    /// 60].
+    #[arg(long, env = "SYNOD_ZOOKEEPER_MAX_CLIENT_CNXNS")]
+    pub zookeeper_max_client_cnxns: Option<usize>,
     /// Largest ZooKeeper frame in bytes (jute.maxbuffer) [default: 1048575].
     #[arg(long, env = "SYNOD_ZOOKEEPER_MAX_BUFFER")]
     pub zookeeper_max_buffer: Option<u32>,
@@ -303,6 +307,9 @@ impl ServerArgs {
                 .or(other.zookeeper_max_session_timeout),
             zookeeper_super_digest: self.zookeeper_super_digest.or(other.zookeeper_super_digest),
             zookeeper_max_buffer: self.zookeeper_max_buffer.or(other.zookeeper_max_buffer),
+            zookeeper_max_client_cnxns: self
+                .zookeeper_max_client_cnxns
+                .or(other.zookeeper_max_client_cnxns),
             zookeeper_extended_types: self
                 .zookeeper_extended_types
                 .or(other.zookeeper_extended_types),

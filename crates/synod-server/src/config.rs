@@ -91,6 +91,8 @@ pub struct ZookeeperSettings {
     /// `super:<hash>`'s hash.
     pub super_digest: Option<String>,
     pub max_buffer: usize,
+    /// Most connections from one address (0: no cap).
+    pub max_client_connections: usize,
     /// TTL nodes allowed.
     pub extended_types: bool,
     /// How often empty containers and expired TTL nodes are removed.
@@ -137,6 +139,7 @@ fn zookeeper_settings(args: &ServerArgs) -> Result<Option<ZookeeperSettings>, Co
         max_session_timeout_ms: max,
         super_digest,
         max_buffer: args.zookeeper_max_buffer.unwrap_or(0xfffff) as usize,
+        max_client_connections: args.zookeeper_max_client_cnxns.unwrap_or(60),
         extended_types: args.zookeeper_extended_types.unwrap_or(false),
         container_check_interval: Duration::from_millis(
             args.zookeeper_container_check_interval_ms

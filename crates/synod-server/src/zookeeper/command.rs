@@ -371,8 +371,7 @@ fn multi_read(ctx: &mut Context<'_>, ops: Vec<(i32, MultiOp)>) -> Result<Reply, 
             Ok(node) => {
                 multi_header(&mut e, kind, false, code::OK);
                 if kind == opcode::GET_DATA {
-                    e.buffer(&node.data.value)
-                        .stat(&zk::stat_of(&at, &path, &node)?);
+                    e.buffer(&node.data.value).stat(&node.stat());
                 } else {
                     e.strings(&zk::children(&at, &path)?);
                 }
@@ -408,7 +407,7 @@ fn read(ctx: &mut Context<'_>, opcode: i32, path: &str, watch: bool) -> Result<R
             }
             Some(node) => {
                 let mut e = Encoder::new();
-                e.stat(&zk::stat_of(&at, path, node)?);
+                e.stat(&node.stat());
                 Reply::ok(e, revision)
             }
             None => Reply::error(code::NO_NODE, revision),
@@ -426,8 +425,7 @@ fn read(ctx: &mut Context<'_>, opcode: i32, path: &str, watch: bool) -> Result<R
     };
     let mut e = Encoder::new();
     if opcode == opcode::GET_DATA {
-        e.buffer(&node.data.value)
-            .stat(&zk::stat_of(&at, path, &node)?);
+        e.buffer(&node.data.value).stat(&node.stat());
         if watch {
             ctx.watches.data.insert(path.to_owned());
         }
@@ -435,7 +433,7 @@ fn read(ctx: &mut Context<'_>, opcode: i32, path: &str, watch: bool) -> Result<R
         let children = zk::children(&at, path)?;
         e.strings(&children);
         if opcode == opcode::GET_CHILDREN2 {
-            e.stat(&node.stat(children.len() as i64));
+            e.stat(&node.stat());
         }
         if watch {
             ctx.watches.child.insert(path.to_owned());
@@ -469,7 +467,7 @@ fn get_acl(ctx: &mut Context<'_>, path: &str) -> Result<Reply, Failure> {
         })
         .collect();
     let mut e = Encoder::new();
-    e.acl(&shown).stat(&zk::stat_of(&at, path, &node)?);
+    e.acl(&shown).stat(&node.stat());
     Ok(Reply::ok(e, at.revision))
 }
 

@@ -27,16 +27,22 @@ const XID_NOTIFICATION: i32 = -1;
 const XID_PING: i32 = -2;
 const XID_AUTH: i32 = -4;
 const XID_SET_WATCHES: i32 = -8;
+/// Requests read ahead of the one being served.
+const FRAMES_QUEUED_MAX: usize = 4;
 /// The state of every notification a server sends.
 const SYNC_CONNECTED: i32 = 3;
 
 /// Serves one connection until it closes.
 pub async fn run(front: Arc<Front>, stream: TcpStream, remote: SocketAddr) {
-    let (id, stats) = front.register(remote);
+    let Some((id, stats)) = front.register(remote) else {
+        // As ZooKeeper does past maxClientCnxns: closed at once, with a warning.
+        tracing::warn!(%remote, max = front.settings().max_client_connections, "too many ZooKeeper connections from one address; closing");
+        return;
+    };
     let (reader, writer) = stream.into_split();
     let mut connection = Connection {
         front: front.clone(),
-        reader: BufReader::new(reader),
+        reader: Some(BufReader::new(reader)),
         writer: BufWriter::new(writer),
         stats,
         identities: vec![ZkId {
@@ -68,10 +74,21 @@ enum Ended {
 
 struct Connection {
     front: Arc<Front>,
-    reader: BufReader<OwnedReadHalf>,
+    /// The socket's reading half until the handshake is done; then a task of its own reads.
+    reader: Option<BufReader<OwnedReadHalf>>,
     writer: BufWriter<OwnedWriteHalf>,
     stats: Arc<ConnectionStats>,
     identities: Vec<ZkId>,
+}
+
+/// The task reading a connection's frames, stopped when the connection ends (a client that
+/// keeps its socket open does not keep the task).
+struct Reading(tokio::task::JoinHandle<()>);
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The handshake's request.
@@ -86,7 +103,10 @@ struct ConnectRequest {
 
 impl Connection {
     async fn serve(&mut self) -> Result<(), Ended> {
-        let head = frame::read_head(&mut self.reader).await?;
+        let Some(reader) = self.reader.as_mut() else {
+            return Err(Ended::Closed("no reader"));
+        };
+        let head = frame::read_head(reader).await?;
         if let Some(word) = four_letter::word(head) {
             let answer = four_letter::answer(&self.front, word);
             self.writer.write_all(answer.as_bytes()).await?;
@@ -94,7 +114,7 @@ impl Connection {
             return Ok(());
         }
         let max = self.front.settings().max_buffer;
-        let body = frame::read_body(&mut self.reader, head, max).await?;
+        let body = frame::read_body(reader, head, max).await?;
         let request = parse_connect(&body)?;
         let Some(session) = self.connect(&request).await? else {
             return Ok(());
@@ -167,11 +187,15 @@ impl Connection {
         let idle_max = Duration::from_millis(u64::from(session.timeout_ms));
         let renew_every = renew_interval(session.timeout_ms);
         let mut watches = Watches::new(member.clone());
+        let (mut frames, _reading) = self.read_frames(max)?;
         let mut last_heard = Instant::now();
         let mut renewed = Instant::now();
         loop {
             let request = tokio::select! {
-                request = frame::read(&mut self.reader, max) => request?,
+                request = frames.recv() => match request {
+                    Some(request) => request?,
+                    None => return Err(Ended::Frame(FrameError::Closed)),
+                },
                 notice = watches.next() => {
                     if let Some(notice) = notice {
                         let fired = watches.fire(notice);
@@ -256,6 +280,36 @@ impl Connection {
             self.front
                 .record_latency(started.elapsed().as_millis() as u64);
         }
+    }
+
+    /// Reads frames on a task of its own, so that waiting for the next request can give way to
+    /// a watch event without losing a frame half read. A few frames (each at most
+    /// jute.maxbuffer) may wait; then the socket is not read, and TCP pushes back on the client.
+    fn read_frames(
+        &mut self,
+        max: usize,
+    ) -> Result<
+        (
+            tokio::sync::mpsc::Receiver<Result<Vec<u8>, FrameError>>,
+            Reading,
+        ),
+        Ended,
+    > {
+        let mut reader = self
+            .reader
+            .take()
+            .ok_or(Ended::Closed("the frames are already being read"))?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(FRAMES_QUEUED_MAX);
+        let task = tokio::spawn(async move {
+            loop {
+                let frame = frame::read(&mut reader, max).await;
+                let failed = frame.is_err();
+                if sender.send(frame).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok((receiver, Reading(task)))
     }
 
     /// An `auth` packet: digest adds `digest:user:hash` (and `super` for the configured super

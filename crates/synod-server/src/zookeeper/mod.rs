@@ -118,7 +118,19 @@ impl Front {
         Ok(())
     }
 
-    fn register(&self, remote: SocketAddr) -> (u64, Arc<ConnectionStats>) {
+    /// Registers a new connection; `None` when its address already has the most it may.
+    fn register(&self, remote: SocketAddr) -> Option<(u64, Arc<ConnectionStats>)> {
+        let max = self.settings().max_client_connections;
+        let mut connections = self.lock_connections();
+        if max > 0
+            && connections
+                .values()
+                .filter(|c| c.remote.ip() == remote.ip())
+                .count()
+                >= max
+        {
+            return None;
+        }
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let stats = Arc::new(ConnectionStats {
             remote,
@@ -129,8 +141,8 @@ impl Front {
             watches: AtomicU64::new(0),
             started: Instant::now(),
         });
-        self.lock_connections().insert(id, stats.clone());
-        (id, stats)
+        connections.insert(id, stats.clone());
+        Some((id, stats))
     }
 
     fn unregister(&self, id: u64) {

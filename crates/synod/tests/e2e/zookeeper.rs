@@ -340,3 +340,128 @@ fn containers_and_ttl_nodes_are_removed_when_due() {
     let refused = zkcli(&plain, &["create", "-t", "500", "/short", "x"]);
     assert!(refused.contains("Unimplemented"), "{refused}");
 }
+
+/// A raw ZooKeeper connection: frames written and read by hand.
+struct RawSession(std::net::TcpStream);
+
+impl RawSession {
+    fn open(address: &str) -> RawSession {
+        use synod_server::zookeeper::jute::Encoder;
+        let stream = std::net::TcpStream::connect(address).expect("connect");
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
+        let mut session = RawSession(stream);
+        let mut hello = Encoder::new();
+        hello
+            .int(0)
+            .long(0)
+            .int(30_000)
+            .long(0)
+            .buffer(&[0; 16])
+            .bool(false);
+        session.send(&hello.frame(), false);
+        session.receive();
+        session
+    }
+
+    /// Writes a frame, byte by byte when `slowly`.
+    fn send(&mut self, frame: &[u8], slowly: bool) {
+        use std::io::Write;
+        if slowly {
+            for byte in frame {
+                self.0.write_all(&[*byte]).expect("write");
+                std::thread::sleep(std::time::Duration::from_micros(300));
+            }
+        } else {
+            self.0.write_all(frame).expect("write");
+        }
+    }
+
+    fn receive(&mut self) -> Vec<u8> {
+        use std::io::Read;
+        let mut length = [0u8; 4];
+        self.0.read_exact(&mut length).expect("a frame's length");
+        let mut body = vec![0u8; i32::from_be_bytes(length) as usize];
+        self.0.read_exact(&mut body).expect("a frame's body");
+        body
+    }
+
+    /// Sends request `op` with xid `xid`; the reply's error code (notifications skipped).
+    fn call(
+        &mut self,
+        xid: i32,
+        op: i32,
+        body: impl FnOnce(&mut synod_server::zookeeper::jute::Encoder),
+    ) -> i32 {
+        let mut e = synod_server::zookeeper::jute::Encoder::new();
+        e.int(xid).int(op);
+        body(&mut e);
+        self.send(&e.frame(), false);
+        loop {
+            let reply = self.receive();
+            if reply[..4] == xid.to_be_bytes() {
+                return i32::from_be_bytes([reply[12], reply[13], reply[14], reply[15]]);
+            }
+        }
+    }
+}
+
+/// Goal: a request that arrives a byte at a time while watch events are being sent is read
+/// whole: waiting for a request gives way to events without losing what was half read.
+#[test]
+fn requests_read_across_watch_events_stay_whole() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    let address = member.zookeeper_address();
+    let mut watcher = RawSession::open(&address);
+    let created = watcher.call(1, 1, |e| {
+        e.string("/t")
+            .buffer(b"")
+            .int(1)
+            .int(31)
+            .string("world")
+            .string("anyone")
+            .int(0);
+    });
+    assert_eq!(created, 0);
+    assert_eq!(
+        watcher.call(2, 106, |e| {
+            e.string("/t").int(0);
+        }),
+        0,
+        "addWatch"
+    );
+    let writer_address = address.clone();
+    let writer = std::thread::spawn(move || {
+        let mut writer = RawSession::open(&writer_address);
+        for xid in 1..=400 {
+            let code = writer.call(xid, 5, |e| {
+                e.string("/t").buffer(b"changed").int(-1);
+            });
+            assert_eq!(code, 0, "setData");
+        }
+    });
+    let mut pings = 0;
+    let mut events = 0;
+    let mut ping = synod_server::zookeeper::jute::Encoder::new();
+    ping.int(-2).int(11);
+    let ping = ping.frame();
+    for _ in 0..60 {
+        watcher.send(&ping, true);
+        loop {
+            let frame = watcher.receive();
+            match i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) {
+                -1 => events += 1,
+                -2 => {
+                    pings += 1;
+                    break;
+                }
+                other => panic!("a frame with xid {other}"),
+            }
+        }
+    }
+    writer.join().expect("the writer");
+    assert_eq!(pings, 60);
+    assert!(events > 0, "no event arrived while the pings were written");
+}
