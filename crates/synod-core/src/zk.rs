@@ -747,10 +747,7 @@ pub fn apply(store: &mut impl Writer, write: &ZkWrite) -> Result<Vec<OpResult>, 
         let stat_path = if path.is_empty() { &op.path } else { &path };
         let stat = match op.opcode {
             op::CHECK | op::DELETE => None,
-            _ => match node(&*store, stat_path)? {
-                Some(node) => Some(node.stat()),
-                None => None,
-            },
+            _ => node(&*store, stat_path)?.map(|node| node.stat()),
         };
         results.push(OpResult {
             opcode: op.opcode,
