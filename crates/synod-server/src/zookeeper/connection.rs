@@ -81,6 +81,9 @@ struct Connection {
     identities: Vec<ZkId>,
 }
 
+/// The frames read from a connection, in order, each or how reading ended.
+type Frames = tokio::sync::mpsc::Receiver<Result<Vec<u8>, FrameError>>;
+
 /// The task reading a connection's frames, stopped when the connection ends (a client that
 /// keeps its socket open does not keep the task).
 struct Reading(tokio::task::JoinHandle<()>);
@@ -285,16 +288,7 @@ impl Connection {
     /// Reads frames on a task of its own, so that waiting for the next request can give way to
     /// a watch event without losing a frame half read. A few frames (each at most
     /// jute.maxbuffer) may wait; then the socket is not read, and TCP pushes back on the client.
-    fn read_frames(
-        &mut self,
-        max: usize,
-    ) -> Result<
-        (
-            tokio::sync::mpsc::Receiver<Result<Vec<u8>, FrameError>>,
-            Reading,
-        ),
-        Ended,
-    > {
+    fn read_frames(&mut self, max: usize) -> Result<(Frames, Reading), Ended> {
         let mut reader = self
             .reader
             .take()
