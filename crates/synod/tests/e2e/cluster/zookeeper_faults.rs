@@ -27,7 +27,7 @@ async fn zookeeper_sessions_and_history_survive_leader_faults() {
         .join(",");
     let report_path = root.path().join("zk-load.json");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/zk_fault_load.py");
-    let mut load = Command::new("python3")
+    let load = Command::new("python3")
         .args([script, &hosts, "14"])
         .arg(&report_path)
         .stdout(Stdio::piped())
