@@ -368,13 +368,13 @@ fn ipv4_prefix(text: &str) -> Option<(u32, u32)> {
         Some((address, bits)) => (address, bits.parse::<u32>().ok().filter(|b| *b <= 32)?),
         None => (text, 32),
     };
-    let address: std::net::Ipv4Addr = address.parse().ok()?;
+    let address: core::net::Ipv4Addr = address.parse().ok()?;
     Some((u32::from(address), bits))
 }
 
 fn ip_matches(entry: &str, address: &str) -> bool {
     let (Some((network, bits)), Ok(address)) =
-        (ipv4_prefix(entry), address.parse::<std::net::Ipv4Addr>())
+        (ipv4_prefix(entry), address.parse::<core::net::Ipv4Addr>())
     else {
         return false;
     };
