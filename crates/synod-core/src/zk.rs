@@ -455,6 +455,7 @@ enum Change {
     SetData {
         path: String,
         data: Vec<u8>,
+        null_data: bool,
     },
     SetAcl {
         path: String,
@@ -567,6 +568,7 @@ impl<S: Reader> Plan<'_, S> {
                 Ok(Ok(vec![Change::SetData {
                     path: op.path.clone(),
                     data: op.data.clone(),
+                    null_data: op.null_data,
                 }]))
             }
             op::SET_ACL => {
@@ -681,6 +683,7 @@ impl<S: Reader> Plan<'_, S> {
                     acl,
                     flags,
                     ttl: if ttl_mode { op.ttl } else { 0 },
+                    null_data: op.null_data,
                 },
             },
             Change::Children {
@@ -776,10 +779,17 @@ fn write_change(store: &mut impl Writer, change: Change, time_ms: i64) -> Result
             store.delete(&meta_key(&path))?;
             store.delete(&children_key(&path))?;
         }
-        Change::SetData { path, data } => {
+        Change::SetData {
+            path,
+            data,
+            null_data,
+        } => {
             let lease = get(&*store, &data_key(&path))?.map_or(0, |kv| kv.lease);
             store.put(&data_key(&path), data, lease)?;
-            rewrite_meta(store, &path, |meta| meta.mtime = time_ms)?;
+            rewrite_meta(store, &path, |meta| {
+                meta.mtime = time_ms;
+                meta.null_data = null_data;
+            })?;
         }
         Change::SetAcl { path, acl } => {
             rewrite_meta(store, &path, |meta| {

@@ -37,6 +37,9 @@ pub struct ZkOp {
     pub acl: ::prost::alloc::vec::Vec<ZkAcl>,
     #[prost(int64, tag = "7")]
     pub ttl: i64,
+    /// The data buffer was null (length -1), not empty: read back as null.
+    #[prost(bool, tag = "8")]
+    pub null_data: bool,
 }
 /// A ZooKeeper write or multi, applied at one revision: all of its operations
 /// or none.
@@ -76,6 +79,9 @@ pub struct ZnodeMeta {
     pub flags: i32,
     #[prost(int64, tag = "6")]
     pub ttl: i64,
+    /// The data was written as null (ZooKeeper tells null from empty).
+    #[prost(bool, tag = "7")]
+    pub null_data: bool,
 }
 /// One normal entry of the Raft log. Every member applies it; only the member
 /// that proposed it has a waiter registered under `id`.

@@ -133,7 +133,9 @@ fn decode_write(opcode: i32, d: &mut Decoder<'_>) -> Result<ZkOp, Malformed> {
     write.path = d.string()?;
     match opcode {
         op::CREATE | op::CREATE2 | op::CREATE_CONTAINER | op::CREATE_TTL => {
-            write.data = d.buffer()?.unwrap_or_default().to_vec();
+            let data = d.buffer()?;
+            write.null_data = data.is_none();
+            write.data = data.unwrap_or_default().to_vec();
             write.acl = d.acl()?;
             write.flags = d.int()?;
             if opcode == op::CREATE_TTL {
@@ -142,7 +144,9 @@ fn decode_write(opcode: i32, d: &mut Decoder<'_>) -> Result<ZkOp, Malformed> {
         }
         op::DELETE | op::CHECK => write.version = d.int()?,
         op::SET_DATA => {
-            write.data = d.buffer()?.unwrap_or_default().to_vec();
+            let data = d.buffer()?;
+            write.null_data = data.is_none();
+            write.data = data.unwrap_or_default().to_vec();
             write.version = d.int()?;
         }
         op::SET_ACL => {
@@ -371,7 +375,7 @@ fn multi_read(ctx: &mut Context<'_>, ops: Vec<(i32, MultiOp)>) -> Result<Reply, 
             Ok(node) => {
                 multi_header(&mut e, kind, false, code::OK);
                 if kind == opcode::GET_DATA {
-                    e.buffer(&node.data.value).stat(&node.stat());
+                    e.data(&node).stat(&node.stat());
                 } else {
                     e.strings(&zk::children(&at, &path)?);
                 }
@@ -425,7 +429,7 @@ fn read(ctx: &mut Context<'_>, opcode: i32, path: &str, watch: bool) -> Result<R
     };
     let mut e = Encoder::new();
     if opcode == opcode::GET_DATA {
-        e.buffer(&node.data.value).stat(&node.stat());
+        e.data(&node).stat(&node.stat());
         if watch {
             ctx.watches.data.insert(path.to_owned());
         }

@@ -126,6 +126,15 @@ impl Encoder {
         self
     }
 
+    /// A node's data: its bytes, or null (-1) if it was written as null.
+    pub fn data(&mut self, node: &synod_core::zk::Node) -> &mut Self {
+        if node.meta.null_data {
+            self.int(-1)
+        } else {
+            self.buffer(&node.data.value)
+        }
+    }
+
     pub fn string(&mut self, value: &str) -> &mut Self {
         self.buffer(value.as_bytes())
     }

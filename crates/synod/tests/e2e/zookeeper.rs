@@ -103,6 +103,12 @@ fn zkcli_works_unchanged() {
     ] {
         assert!(stat.contains(line), "{line} not in:\n{stat}");
     }
+    // Null data (no data given) is told from empty data, as ZooKeeper tells them.
+    assert!(zkcli(&member, &["create", "/cli/null"]).contains("Created /cli/null"));
+    let is_null = |out: String| out.lines().any(|line| line == "null");
+    assert!(is_null(zkcli(&member, &["get", "/cli/null"])));
+    assert!(zkcli(&member, &["create", "/cli/empty", ""]).contains("Created /cli/empty"));
+    assert!(!is_null(zkcli(&member, &["get", "/cli/empty"])));
     let listing = zkcli(&member, &["ls", "/"]);
     assert!(listing.contains("[cli, zookeeper]"), "{listing}");
     let refused = zkcli(&member, &["delete", "/zookeeper"]);
