@@ -343,6 +343,29 @@ pub fn descendants(store: &impl Reader, path: &str) -> Result<i64, Error> {
     }
 }
 
+/// The ACL `path` had at `revision`, or just before it if it was deleted at `revision`.
+pub fn acl_at(store: &impl Reader, path: &str, revision: i64) -> Result<Option<Vec<ZkAcl>>, Error> {
+    for at in [revision, revision - 1] {
+        if at < 1 {
+            continue;
+        }
+        let options = RangeOptions {
+            revision: at,
+            ..RangeOptions::default()
+        };
+        if let Some(kv) = store.range(&meta_key(path), &[], options)?.kvs.pop() {
+            return Ok(ZnodeMeta::decode(kv.value.as_slice()).ok().map(|m| m.acl));
+        }
+    }
+    Ok(None)
+}
+
+impl Reader for crate::mvcc::kv_store::KvStore {
+    fn range(&self, key: &[u8], end: &[u8], options: RangeOptions) -> Result<RangeResult, Error> {
+        crate::mvcc::kv_store::KvStore::range(self, key, end, options)
+    }
+}
+
 /// Whether `identities` may do `wanted` on a node with `acl` (super passes; an empty ACL too).
 pub fn permitted(acl: &[ZkAcl], identities: &[ZkId], wanted: i32) -> bool {
     if acl.is_empty() || identities.iter().any(|id| id.scheme == "super") {

@@ -189,7 +189,7 @@ impl Connection {
         let max = self.front.settings().max_buffer;
         let idle_max = Duration::from_millis(u64::from(session.timeout_ms));
         let renew_every = renew_interval(session.timeout_ms);
-        let mut watches = Watches::new(member.clone());
+        let mut watches = Watches::new(member.clone(), self.identities.clone());
         let (mut frames, _reading) = self.read_frames(max)?;
         let mut last_heard = Instant::now();
         let mut renewed = Instant::now();
@@ -232,6 +232,7 @@ impl Connection {
                 }
                 opcode::AUTH => {
                     let accepted = self.authenticate(body)?;
+                    watches.identities.clone_from(&self.identities);
                     let err = if accepted {
                         code::OK
                     } else {

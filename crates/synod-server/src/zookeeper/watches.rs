@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use synod_api::mvccpb::event::EventType;
+use synod_api::synodpb::ZkId;
 use synod_core::watch::{StreamId, WatchNotice, WatchRequest};
 use synod_core::zk;
 use tokio::sync::mpsc;
@@ -43,19 +44,22 @@ pub struct Watches {
     pub child: HashSet<String>,
     pub persistent: HashSet<String>,
     pub recursive: HashSet<String>,
+    /// The connection's identities: an event goes only where READ on its node is allowed.
+    pub identities: Vec<ZkId>,
     stream: Option<Followed>,
     /// Every change up to this revision has been turned into events.
     seen: i64,
 }
 
 impl Watches {
-    pub fn new(member: Arc<Member>) -> Watches {
+    pub fn new(member: Arc<Member>, identities: Vec<ZkId>) -> Watches {
         Watches {
             member,
             data: HashSet::new(),
             child: HashSet::new(),
             persistent: HashSet::new(),
             recursive: HashSet::new(),
+            identities,
             stream: None,
             seen: 0,
         }
@@ -114,14 +118,15 @@ impl Watches {
                         continue;
                     };
                     let path = path.to_owned();
+                    let at = kv.mod_revision;
                     if change.r#type == EventType::Delete as i32 {
-                        self.changed(&path, event::NODE_DELETED, &mut fired);
-                        self.parent_changed(&path, &mut fired);
+                        self.changed(&path, event::NODE_DELETED, at, &mut fired);
+                        self.parent_changed(&path, at, &mut fired);
                     } else if kv.version == 1 {
-                        self.changed(&path, event::NODE_CREATED, &mut fired);
-                        self.parent_changed(&path, &mut fired);
+                        self.changed(&path, event::NODE_CREATED, at, &mut fired);
+                        self.parent_changed(&path, at, &mut fired);
                     } else {
-                        self.changed(&path, event::NODE_DATA_CHANGED, &mut fired);
+                        self.changed(&path, event::NODE_DATA_CHANGED, at, &mut fired);
                     }
                 }
                 self.seen = self.seen.max(revision);
@@ -136,23 +141,35 @@ impl Watches {
         fired
     }
 
-    fn changed(&mut self, path: &str, kind: i32, fired: &mut Vec<(i32, String)>) {
+    /// Whether this connection may read `path` as it was at `revision` (ZooKeeper 3.8.4's
+    /// ZOOKEEPER-4799: an event about a node the watcher may not read is not sent). A node
+    /// whose ACL cannot be read any more (compacted) is not held back.
+    fn may_read(&self, path: &str, revision: i64) -> bool {
+        match zk::acl_at(self.member.machine.store.as_ref(), path, revision) {
+            Ok(Some(acl)) => zk::permitted(&acl, &self.identities, zk::perm::READ),
+            _ => true,
+        }
+    }
+
+    fn changed(&mut self, path: &str, kind: i32, at: i64, fired: &mut Vec<(i32, String)>) {
         let mut hit = self.persistent.contains(path)
             || ancestors_or_self(path).any(|p| self.recursive.contains(p));
         hit |= self.data.remove(path);
         if kind == event::NODE_DELETED {
             hit |= self.child.remove(path);
         }
-        if hit {
+        if hit && self.may_read(path, at) {
             fired.push((kind, path.to_owned()));
         }
     }
 
-    fn parent_changed(&mut self, path: &str, fired: &mut Vec<(i32, String)>) {
+    fn parent_changed(&mut self, path: &str, at: i64, fired: &mut Vec<(i32, String)>) {
         let Some(parent) = zk::parent(path) else {
             return;
         };
-        if self.child.remove(parent) | self.persistent.contains(parent) {
+        if (self.child.remove(parent) | self.persistent.contains(parent))
+            && self.may_read(parent, at)
+        {
             fired.push((event::NODE_CHILDREN_CHANGED, parent.to_owned()));
         }
     }

@@ -471,3 +471,35 @@ fn requests_read_across_watch_events_stay_whole() {
     assert_eq!(pings, 60);
     assert!(events > 0, "no event arrived while the pings were written");
 }
+
+/// Goal: a watch event about a node the watcher may not read is not sent (ZooKeeper 3.8.4's
+/// ZOOKEEPER-4799): an unauthenticated client watching for a node learns nothing when alice
+/// creates it readable only by her, and learns of a node anyone may read.
+#[test]
+fn watch_events_need_read_permission() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    let zk = member.zookeeper_address();
+    let program = format!(
+        r#"
+import threading, time
+from kazoo.client import KazooClient
+from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl
+stranger = KazooClient(hosts='{zk}'); stranger.start()
+alice = KazooClient(hosts='{zk}', auth_data=[('digest', 'alice:secret')]); alice.start()
+events = []
+stranger.exists('/private', watch=events.append)
+stranger.exists('/public', watch=events.append)
+alice.create('/private', b'', acl=[make_digest_acl('alice', 'secret', all=True)])
+alice.create('/public', b'', acl=OPEN_ACL_UNSAFE)
+deadline = time.time() + 5
+while not events and time.time() < deadline:
+    time.sleep(0.05)
+time.sleep(0.5)
+print(sorted(e.path for e in events))
+"#
+    );
+    let (ok, out, err) = run_tool("python3", &[], &["-c", &program], None);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "['/public']");
+}
