@@ -47,6 +47,7 @@ pub mod code {
     pub const INVALID_ACL: i32 = -114;
     pub const AUTH_FAILED: i32 = -115;
     pub const NO_WATCHER: i32 = -121;
+    pub const RECONFIG_DISABLED: i32 = -123;
 }
 
 /// ZooKeeper's opcodes for the writes.

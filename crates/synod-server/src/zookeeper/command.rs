@@ -19,6 +19,7 @@ pub mod opcode {
     pub const GET_ACL: i32 = 6;
     pub const GET_CHILDREN: i32 = 8;
     pub const SYNC: i32 = 9;
+    pub const RECONFIG: i32 = 16;
     pub const PING: i32 = 11;
     pub const GET_CHILDREN2: i32 = 12;
     pub const MULTI: i32 = 14;
@@ -254,6 +255,12 @@ async fn run(
             ))
         }
         opcode::WHO_AM_I => Ok(who_am_i(ctx)),
+        // Membership is Synod's (etcd's member API), never ZooKeeper's dynamic reconfiguration,
+        // which ZooKeeper itself ships disabled.
+        opcode::RECONFIG => Ok(Reply::error(
+            code::RECONFIG_DISABLED,
+            ctx.store().current_revision(),
+        )),
         // `check` outside multi, reconfig, SASL and anything unknown.
         _ => Ok(Reply::error(
             code::UNIMPLEMENTED,

@@ -503,3 +503,36 @@ print(sorted(e.path for e in events))
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "['/public']");
 }
+
+/// Goal: the super user named by `--zookeeper-super-digest` passes every ACL (ZooKeeper's
+/// superDigest); anyone else is refused.
+#[test]
+fn the_super_digest_passes_every_acl() {
+    let digest =
+        "from kazoo.security import make_digest_acl_credential as d; print(d('super', 'pw'))";
+    let (ok, digest, err) = run_tool("python3", &[], &["-c", digest], None);
+    assert!(ok, "{err}");
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &["--zookeeper-super-digest", digest.trim()]);
+    let zk = member.zookeeper_address();
+    let program = format!(
+        r#"
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
+from kazoo.security import make_digest_acl
+alice = KazooClient(hosts='{zk}', auth_data=[('digest', 'alice:secret')]); alice.start()
+alice.create('/private', b'hers', acl=[make_digest_acl('alice', 'secret', all=True)])
+stranger = KazooClient(hosts='{zk}', auth_data=[('digest', 'super:wrong')]); stranger.start()
+try:
+    stranger.get('/private'); raise SystemExit('a wrong super password was let in')
+except NoAuthError:
+    pass
+root = KazooClient(hosts='{zk}', auth_data=[('digest', 'super:pw')]); root.start()
+print(root.get('/private')[0].decode(), root.get_acls('/private')[0][0].id.id != 'alice:x')
+root.delete('/private')
+"#
+    );
+    let (ok, out, err) = run_tool("python3", &[], &["-c", &program], None);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "hers True");
+}
