@@ -280,9 +280,12 @@ impl Connection {
                     }
                 }
             }
+            // Recorded before the answer leaves: a `cons` sent once it arrived shows it.
+            let latency = started.elapsed().as_millis() as u64;
+            self.front.record_latency(latency);
+            let zxid = member.machine.store.current_revision();
+            self.stats.record(op, xid, zxid, latency);
             self.writer.flush().await?;
-            self.front
-                .record_latency(started.elapsed().as_millis() as u64);
         }
     }
 

@@ -117,18 +117,63 @@ fn connections(front: &Front, detail: bool) -> String {
         );
         let session = c.session.load(Ordering::Relaxed);
         if detail && session != 0 {
+            let last = c.last();
+            let established = super::command::now_ms() - c.started.elapsed().as_millis() as i64;
+            let average = if last.count == 0 {
+                0.0
+            } else {
+                last.sum_ms as f64 / last.count as f64
+            };
             let _ = write!(
                 out,
-                ",sid=0x{session:x},lop=NA,est={},to={},lcxid=0x0,lzxid=0x{:x},lresp=0,llat=0,minlat=0,avglat=0,maxlat=0",
-                c.started.elapsed().as_millis(),
+                ",sid=0x{session:x},lop={},est={established},to={},lcxid=0x{:x},lzxid=0x{:x},\
+                 lresp={},llat={},minlat={},avglat={average:.4},maxlat={}",
+                operation_name(last.op),
                 c.timeout_ms.load(Ordering::Relaxed),
-                zxid(front)
+                last.xid,
+                last.zxid,
+                last.response_ms,
+                last.latency_ms,
+                last.min_ms,
+                last.max_ms,
             );
         }
         out.push_str(")\n");
     }
     out.push('\n');
     out
+}
+
+/// The short name ZooKeeper's `cons` gives an operation (`lop`).
+fn operation_name(op: i32) -> &'static str {
+    match op {
+        0 => "NA",
+        1 => "CREA",
+        2 => "DELE",
+        3 => "EXIS",
+        4 => "GETD",
+        5 => "SETD",
+        6 => "GETA",
+        7 => "SETA",
+        8 | 12 => "GETC",
+        9 => "SYNC",
+        11 => "PING",
+        13 => "CHEC",
+        14 => "MULT",
+        15 => "CRE2",
+        17 | 18 => "REMW",
+        19 => "CRCT",
+        21 => "CRTT",
+        22 => "MLTR",
+        100 => "AUTH",
+        101 | 105 => "SETW",
+        103 => "GETE",
+        104 => "GTAC",
+        106 => "ADDW",
+        107 => "WHOA",
+        -11 => "CLOS",
+        _ => "UNKN",
+    }
 }
 
 fn monitor(front: &Front) -> String {

@@ -54,6 +54,52 @@ pub struct ConnectionStats {
     pub sent: AtomicU64,
     pub watches: AtomicU64,
     pub started: Instant,
+    /// The last request answered and the latencies so far, for `cons`.
+    pub last: Mutex<LastRequest>,
+}
+
+/// What `cons` says of a connection's requests.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LastRequest {
+    pub op: i32,
+    pub xid: i32,
+    pub zxid: i64,
+    /// When the answer went out, in ms since the epoch.
+    pub response_ms: i64,
+    pub latency_ms: u64,
+    pub min_ms: u64,
+    pub max_ms: u64,
+    pub sum_ms: u64,
+    pub count: u64,
+}
+
+impl ConnectionStats {
+    fn record(&self, op: i32, xid: i32, zxid: i64, latency_ms: u64) {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        last.min_ms = if last.count == 0 {
+            latency_ms
+        } else {
+            last.min_ms.min(latency_ms)
+        };
+        last.max_ms = last.max_ms.max(latency_ms);
+        last.sum_ms += latency_ms;
+        last.count += 1;
+        last.op = op;
+        last.xid = xid;
+        last.zxid = zxid;
+        last.latency_ms = latency_ms;
+        last.response_ms = command::now_ms();
+    }
+
+    pub fn last(&self) -> LastRequest {
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// The ZooKeeper front of one member.
@@ -140,6 +186,7 @@ impl Front {
             sent: AtomicU64::new(0),
             watches: AtomicU64::new(0),
             started: Instant::now(),
+            last: Mutex::new(LastRequest::default()),
         });
         connections.insert(id, stats.clone());
         Some((id, stats))

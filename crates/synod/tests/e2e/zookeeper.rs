@@ -163,6 +163,19 @@ fn four_letter_words_answer_as_zookeeper_does() {
     for key in keys(&four_letter(&ours, "conf"), '=') {
         assert!(their_conf.contains(&key), "ZooKeeper has no conf key {key}");
     }
+    let mut session = RawSession::open(&ours);
+    assert_eq!(session.call(-2, 11, |_| {}), 0, "ping");
+    let cons = four_letter(&ours, "cons");
+    for field in [
+        ",sid=0x",
+        ",lop=PING,",
+        ",to=",
+        ",lzxid=0x",
+        ",llat=",
+        ",avglat=",
+    ] {
+        assert!(cons.contains(field), "{field} not in cons:\n{cons}");
+    }
     let stat = four_letter(&ours, "stat");
     assert!(
         stat.contains("\nClients:\n") && stat.contains("\nMode: standalone\n"),
