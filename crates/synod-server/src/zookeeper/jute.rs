@@ -179,6 +179,20 @@ impl Encoder {
     }
 }
 
+/// The frame a client opens a new session with (`ConnectRequest`, then the read-only flag):
+/// what Synod's own clients (the benchmark, the tests) send.
+pub fn connect_request(timeout_ms: i32) -> Vec<u8> {
+    let mut hello = Encoder::new();
+    hello
+        .int(0)
+        .long(0)
+        .int(timeout_ms)
+        .long(0)
+        .buffer(&[0; 16])
+        .bool(false);
+    hello.frame()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

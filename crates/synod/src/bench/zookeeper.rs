@@ -17,7 +17,7 @@ use clap::ValueEnum;
 use hdrhistogram::Histogram;
 use synod_client::ClientError;
 use synod_server::zookeeper::frame;
-use synod_server::zookeeper::jute::{Decoder, Encoder};
+use synod_server::zookeeper::jute::{self, Decoder, Encoder};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -62,16 +62,8 @@ impl Connection {
             .map_err(|e| other(format!("connecting to {server}: {e}")))?;
         let _ = stream.set_nodelay(true);
         let (reader, mut writer) = stream.into_split();
-        let mut hello = Encoder::new();
-        hello
-            .int(0)
-            .long(0)
-            .int(30_000)
-            .long(0)
-            .buffer(&[0; 16])
-            .bool(false);
         writer
-            .write_all(&hello.frame())
+            .write_all(&jute::connect_request(30_000))
             .await
             .map_err(|e| other(e.to_string()))?;
         let mut reader = BufReader::new(reader);

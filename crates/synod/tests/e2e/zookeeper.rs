@@ -365,21 +365,15 @@ struct RawSession(std::net::TcpStream);
 
 impl RawSession {
     fn open(address: &str) -> RawSession {
-        use synod_server::zookeeper::jute::Encoder;
         let stream = std::net::TcpStream::connect(address).expect("connect");
         stream
             .set_read_timeout(Some(std::time::Duration::from_secs(10)))
             .expect("timeout");
         let mut session = RawSession(stream);
-        let mut hello = Encoder::new();
-        hello
-            .int(0)
-            .long(0)
-            .int(30_000)
-            .long(0)
-            .buffer(&[0; 16])
-            .bool(false);
-        session.send(&hello.frame(), false);
+        session.send(
+            &synod_server::zookeeper::jute::connect_request(30_000),
+            false,
+        );
         session.receive();
         session
     }
