@@ -250,7 +250,7 @@ impl Node {
     /// The node's `Stat`.
     pub fn stat(&self) -> Stat {
         let num_children = self.children;
-        Stat {
+        let mut stat = Stat {
             czxid: self.data.create_revision,
             mzxid: self.data.mod_revision,
             ctime: self.meta.ctime,
@@ -266,7 +266,21 @@ impl Node {
             data_length: self.data.value.len() as i32,
             num_children: num_children as i32,
             pzxid: self.pzxid,
+        };
+        // ZooKeeper's built-in nodes come with zero zxids and times: so do Synod's, until they
+        // change (their data, or their children).
+        if self.meta.built_in {
+            stat.czxid = 0;
+            stat.ctime = 0;
+            if self.data.version == 1 {
+                stat.mzxid = 0;
+                stat.mtime = 0;
+            }
+            if self.pzxid == self.data.create_revision {
+                stat.pzxid = 0;
+            }
         }
+        stat
     }
 }
 
@@ -708,6 +722,7 @@ impl<S: Reader> Plan<'_, S> {
                     flags,
                     ttl: if ttl_mode { op.ttl } else { 0 },
                     null_data: op.null_data,
+                    built_in: false,
                 },
             },
             Change::Children {
@@ -868,7 +883,10 @@ fn bootstrap(store: &mut impl Writer, time_ms: i64) -> Result<(), Error> {
         let meta = ZnodeMeta {
             ctime: time_ms,
             mtime: time_ms,
+            // ZooKeeper sets the config node's ACL once at start-up, with version -1.
+            aversion: if path == "/zookeeper/config" { -1 } else { 0 },
             acl,
+            built_in: true,
             ..ZnodeMeta::default()
         };
         store.put(&data_key(path), Vec::new(), 0)?;

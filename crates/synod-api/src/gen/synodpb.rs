@@ -82,6 +82,10 @@ pub struct ZnodeMeta {
     /// The data was written as null (ZooKeeper tells null from empty).
     #[prost(bool, tag = "7")]
     pub null_data: bool,
+    /// One of the nodes every tree has (`/`, `/zookeeper`, ...): ZooKeeper shows
+    /// them with zero zxids and times until they change.
+    #[prost(bool, tag = "8")]
+    pub built_in: bool,
 }
 /// One normal entry of the Raft log. Every member applies it; only the member
 /// that proposed it has a waiter registered under `id`.

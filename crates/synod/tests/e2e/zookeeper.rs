@@ -543,3 +543,30 @@ root.delete('/private')
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "hers True");
 }
+
+/// Goal: the nodes every tree has look as on a fresh ZooKeeper 3.8: the same Stat (zero zxids
+/// and times, cversion -1 on `/` and -2 on `/zookeeper`, aversion -1 on `/zookeeper/config`),
+/// ACLs and children.
+#[test]
+fn the_built_in_nodes_look_as_on_zookeeper() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(root.path(), &[]);
+    let reference = ZooKeeper::start(root.path());
+    let program = r#"
+import sys
+from kazoo.client import KazooClient
+zk = KazooClient(hosts=sys.argv[1]); zk.start()
+for path in ["/", "/zookeeper", "/zookeeper/quota", "/zookeeper/config"]:
+    print(path, tuple(zk.exists(path)), zk.get_acls(path)[0], sorted(zk.get_children(path)))
+zk.stop()
+"#;
+    let show = |address: &str| {
+        let (ok, out, err) = run_tool("python3", &[], &["-c", program, address], None);
+        assert!(ok, "{err}");
+        out
+    };
+    assert_eq!(
+        show(&member.zookeeper_address()),
+        show(&reference.address())
+    );
+}
