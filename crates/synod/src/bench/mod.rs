@@ -5,6 +5,7 @@
 //! `bench/compare`. Request/response workloads live here; watch and lease keep-alive streams in
 //! [`streams`].
 
+mod kubernetes;
 mod streams;
 mod zookeeper;
 
@@ -120,6 +121,16 @@ enum Workload {
         key_space_size: u64,
         #[arg(long, default_value_t = 256)]
         val_size: usize,
+    },
+    /// What kube-apiserver sends: 1-10 KiB objects under /registry/<kind>/<ns>/<name>, creates
+    /// and optimistic-concurrency updates and deletes as txns on mod_revision, paginated lists
+    /// at a revision, a watch per kind with progress notifications, events on a lease, and a
+    /// compactor; `--objects` are created first, then `--total` operations are measured.
+    Kubernetes {
+        #[arg(long, default_value_t = 10_000)]
+        objects: u64,
+        #[arg(long, default_value_t = 20)]
+        namespaces: u64,
     },
     /// ZooKeeper's protocol against `--servers` (a Synod member's ZooKeeper port, or
     /// ZooKeeper): create, get, set or watch-fanout, one connection and session per client.
@@ -266,6 +277,19 @@ pub async fn run(target: &Target, args: BenchArgs) -> Result<std::process::ExitC
                 val_size,
             };
             return streams::watch(target, load, args.json).await;
+        }
+        Workload::Kubernetes {
+            objects,
+            namespaces,
+        } => {
+            let load = kubernetes::Load {
+                clients: args.clients,
+                conns: args.conns,
+                total: args.total,
+                objects,
+                namespaces,
+            };
+            return kubernetes::run(target, load, args.json).await;
         }
         Workload::Zookeeper {
             operation,
@@ -455,6 +479,7 @@ impl Workload {
             Workload::WatchFanout { .. } => "watch-fanout",
             Workload::LeaseKeepalive { .. } => "lease-keepalive",
             Workload::Zookeeper { .. } => "zookeeper",
+            Workload::Kubernetes { .. } => "kubernetes",
         }
     }
 }
@@ -578,6 +603,7 @@ async fn one(
         | Workload::Watch { .. }
         | Workload::WatchFanout { .. }
         | Workload::Zookeeper { .. }
+        | Workload::Kubernetes { .. }
         | Workload::LeaseKeepalive { .. } => {
             return Err(other("this workload is measured separately"));
         }

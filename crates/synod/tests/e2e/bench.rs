@@ -55,6 +55,25 @@ async fn bench_workloads_run_against_synod_and_etcd() {
             ],
         );
         bench(&endpoint, &["--clients", "3", "--total", "30", "lock"]);
+        let kubernetes = bench(
+            &endpoint,
+            &[
+                "--clients",
+                "4",
+                "--total",
+                "200",
+                "kubernetes",
+                "--objects",
+                "100",
+                "--namespaces",
+                "4",
+            ],
+        );
+        assert_eq!(kubernetes["failed"], 0, "{kubernetes}");
+        assert!(
+            kubernetes["watch_events"].as_u64() >= Some(100),
+            "{kubernetes}"
+        );
         let failover = bench(
             &endpoint,
             &["--total", "1", "election-failover", "--ttl", "2"],
@@ -132,5 +151,50 @@ async fn bench_workloads_run_against_synod_and_etcd() {
             ],
         );
         assert_eq!(kept["leases_lost"], 0, "{kept}");
+    }
+}
+
+/// Goal: `synod bench zookeeper` runs every operation against Synod's ZooKeeper port and a real
+/// ZooKeeper alike, and the watch fan-out loses no event.
+#[test]
+fn zookeeper_bench_runs_against_synod_and_zookeeper() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let member = Member::start(&root.path().join("synod"), &[]);
+    std::fs::create_dir_all(root.path().join("zookeeper")).expect("ZooKeeper's dir");
+    let reference = crate::harness::zookeeper::ZooKeeper::start(&root.path().join("zookeeper"));
+    for server in [member.zookeeper_address(), reference.address()] {
+        for operation in ["create", "get", "set"] {
+            let summary = bench(
+                &member.endpoint(),
+                &[
+                    "--clients",
+                    "4",
+                    "--total",
+                    "200",
+                    "zookeeper",
+                    operation,
+                    "--servers",
+                    &server,
+                ],
+            );
+            assert_eq!(summary["ok"], 200, "{operation}: {summary}");
+        }
+        let fanout = bench(
+            &member.endpoint(),
+            &[
+                "--clients",
+                "20",
+                "--total",
+                "20",
+                "zookeeper",
+                "watch-fanout",
+                "--servers",
+                &server,
+                "--interval-ms",
+                "5",
+            ],
+        );
+        assert_eq!(fanout["ok"], 400, "{fanout}");
+        assert_eq!(fanout["missing_events"], 0, "{fanout}");
     }
 }
