@@ -424,23 +424,31 @@ fn ip_matches(entry: &str, address: &str) -> bool {
     network & mask == u32::from(address) & mask
 }
 
+/// Most entries an ACL may have after its fix-up. ZooKeeper has no such cap (a frame bounds the
+/// list); here it bounds the work a write does in apply, on every member, and what it stores.
+pub const ACL_ENTRIES_MAX: usize = 1024;
+
 /// ZooKeeper's ACL fix-up for create and setACL: `auth` entries become the connection's
-/// authenticated identities, duplicates go; an invalid list is `None` (InvalidACL).
+/// authenticated identities, duplicates go; an invalid list, or one longer than
+/// [`ACL_ENTRIES_MAX`], is `None` (InvalidACL).
 pub fn fix_acl(acl: &[ZkAcl], identities: &[ZkId]) -> Option<Vec<ZkAcl>> {
     let mut fixed: Vec<ZkAcl> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut push = |entry: ZkAcl| {
-        if !fixed.contains(&entry) {
+        if seen.insert((entry.perms, entry.scheme.clone(), entry.id.clone())) {
             fixed.push(entry);
         }
+        fixed.len() <= ACL_ENTRIES_MAX
     };
     for entry in acl {
-        match entry.scheme.as_str() {
+        let within = match entry.scheme.as_str() {
             "world" if entry.id == "anyone" => push(entry.clone()),
             "auth" => {
+                let mut within = true;
                 let mut any = false;
                 for id in identities.iter().filter(|id| id.scheme != "ip") {
                     any = true;
-                    push(ZkAcl {
+                    within &= push(ZkAcl {
                         perms: entry.perms,
                         scheme: id.scheme.clone(),
                         id: id.id.clone(),
@@ -449,10 +457,14 @@ pub fn fix_acl(acl: &[ZkAcl], identities: &[ZkId]) -> Option<Vec<ZkAcl>> {
                 if !any {
                     return None;
                 }
+                within
             }
             "digest" if entry.id.split(':').count() == 2 => push(entry.clone()),
             "ip" if ipv4_prefix(&entry.id).is_some() => push(entry.clone()),
             _ => return None,
+        };
+        if !within {
+            return None;
         }
     }
     (!fixed.is_empty()).then_some(fixed)
@@ -1004,6 +1016,27 @@ mod tests {
         ] {
             assert!(!valid_path(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn long_acls_are_bounded_and_deduplicated() {
+        let ids: Vec<ZkId> = (0..16)
+            .map(|i| ZkId {
+                scheme: "digest".into(),
+                id: format!("user{i}:hash"),
+            })
+            .collect();
+        let auth = |perms| ZkAcl {
+            perms,
+            scheme: "auth".into(),
+            id: String::new(),
+        };
+        // 65,536 entries that each become 16: refused (at the cap, before the rest is read).
+        let huge: Vec<ZkAcl> = (0..65_536).map(auth).collect();
+        assert_eq!(fix_acl(&huge, &ids), None);
+        // The same entry many times is one entry per identity.
+        let repeated: Vec<ZkAcl> = (0..10_000).map(|_| auth(perm::ALL)).collect();
+        assert_eq!(fix_acl(&repeated, &ids).map(|acl| acl.len()), Some(16));
     }
 
     #[test]

@@ -199,6 +199,13 @@ pub struct ServerArgs {
     /// (znode.container.checkIntervalMs) [default: 60000].
     #[arg(long, env = "SYNOD_ZOOKEEPER_CONTAINER_CHECK_INTERVAL_MS")]
     pub zookeeper_container_check_interval_ms: Option<u64>,
+    /// Four-letter words answered, comma-separated, `*` for all (ZooKeeper's
+    /// 4lw.commands.whitelist) [default: srvr].
+    #[arg(
+        long = "zookeeper-4lw-whitelist",
+        env = "SYNOD_ZOOKEEPER_4LW_WHITELIST"
+    )]
+    pub zookeeper_4lw_whitelist: Option<String>,
     /// Most ZooKeeper connections from one address; 0 for no cap (maxClientCnxns) [default:
     /// 60].
     #[arg(long, env = "SYNOD_ZOOKEEPER_MAX_CLIENT_CNXNS")]
@@ -307,6 +314,9 @@ impl ServerArgs {
                 .or(other.zookeeper_max_session_timeout),
             zookeeper_super_digest: self.zookeeper_super_digest.or(other.zookeeper_super_digest),
             zookeeper_max_buffer: self.zookeeper_max_buffer.or(other.zookeeper_max_buffer),
+            zookeeper_4lw_whitelist: self
+                .zookeeper_4lw_whitelist
+                .or(other.zookeeper_4lw_whitelist),
             zookeeper_max_client_cnxns: self
                 .zookeeper_max_client_cnxns
                 .or(other.zookeeper_max_client_cnxns),

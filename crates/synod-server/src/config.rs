@@ -91,6 +91,8 @@ pub struct ZookeeperSettings {
     /// `super:<hash>`'s hash.
     pub super_digest: Option<String>,
     pub max_buffer: usize,
+    /// Four-letter words answered; `None` for all.
+    pub four_letter_words: Option<Vec<String>>,
     /// Most connections from one address (0: no cap).
     pub max_client_connections: usize,
     /// TTL nodes allowed.
@@ -139,6 +141,10 @@ fn zookeeper_settings(args: &ServerArgs) -> Result<Option<ZookeeperSettings>, Co
         max_session_timeout_ms: max,
         super_digest,
         max_buffer: args.zookeeper_max_buffer.unwrap_or(0xfffff) as usize,
+        four_letter_words: match args.zookeeper_4lw_whitelist.as_deref().map(str::trim) {
+            Some("*") => None,
+            listed => Some(list(listed.unwrap_or("srvr"))),
+        },
         max_client_connections: args.zookeeper_max_client_cnxns.unwrap_or(60),
         extended_types: args.zookeeper_extended_types.unwrap_or(false),
         container_check_interval: Duration::from_millis(

@@ -42,6 +42,9 @@ pub struct Reply {
     pub body: Option<Encoder>,
     /// The revision the answer shows: watch events up to it go out first.
     pub revision: i64,
+    /// The connection closes after this answer (an unknown opcode, a lone `check`), as
+    /// ZooKeeper closes it.
+    pub close: bool,
 }
 
 impl Reply {
@@ -50,6 +53,7 @@ impl Reply {
             err,
             body: None,
             revision,
+            close: false,
         }
     }
 
@@ -58,6 +62,14 @@ impl Reply {
             err: code::OK,
             body: Some(body),
             revision,
+            close: false,
+        }
+    }
+
+    fn closing(err: i32, revision: i64) -> Reply {
+        Reply {
+            close: true,
+            ..Reply::error(err, revision)
         }
     }
 }
@@ -261,8 +273,9 @@ async fn run(
             code::RECONFIG_DISABLED,
             ctx.store().current_revision(),
         )),
-        // `check` outside multi, reconfig, SASL and anything unknown.
-        _ => Ok(Reply::error(
+        // `check` outside multi, SASL and anything unknown: ZooKeeper answers Unimplemented and
+        // closes the connection.
+        _ => Ok(Reply::closing(
             code::UNIMPLEMENTED,
             ctx.store().current_revision(),
         )),
@@ -425,7 +438,7 @@ fn read(ctx: &mut Context<'_>, opcode: i32, path: &str, watch: bool) -> Result<R
         };
         // An exists watch is set whether or not the node exists: it fires on its creation.
         if watch {
-            ctx.watches.data.insert(path.to_owned());
+            ctx.watches.data.insert(path.to_owned(), revision);
             ctx.watches.follow_from(revision);
         }
         return Ok(reply);
@@ -438,7 +451,7 @@ fn read(ctx: &mut Context<'_>, opcode: i32, path: &str, watch: bool) -> Result<R
     if opcode == opcode::GET_DATA {
         e.data(&node).stat(&node.stat());
         if watch {
-            ctx.watches.data.insert(path.to_owned());
+            ctx.watches.data.insert(path.to_owned(), revision);
         }
     } else {
         let children = zk::children(&at, path)?;
@@ -447,7 +460,7 @@ fn read(ctx: &mut Context<'_>, opcode: i32, path: &str, watch: bool) -> Result<R
             e.stat(&node.stat());
         }
         if watch {
-            ctx.watches.child.insert(path.to_owned());
+            ctx.watches.child.insert(path.to_owned(), revision);
         }
     }
     if watch {
@@ -523,8 +536,8 @@ fn ephemerals(ctx: &mut Context<'_>, prefix: &str) -> Reply {
 fn add_watch(ctx: &mut Context<'_>, path: String, mode: i32) -> Reply {
     let revision = ctx.store().current_revision();
     match mode {
-        0 => ctx.watches.persistent.insert(path),
-        1 => ctx.watches.recursive.insert(path),
+        0 => ctx.watches.persistent.insert(path, revision),
+        1 => ctx.watches.recursive.insert(path, revision),
         _ => return Reply::error(code::BAD_ARGUMENTS, revision),
     };
     ctx.watches.follow_from(revision);
@@ -538,7 +551,7 @@ fn check_watches(ctx: &mut Context<'_>, path: &str, kind: i32, remove: bool) -> 
     let revision = ctx.store().current_revision();
     let w = &mut *ctx.watches;
     let mut found = false;
-    let tables: Vec<&mut std::collections::HashSet<String>> = match kind {
+    let tables: Vec<&mut std::collections::HashMap<String, i64>> = match kind {
         1 => vec![&mut w.child],
         2 => vec![&mut w.data],
         3 => vec![
@@ -551,9 +564,9 @@ fn check_watches(ctx: &mut Context<'_>, path: &str, kind: i32, remove: bool) -> 
     };
     for table in tables {
         found |= if remove {
-            table.remove(path)
+            table.remove(path).is_some()
         } else {
-            table.contains(path)
+            table.contains_key(path)
         };
     }
     if found {

@@ -27,6 +27,10 @@ const XID_NOTIFICATION: i32 = -1;
 const XID_PING: i32 = -2;
 const XID_AUTH: i32 = -4;
 const XID_SET_WATCHES: i32 = -8;
+/// Identities one connection may hold (its address, then one per accepted `auth`).
+const IDENTITIES_MAX: usize = 16;
+/// Longest user name a digest `auth` may carry.
+const USER_BYTES_MAX: usize = 256;
 /// Requests read ahead of the one being served.
 const FRAMES_QUEUED_MAX: usize = 4;
 /// The state of every notification a server sends.
@@ -68,6 +72,8 @@ enum Ended {
     Failure(#[from] Failure),
     #[error(transparent)]
     Malformed(#[from] Malformed),
+    #[error(transparent)]
+    FellBehind(#[from] super::watches::FellBehind),
     #[error("{0}")]
     Closed(&'static str),
 }
@@ -201,7 +207,7 @@ impl Connection {
                 },
                 notice = watches.next() => {
                     if let Some(notice) = notice {
-                        let fired = watches.fire(notice);
+                        let fired = watches.fire(notice)?;
                         self.notify(&fired).await?;
                         self.writer.flush().await?;
                     }
@@ -228,7 +234,8 @@ impl Connection {
             let body = &request[8..];
             match op {
                 opcode::PING => {
-                    self.reply(XID_PING, code::OK, None).await?;
+                    let zxid = watches.shown_through(member.machine.store.current_revision());
+                    self.reply(XID_PING, zxid, code::OK, None).await?;
                 }
                 opcode::AUTH => {
                     let accepted = self.authenticate(body)?;
@@ -238,7 +245,7 @@ impl Connection {
                     } else {
                         code::AUTH_FAILED
                     };
-                    self.reply_with_zxid(XID_AUTH, 0, err, None).await?;
+                    self.reply(XID_AUTH, 0, err, None).await?;
                     if !accepted {
                         self.writer.flush().await?;
                         return Err(Ended::Closed("authentication failed"));
@@ -247,15 +254,15 @@ impl Connection {
                 opcode::SET_WATCHES | opcode::SET_WATCHES2 => {
                     let fired = self.set_watches(&mut watches, body, op)?;
                     self.notify(&fired).await?;
-                    self.reply(XID_SET_WATCHES, code::OK, None).await?;
+                    let zxid = watches.shown_through(member.machine.store.current_revision());
+                    self.reply(XID_SET_WATCHES, zxid, code::OK, None).await?;
                 }
                 opcode::CLOSE_SESSION => {
                     self.front.sessions.close(session.id).await?;
-                    let fired = watches
-                        .catch_up(member.machine.store.current_revision())
-                        .await;
+                    let current = member.machine.store.current_revision();
+                    let fired = watches.catch_up(current).await?;
                     self.notify(&fired).await?;
-                    self.reply(xid, code::OK, None).await?;
+                    self.reply(xid, current, code::OK, None).await?;
                     self.writer.flush().await?;
                     return Ok(());
                 }
@@ -267,16 +274,18 @@ impl Connection {
                         watches: &mut watches,
                     };
                     let reply = command::execute(&mut context, op, body).await?;
-                    let fired = watches.catch_up(reply.revision).await;
+                    let fired = watches.catch_up(reply.revision).await?;
                     self.notify(&fired).await?;
-                    self.reply(xid, reply.err, reply.body).await?;
+                    // The zxid a client keeps and sends back with setWatches: never past the
+                    // events it has been sent.
+                    let zxid = watches.shown_through(member.machine.store.current_revision());
+                    self.reply(xid, zxid, reply.err, reply.body).await?;
                     self.stats
                         .watches
                         .store(watches.count() as u64, Ordering::Relaxed);
-                    // ZooKeeper closes after an unknown opcode or a lone `check`.
-                    if reply.err == code::UNIMPLEMENTED {
+                    if reply.close {
                         self.writer.flush().await?;
-                        return Err(Ended::Closed("unimplemented operation"));
+                        return Err(Ended::Closed("unknown operation"));
                     }
                 }
             }
@@ -322,6 +331,11 @@ impl Connection {
         }
         let text = String::from_utf8_lossy(auth);
         let user = text.split(':').next().unwrap_or("");
+        // Every write carries the identities through the log, and every check reads them: a
+        // connection's are bounded (ZooKeeper bounds them only by its frames).
+        if user.len() > USER_BYTES_MAX || self.identities.len() >= IDENTITIES_MAX {
+            return Ok(false);
+        }
         let hash = base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(auth));
         let id = format!("{user}:{hash}");
         if let Some(super_hash) = &self.front.settings().super_digest
@@ -375,7 +389,7 @@ impl Connection {
                     fired.push((event::NODE_DATA_CHANGED, path))
                 }
                 Some(_) => {
-                    watches.data.insert(path);
+                    watches.data.insert(path, at.revision);
                 }
             }
         }
@@ -383,7 +397,7 @@ impl Connection {
             match zk::node(&at, &path).map_err(Failure::from)? {
                 Some(_) => fired.push((event::NODE_CREATED, path)),
                 None => {
-                    watches.data.insert(path);
+                    watches.data.insert(path, at.revision);
                 }
             }
         }
@@ -394,12 +408,13 @@ impl Connection {
                     fired.push((event::NODE_CHILDREN_CHANGED, path))
                 }
                 Some(_) => {
-                    watches.child.insert(path);
+                    watches.child.insert(path, at.revision);
                 }
             }
         }
-        watches.persistent.extend(persistent);
-        watches.recursive.extend(recursive);
+        let registered = |paths: Vec<String>| paths.into_iter().map(|p| (p, at.revision));
+        watches.persistent.extend(registered(persistent));
+        watches.recursive.extend(registered(recursive));
         if watches.count() > 0 {
             watches.follow_from(at.revision);
         }
@@ -420,12 +435,7 @@ impl Connection {
         Ok(())
     }
 
-    async fn reply(&mut self, xid: i32, err: i32, body: Option<Encoder>) -> Result<(), Ended> {
-        let zxid = self.front.member().machine.store.current_revision();
-        self.reply_with_zxid(xid, zxid, err, body).await
-    }
-
-    async fn reply_with_zxid(
+    async fn reply(
         &mut self,
         xid: i32,
         zxid: i64,

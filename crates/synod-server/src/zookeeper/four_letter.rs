@@ -1,7 +1,8 @@
 //! ZooKeeper's four-letter words, recognised in the first four bytes of a connection, answered
 //! in ZooKeeper's formats (so monitoring that parses them works), then the connection closes.
-//! Every word that reports is enabled; the ones that change a server's state are refused with
-//! ZooKeeper's "not in the whitelist" line.
+//! As in ZooKeeper, only the words of `--zookeeper-4lw-whitelist` are answered (`srvr` by
+//! default); the others, and those that would change the server, get ZooKeeper's "not in the
+//! whitelist" line.
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -39,6 +40,14 @@ pub fn word(head: [u8; 4]) -> Option<&'static str> {
 
 /// The answer to `word`.
 pub fn answer(front: &Front, word: &str) -> String {
+    let allowed = front
+        .settings()
+        .four_letter_words
+        .as_ref()
+        .is_none_or(|listed| listed.iter().any(|w| w == word));
+    if !allowed {
+        return refused(word);
+    }
     match word {
         "ruok" => "imok".to_owned(),
         "isro" => "rw".to_owned(),
@@ -50,8 +59,12 @@ pub fn answer(front: &Front, word: &str) -> String {
         "conf" => configuration(front),
         "envi" => environment(),
         "dump" => dump(front),
-        other => format!("{other} is not executed because it is not in the whitelist.\n"),
+        other => refused(other),
     }
+}
+
+fn refused(word: &str) -> String {
+    format!("{word} is not executed because it is not in the whitelist.\n")
 }
 
 fn mode(front: &Front) -> &'static str {

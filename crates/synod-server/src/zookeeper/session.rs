@@ -116,11 +116,14 @@ impl Sessions {
         let Some(stored) = stored else {
             return Ok(None);
         };
-        if stored.value != password || !self.touch(id).await? {
+        // A stored password of another length was not written by a session (an etcd client
+        // wrote the key): it matches nothing.
+        let Ok(kept) = <[u8; PASSWORD_BYTES]>::try_from(stored.value.as_slice()) else {
+            return Ok(None);
+        };
+        if kept[..] != *password || !self.touch(id).await? {
             return Ok(None);
         }
-        let mut kept = [0u8; PASSWORD_BYTES];
-        kept.copy_from_slice(&stored.value[..PASSWORD_BYTES.min(stored.value.len())]);
         Ok(Some(Session {
             id,
             password: kept,

@@ -4,7 +4,7 @@
 //! and recursive ones stay. [`Watches::catch_up`] delivers everything up to a revision before
 //! the connection sends a reply read at it: a client sees the event before the data.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,31 +37,57 @@ struct Followed {
     receiver: mpsc::Receiver<WatchNotice>,
 }
 
-/// The watch tables of one connection.
+/// The watch tables of one connection: each watched path with the revision its watch was set
+/// at. A change at or below that revision is already in what the client read with the watch,
+/// so it does not fire it (it may still be on its way through the hub).
 pub struct Watches {
     member: Arc<Member>,
-    pub data: HashSet<String>,
-    pub child: HashSet<String>,
-    pub persistent: HashSet<String>,
-    pub recursive: HashSet<String>,
+    pub data: HashMap<String, i64>,
+    pub child: HashMap<String, i64>,
+    pub persistent: HashMap<String, i64>,
+    pub recursive: HashMap<String, i64>,
     /// The connection's identities: an event goes only where READ on its node is allowed.
     pub identities: Vec<ZkId>,
     stream: Option<Followed>,
     /// Every change up to this revision has been turned into events.
     seen: i64,
+    /// The hub's watch was canceled (its history compacted): events were lost.
+    broken: bool,
+}
+
+/// Events that cannot all be delivered any more: the connection must close, so that its client
+/// reconnects and catches up with setWatches.
+#[derive(Debug, thiserror::Error)]
+#[error("watch events fell behind the history kept")]
+pub struct FellBehind;
+
+/// Whether a change at `at` fires a watch set at `registered`.
+fn fires(registered: Option<&i64>, at: i64) -> bool {
+    registered.is_some_and(|set_at| at > *set_at)
 }
 
 impl Watches {
     pub fn new(member: Arc<Member>, identities: Vec<ZkId>) -> Watches {
         Watches {
             member,
-            data: HashSet::new(),
-            child: HashSet::new(),
-            persistent: HashSet::new(),
-            recursive: HashSet::new(),
+            data: HashMap::new(),
+            child: HashMap::new(),
+            persistent: HashMap::new(),
+            recursive: HashMap::new(),
             identities,
             stream: None,
             seen: 0,
+            broken: false,
+        }
+    }
+
+    /// The revision a reply may name as the last the client has seen: the events up to it have
+    /// gone out.
+    pub fn shown_through(&self, current: i64) -> i64 {
+        if self.stream.is_some() {
+            self.seen.min(current)
+        } else {
+            current
         }
     }
 
@@ -106,7 +132,7 @@ impl Watches {
     }
 
     /// The events a notice brings to this connection: (type, path), in order.
-    pub fn fire(&mut self, notice: WatchNotice) -> Vec<(i32, String)> {
+    pub fn fire(&mut self, notice: WatchNotice) -> Result<Vec<(i32, String)>, FellBehind> {
         let mut fired = Vec::new();
         match notice {
             WatchNotice::Events {
@@ -132,13 +158,14 @@ impl Watches {
                 self.seen = self.seen.max(revision);
             }
             WatchNotice::Progress { revision, .. } => self.seen = self.seen.max(revision),
-            // History the watch needed is gone: nothing more can be told; start over later.
-            WatchNotice::Compacted { revision, .. } => {
+            // History the watch needed is gone: what it would have told is lost.
+            WatchNotice::Compacted { .. } => {
                 self.stop();
-                self.seen = revision;
+                self.broken = true;
+                return Err(FellBehind);
             }
         }
-        fired
+        Ok(fired)
     }
 
     /// Whether this connection may read `path` as it was at `revision` (ZooKeeper 3.8.4's
@@ -152,11 +179,15 @@ impl Watches {
     }
 
     fn changed(&mut self, path: &str, kind: i32, at: i64, fired: &mut Vec<(i32, String)>) {
-        let mut hit = self.persistent.contains(path)
-            || ancestors_or_self(path).any(|p| self.recursive.contains(p));
-        hit |= self.data.remove(path);
-        if kind == event::NODE_DELETED {
-            hit |= self.child.remove(path);
+        let mut hit = fires(self.persistent.get(path), at)
+            || ancestors_or_self(path).any(|p| fires(self.recursive.get(p), at));
+        if fires(self.data.get(path), at) {
+            self.data.remove(path);
+            hit = true;
+        }
+        if kind == event::NODE_DELETED && fires(self.child.get(path), at) {
+            self.child.remove(path);
+            hit = true;
         }
         if hit && self.may_read(path, at) {
             fired.push((kind, path.to_owned()));
@@ -167,18 +198,26 @@ impl Watches {
         let Some(parent) = zk::parent(path) else {
             return;
         };
-        if (self.child.remove(parent) | self.persistent.contains(parent))
-            && self.may_read(parent, at)
-        {
+        let mut hit = fires(self.persistent.get(parent), at);
+        if fires(self.child.get(parent), at) {
+            self.child.remove(parent);
+            hit = true;
+        }
+        if hit && self.may_read(parent, at) {
             fired.push((event::NODE_CHILDREN_CHANGED, parent.to_owned()));
         }
     }
 
-    /// Turns every change up to `revision` into events before a reply read at it goes out.
-    pub async fn catch_up(&mut self, revision: i64) -> Vec<(i32, String)> {
+    /// Turns every change up to `revision` into events before a reply read at it goes out; if
+    /// that cannot be done (history compacted, or the hub did not get there in time), the
+    /// connection must close rather than answer before the events.
+    pub async fn catch_up(&mut self, revision: i64) -> Result<Vec<(i32, String)>, FellBehind> {
         let mut fired = Vec::new();
+        if self.broken {
+            return Err(FellBehind);
+        }
         if self.stream.is_none() || self.seen >= revision {
-            return fired;
+            return Ok(fired);
         }
         let deadline = Instant::now() + CATCH_UP_MAX;
         while self.seen < revision && Instant::now() < deadline {
@@ -197,15 +236,18 @@ impl Watches {
                 Duration::from_millis(5)
             };
             match tokio::time::timeout(wait, followed.receiver.recv()).await {
-                Ok(Some(notice)) => fired.extend(self.fire(notice)),
+                Ok(Some(notice)) => fired.extend(self.fire(notice)?),
                 Ok(None) => break,
                 Err(_) => {}
             }
         }
+        if self.seen < revision {
+            return Err(FellBehind);
+        }
         if self.is_empty() {
             self.stop();
         }
-        fired
+        Ok(fired)
     }
 
     fn stop(&mut self) {
@@ -224,4 +266,20 @@ impl Drop for Watches {
 /// `/a/b/c`, `/a/b`, `/a`, `/`.
 fn ancestors_or_self(path: &str) -> impl Iterator<Item = &str> {
     std::iter::successors(Some(path), |p| zk::parent(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watch_fires_only_for_changes_after_the_read_that_set_it() {
+        assert!(!fires(None, 10));
+        assert!(!fires(Some(&10), 9));
+        assert!(
+            !fires(Some(&10), 10),
+            "the read at 10 already showed the change at 10"
+        );
+        assert!(fires(Some(&10), 11));
+    }
 }
