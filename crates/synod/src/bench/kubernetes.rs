@@ -20,8 +20,6 @@ use synod_client::etcdserverpb::{
     request_op, watch_request,
 };
 use synod_client::{Client, ClientError, prefix_range_end};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Random, Summary, Target, connect_all, exit_code, new_histogram, other};
 
@@ -417,28 +415,18 @@ async fn watch_kinds(
     start: i64,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(u64, u64), ClientError> {
-    let (requests, receiver) = mpsc::channel(KINDS.len() + 4);
-    for kind in KINDS {
+    let creates = KINDS.map(|kind| {
         let key = format!("/registry/{kind}/").into_bytes();
-        let create = WatchCreateRequest {
+        WatchCreateRequest {
             range_end: prefix_range_end(&key),
             key,
             start_revision: start,
             progress_notify: true,
             ..WatchCreateRequest::default()
-        };
-        requests
-            .send(WatchRequest {
-                request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
-            })
-            .await
-            .map_err(|_| other("watch requests closed"))?;
-    }
-    let mut responses = client
-        .watch()
-        .watch(ReceiverStream::new(receiver))
-        .await?
-        .into_inner();
+        }
+    });
+    let (requests, mut responses) =
+        super::streams::open_watches(&client, creates, KINDS.len() + 4).await?;
     let (mut events, mut progress) = (0u64, 0u64);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {

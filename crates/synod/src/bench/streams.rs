@@ -215,28 +215,12 @@ async fn watch_stream(
     ready: mpsc::Sender<()>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<StreamTally, ClientError> {
-    let (requests, receiver) = mpsc::channel(count.max(1));
-    for _ in 0..count {
-        // Requests go in before the stream opens: etcd answers the stream's headers only with
-        // its first response.
-        requests
-            .send(WatchRequest {
-                request_union: Some(watch_request::RequestUnion::CreateRequest(
-                    WatchCreateRequest {
-                        key: key.clone(),
-                        range_end: range_end.clone(),
-                        ..WatchCreateRequest::default()
-                    },
-                )),
-            })
-            .await
-            .map_err(|_| other("watch requests closed"))?;
-    }
-    let mut responses = client
-        .watch()
-        .watch(ReceiverStream::new(receiver))
-        .await?
-        .into_inner();
+    let creates = (0..count).map(|_| WatchCreateRequest {
+        key: key.clone(),
+        range_end: range_end.clone(),
+        ..WatchCreateRequest::default()
+    });
+    let (requests, mut responses) = open_watches(&client, creates, count).await?;
     let mut ids = std::collections::HashMap::new();
     let mut watchers = Vec::new();
     while ids.len() < count {
@@ -301,6 +285,37 @@ async fn watch_stream(
         histogram,
         watchers,
     })
+}
+
+/// Opens a watch stream with `creates` as its first requests (they go in before the stream
+/// opens: etcd answers the stream's headers only with its first response); the sender for later
+/// requests, with room for `room`, and the responses.
+pub(super) async fn open_watches(
+    client: &Client,
+    creates: impl IntoIterator<Item = WatchCreateRequest>,
+    room: usize,
+) -> Result<
+    (
+        mpsc::Sender<WatchRequest>,
+        tonic::Streaming<synod_client::etcdserverpb::WatchResponse>,
+    ),
+    ClientError,
+> {
+    let (requests, receiver) = mpsc::channel(room.max(1));
+    for create in creates {
+        requests
+            .send(WatchRequest {
+                request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
+            })
+            .await
+            .map_err(|_| other("watch requests closed"))?;
+    }
+    let responses = client
+        .watch()
+        .watch(ReceiverStream::new(receiver))
+        .await?
+        .into_inner();
+    Ok((requests, responses))
 }
 
 pub struct KeepAliveLoad {
