@@ -78,6 +78,8 @@ fn mode(front: &Front) -> &'static str {
     }
 }
 
+/// Nodes in the tree, counted as ZooKeeper counts them: its node map holds the root twice (as
+/// `""` and `/`), so a fresh server reports 5.
 fn node_count(front: &Front) -> i64 {
     let options = RangeOptions {
         count_only: true,
@@ -88,7 +90,7 @@ fn node_count(front: &Front) -> i64 {
         .machine
         .store
         .range(zk::DATA_PREFIX, &zk::prefix_end(zk::DATA_PREFIX), options)
-        .map(|r| r.count)
+        .map(|r| r.count + 1)
         .unwrap_or(0)
 }
 

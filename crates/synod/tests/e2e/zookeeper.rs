@@ -175,6 +175,15 @@ fn four_letter_words_answer_as_zookeeper_does() {
     }
     let mut session = RawSession::open(&ours);
     assert_eq!(session.call(-2, 11, |_| {}), 0, "ping");
+    // A fresh tree counts as ZooKeeper counts it (5: its map holds the root twice).
+    let node_count = |address: &str| {
+        four_letter(address, "srvr")
+            .lines()
+            .find(|line| line.starts_with("Node count: "))
+            .map(str::to_owned)
+    };
+    assert_eq!(node_count(&ours), node_count(&theirs));
+    assert_eq!(node_count(&ours).as_deref(), Some("Node count: 5"));
     let cons = four_letter(&ours, "cons");
     for field in [
         ",sid=0x",
