@@ -79,7 +79,9 @@ fn mode(front: &Front) -> &'static str {
 }
 
 /// Nodes in the tree, counted as ZooKeeper counts them: its node map holds the root twice (as
-/// `""` and `/`), so a fresh server reports 5.
+/// `""` and `/`), so a fresh server reports 5. The built-in nodes are written with the first
+/// session (a member that never serves a ZooKeeper client leaves its keyspace as etcd's), and
+/// count before that as they will after.
 fn node_count(front: &Front) -> i64 {
     let options = RangeOptions {
         count_only: true,
@@ -90,7 +92,7 @@ fn node_count(front: &Front) -> i64 {
         .machine
         .store
         .range(zk::DATA_PREFIX, &zk::prefix_end(zk::DATA_PREFIX), options)
-        .map(|r| r.count + 1)
+        .map(|r| r.count.max(zk::BUILT_IN.len() as i64) + 1)
         .unwrap_or(0)
 }
 

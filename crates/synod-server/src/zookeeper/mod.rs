@@ -254,14 +254,6 @@ pub async fn serve(
 ) {
     let front = Arc::new(Front::new(member, settings));
     tokio::spawn(remove_due_nodes(front.clone(), stop.clone()));
-    // The built-in nodes exist from the start, not from the first session (a new cluster may
-    // have no leader yet: try until it does).
-    let bootstrapping = front.clone();
-    tokio::spawn(async move {
-        while bootstrapping.ensure_tree().await.is_err() {
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        }
-    });
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
