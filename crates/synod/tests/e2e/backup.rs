@@ -75,6 +75,17 @@ async fn write_history(client: &mut Client) -> i64 {
 }
 
 /// `synod snapshot restore` with etcdutl's flags, checked to succeed.
+/// `<program> snapshot save` (synod's CLI or etcdctl) of the member at `endpoint` into `file`.
+fn save_snapshot(program: &str, endpoint: &str, file: &Path) {
+    let (ok, out, err) = run_tool(
+        program,
+        &["--endpoints", endpoint],
+        &["snapshot", "save", file.to_str().expect("path")],
+        None,
+    );
+    assert!(ok, "{program} snapshot save from {endpoint}: {out}{err}");
+}
+
 fn restore(snapshot: &Path, name: &str, data_dir: &Path, cluster: &str, peer_url: &str) {
     let args = [
         "snapshot",
@@ -127,13 +138,7 @@ async fn save_and_restore_into_a_new_three_member_cluster() {
         .expect("header")
         .cluster_id();
     let snapshot = root.path().join("backup.db");
-    let (ok, out, err) = run_tool(
-        synod_binary(),
-        &["--endpoints", &source.endpoint()],
-        &["snapshot", "save", snapshot.to_str().expect("path")],
-        None,
-    );
-    assert!(ok, "synod snapshot save: {out}{err}");
+    save_snapshot(synod_binary(), &source.endpoint(), &snapshot);
     drop(client);
     drop(source);
 
@@ -205,13 +210,7 @@ async fn an_etcd_snapshot_restores_into_synod() {
         .await
         .expect("etcd at revision 30");
     let snapshot = root.path().join("etcd.db");
-    let (ok, out, err) = run_tool(
-        "etcdctl",
-        &["--endpoints", &etcd.endpoint()],
-        &["snapshot", "save", snapshot.to_str().expect("path")],
-        None,
-    );
-    assert!(ok, "etcdctl snapshot save: {out}{err}");
+    save_snapshot("etcdctl", &etcd.endpoint(), &snapshot);
 
     let member_root = root.path().join("synod");
     let mut member = Member::prepare(&member_root, vec!["--name".into(), "migrated".into()]);
@@ -274,14 +273,7 @@ async fn etcd_reads_and_restores_a_synod_backup() {
     let expected = dump(&mut client).await;
     let snapshot = root.path().join("synod.db");
     // etcdctl saves it: the stream's digest must be what etcd's client expects.
-    let endpoint = ["--endpoints", &member.endpoint()];
-    let (ok, out, err) = run_tool(
-        "etcdctl",
-        &endpoint,
-        &["snapshot", "save", snapshot.to_str().expect("path")],
-        None,
-    );
-    assert!(ok, "etcdctl snapshot save from Synod: {out}{err}");
+    save_snapshot("etcdctl", &member.endpoint(), &snapshot);
     let status_args = [
         "snapshot",
         "status",
@@ -480,13 +472,7 @@ async fn restore_refuses_bad_snapshots_and_existing_directories() {
     let mut client = member.etcd_client().await;
     client.put("k", "v", None).await.expect("put");
     let snapshot = root.path().join("good.db");
-    let (ok, out, err) = run_tool(
-        synod_binary(),
-        &["--endpoints", &member.endpoint()],
-        &["snapshot", "save", snapshot.to_str().expect("path")],
-        None,
-    );
-    assert!(ok, "{out}{err}");
+    save_snapshot(synod_binary(), &member.endpoint(), &snapshot);
     let good = std::fs::read(&snapshot).expect("read");
     let attempt = |file: &Path, dir: &Path, extra: &[&str]| {
         let mut args = vec![
