@@ -201,12 +201,10 @@ fn monitor(front: &Front) -> String {
         .iter()
         .map(|c| c.watches.load(Ordering::Relaxed))
         .sum();
-    let ephemerals = member
-        .machine
-        .lessor
-        .ids()
-        .iter()
-        .filter_map(|id| member.machine.lessor.info(*id))
+    // Only sessions' leases hold ephemerals: a member with many etcd leases pays nothing here.
+    let ephemerals = super::session::live_sessions(member)
+        .into_iter()
+        .filter_map(|id| member.machine.lessor.info(id))
         .map(|info| {
             info.keys
                 .iter()

@@ -29,8 +29,29 @@ pub struct Session {
     pub timeout_ms: u32,
 }
 
+/// Where every live session keeps its password.
+pub const PASSWORD_PREFIX: &[u8] = b"zk/s";
+
 fn password_key(id: i64) -> Vec<u8> {
     format!("zk/s{id:016x}").into_bytes()
+}
+
+/// Every live session of the cluster, from the password keys (only they, not every lease).
+pub fn live_sessions(member: &Member) -> Vec<i64> {
+    let options = RangeOptions::default();
+    let end = synod_core::zk::prefix_end(PASSWORD_PREFIX);
+    member
+        .machine
+        .store
+        .range(PASSWORD_PREFIX, &end, options)
+        .map(|found| found.kvs)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|kv| kv.key.get(PASSWORD_PREFIX.len()..))
+        .filter_map(|id| std::str::from_utf8(id).ok())
+        .filter_map(|id| u64::from_str_radix(id, 16).ok())
+        .map(|id| id as i64)
+        .collect()
 }
 
 /// The sessions of this member's connections: a reconnect closes the session's other

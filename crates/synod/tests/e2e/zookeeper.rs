@@ -184,10 +184,21 @@ fn four_letter_words_answer_as_zookeeper_does() {
     };
     assert_eq!(node_count(&ours), node_count(&theirs));
     assert_eq!(node_count(&ours).as_deref(), Some("Node count: 5"));
+    let ephemeral = session.call(1, 1, |e| {
+        e.string("/mine")
+            .buffer(b"")
+            .int(1)
+            .int(31)
+            .string("world")
+            .string("anyone")
+            .int(1);
+    });
+    assert_eq!(ephemeral, 0, "create an ephemeral");
+    assert!(four_letter(&ours, "mntr").contains("\nzk_ephemerals_count\t1\n"));
     let cons = four_letter(&ours, "cons");
     for field in [
         ",sid=0x",
-        ",lop=PING,",
+        ",lop=CREA,",
         ",to=",
         ",lzxid=0x",
         ",llat=",
