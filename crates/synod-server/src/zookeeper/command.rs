@@ -313,8 +313,7 @@ fn decode_multi(
             (false, op::CREATE | op::CREATE2 | op::CREATE_CONTAINER | op::CREATE_TTL)
             | (false, op::DELETE | op::SET_DATA | op::CHECK) => {
                 let write = decode_write(kind, d)?;
-                if write.opcode != op::CREATE_CONTAINER
-                    && matches!(write.opcode, op::CREATE | op::CREATE2 | op::CREATE_TTL)
+                if matches!(write.opcode, op::CREATE | op::CREATE2 | op::CREATE_TTL)
                     && !(0..=6).contains(&write.flags)
                 {
                     refused = true;

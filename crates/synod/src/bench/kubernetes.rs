@@ -242,21 +242,6 @@ pub async fn run(
         extra,
     };
     summary.print(json);
-    if !json {
-        for (op, histogram) in &histograms {
-            let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
-            println!(
-                "  {:<7} {:>8} ops  p50 {:.3} ms  p99 {:.3} ms",
-                op.name(),
-                histogram.len(),
-                ms(0.5),
-                ms(0.99)
-            );
-        }
-        println!(
-            "  conflicts {conflicts}, watch events {events}, progress notifications {progress}, compactions {compactions}"
-        );
-    }
     Ok(exit_code(failed == 0))
 }
 
