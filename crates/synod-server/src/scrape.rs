@@ -103,6 +103,14 @@ fn copy_in(metrics: &Metrics, member: &Member) {
         &metrics.read_index_rounds,
         status.read_index_rounds.load(Relaxed),
     );
+    advance(
+        &metrics.slow_read_indexes,
+        status.slow_read_indexes.load(Relaxed),
+    );
+    advance(
+        &metrics.read_indexes_failed,
+        status.read_indexes_failed.load(Relaxed),
+    );
     let leases = member.machine.lessor.counters();
     advance(&metrics.lease_granted, leases.granted.get());
     advance(&metrics.lease_revoked, leases.revoked.get());

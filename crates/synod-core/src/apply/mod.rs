@@ -46,6 +46,7 @@ pub use dedup::DEDUP_WINDOW_ENTRIES;
 use dedup::{RecentRequests, read_recent_requests};
 pub use permissions::check_lease_keys;
 use read::txn_path;
+use requests::operation_name;
 pub use read::{ReadView, compare_holds, execute_range, txn_puts, txn_writes};
 
 /// A successful answer of the state machine to one request.
@@ -90,6 +91,15 @@ pub struct Applied {
     pub results: Vec<(RequestKey, ApplyResult)>,
     /// The store revision after the batch.
     pub revision: i64,
+}
+
+/// Told of each request as the state machine applies it, so the shell can time it (the core
+/// reads no clock): `started` before the request, `finished` after it with etcd's name for the
+/// operation (`etcd_server_apply_duration_seconds`' `op`) and whether it succeeded (as etcd
+/// counts it: done, or refused only because its revision was compacted).
+pub trait ApplyObserver: Send {
+    fn started(&mut self);
+    fn finished(&mut self, op: &'static str, success: bool);
 }
 
 /// The alarms raised in the cluster, shared with the request handlers.
@@ -178,6 +188,7 @@ pub struct StateMachine {
     /// The requests applied in the last [`DEDUP_WINDOW_ENTRIES`] entries (the in-memory copy of
     /// the `APPLIED_REQUESTS` table).
     recent_requests: RecentRequests,
+    observer: Option<Box<dyn ApplyObserver>>,
 }
 
 impl StateMachine {
@@ -220,6 +231,7 @@ impl StateMachine {
             durable_applied_index: applied_index,
             durable_every_entries: durable_every_entries.max(1),
             recent_requests,
+            observer: None,
         })
     }
 
@@ -308,6 +320,11 @@ impl StateMachine {
         Ok(())
     }
 
+    /// Has `observer` told of every request applied from now on.
+    pub fn set_observer(&mut self, observer: Box<dyn ApplyObserver>) {
+        self.observer = Some(observer);
+    }
+
     /// Index of the last entry whose effects are durable in the state-machine file.
     pub fn durable_applied_index(&self) -> u64 {
         self.durable_applied_index
@@ -368,12 +385,21 @@ impl StateMachine {
                                 origin: request.origin,
                                 id: request.id,
                             };
+                            let op = request.request.as_ref().map_or("unknown", operation_name);
+                            if let Some(observer) = &mut self.observer {
+                                observer.started();
+                            }
                             let result = self.apply_request(
                                 &mut batch,
                                 request.auth.as_ref(),
                                 request.request,
                                 entry.index,
                             )?;
+                            if let Some(observer) = &mut self.observer {
+                                let success =
+                                    matches!(result, Ok(_) | Err(RequestError::Compacted));
+                                observer.finished(op, success);
+                            }
                             applied.results.push((key, result));
                             if key.id != 0 {
                                 batch

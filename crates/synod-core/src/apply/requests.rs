@@ -528,3 +528,35 @@ impl crate::zk::Writer for ZkTxn<'_, '_, '_> {
         Ok(())
     }
 }
+
+/// etcd's name for a request in `etcd_server_apply_duration_seconds` (its applier's `op`), and
+/// Synod's own for the requests etcd does not have.
+pub(super) fn operation_name(request: &Request) -> &'static str {
+    match request {
+        Request::Put(_) => "Put",
+        Request::DeleteRange(_) => "DeleteRange",
+        Request::Txn(_) => "Txn",
+        Request::Compaction(_) => "Compaction",
+        Request::LeaseGrant(_) => "LeaseGrant",
+        Request::LeaseRevoke(_) => "LeaseRevoke",
+        Request::LeaseCheckpoint(_) => "LeaseCheckpoint",
+        Request::Alarm(_) => "Alarm",
+        Request::MemberAttributes(_) => "ClusterMemberAttrSet",
+        Request::MemberUpdate(_) => "MemberUpdate",
+        Request::AuthEnable(_) => "AuthEnable",
+        Request::AuthDisable(_) => "AuthDisable",
+        Request::UserAdd(_) => "AuthUserAdd",
+        Request::UserDelete(_) => "AuthUserDelete",
+        Request::UserChangePassword(_) => "AuthUserChangePassword",
+        Request::UserGrantRole(_) => "AuthUserGrantRole",
+        Request::UserRevokeRole(_) => "AuthUserRevokeRole",
+        Request::RoleAdd(_) => "AuthRoleAdd",
+        Request::RoleDelete(_) => "AuthRoleDelete",
+        Request::RoleGrantPermission(_) => "AuthRoleGrantPermission",
+        Request::RoleRevokePermission(_) => "AuthRoleRevokePermission",
+        Request::Authenticate(_) => "Authenticate",
+        Request::ImportBase(_) => "ImportBase",
+        Request::ImportRevision(_) => "ImportRevision",
+        Request::ZkWrite(_) => "ZkWrite",
+    }
+}

@@ -61,6 +61,11 @@ pub struct NodeStatus {
     pub is_leader: AtomicBool,
     /// ReadIndex rounds asked of Raft (each serves every read of its turn).
     pub read_index_rounds: AtomicU64,
+    /// ReadIndex rounds that went unanswered long enough to be asked again, or whose answer came
+    /// after a newer round's (etcd's `slow_read_indexes_total`).
+    pub slow_read_indexes: AtomicU64,
+    /// ReadIndex rounds that failed: this member stopped leading before the answer came.
+    pub read_indexes_failed: AtomicU64,
 }
 
 /// What one [`Node::advance`] produced for the shell to act on (messages for peers go out
@@ -689,6 +694,9 @@ impl<F: FileSystem> Node<F> {
             // Reads in flight on a deposed leader will never be answered.
             for (_, _, tokens) in self.reads_in_flight.drain(..) {
                 out.reads_failed.extend(tokens);
+                self.status
+                    .read_indexes_failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
     }

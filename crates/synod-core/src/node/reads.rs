@@ -73,6 +73,9 @@ impl<F: FileSystem> Node<F> {
                 // in order, so it will not come now. Serve it with the newer index, which is at
                 // least as recent as any answer it could have had.
                 self.reads_waiting.push_back((index, tokens));
+                self.status
+                    .slow_read_indexes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
     }
@@ -98,6 +101,9 @@ impl<F: FileSystem> Node<F> {
             }
             let (_, _, tokens) = self.reads_in_flight.pop_front().expect("front exists");
             unanswered.extend(tokens);
+            self.status
+                .slow_read_indexes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         self.read_index(unanswered);
     }

@@ -109,12 +109,13 @@ impl Member {
             identity => identity,
         };
         remove_stale_snapshots(&member_dir.join("snap"));
-        let machine = StateMachine::open(
+        let mut machine = StateMachine::open(
             backend.clone(),
             config.heartbeat_ms,
             config.lease_ttl_min_seconds(),
             1_000,
         )?;
+        machine.set_observer(Box::<crate::metrics::ApplyTimer>::default());
         let node_config = NodeConfig {
             id: member_id,
             election_ticks: config.election_ticks(),

@@ -117,8 +117,17 @@ async fn metrics_parse_and_count_the_work_done() {
     assert_eq!(value(&after, "etcd_server_has_leader"), 1.0);
     assert_eq!(value(&after, "etcd_server_is_leader"), 1.0);
     assert!(value(&after, "etcd_mvcc_range_total") >= 1.0);
-    // The linearizable get took a ReadIndex round.
+    // Every put was timed as it was applied, under etcd's labels.
+    assert!(
+        value(
+            &after,
+            r#"etcd_server_apply_duration_seconds_count{op="Put",success="true",version="v3"}"#
+        ) >= PUTS
+    );
+    // The linearizable get took a ReadIndex round; none was slow or failed on a lone member.
     assert!(value(&after, "synod_read_index_rounds_total") >= 1.0);
+    assert_eq!(value(&after, "etcd_server_slow_read_indexes_total"), 0.0);
+    assert_eq!(value(&after, "etcd_server_read_indexes_failed_total"), 0.0);
     assert_eq!(value(&after, "synod_watch_queued_bytes"), 0.0);
     assert!(value(&after, "etcd_disk_wal_fsync_duration_seconds_count") >= PUTS);
     assert!(value(&after, "etcd_debugging_mvcc_keys_total") >= PUTS);
@@ -139,6 +148,15 @@ async fn metrics_parse_and_count_the_work_done() {
         value(
             &failed,
             r#"grpc_server_handled_total{grpc_code="OutOfRange",grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"}"#
+        ),
+        1.0
+    );
+    // A request refused as it was applied is timed as a failure: revoking a lease nobody granted.
+    assert!(client.lease_revoke(0x5eed).await.is_err());
+    assert_eq!(
+        value(
+            &scrape(member.client_port),
+            r#"etcd_server_apply_duration_seconds_count{op="LeaseRevoke",success="false",version="v3"}"#
         ),
         1.0
     );
