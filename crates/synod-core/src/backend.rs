@@ -155,9 +155,11 @@ impl Backend {
         db.begin_write().map_err(StorageError::backend)
     }
 
-    /// Size of the file on disk, in bytes.
+    /// The bytes the file occupies on disk (etcd's "physically allocated" database size): what
+    /// the quota counts. redb extends its file by doubling it, sparse, so the file's length can
+    /// run up to twice ahead of the pages it has written.
     pub fn size_bytes(&self) -> u64 {
-        self.disk.len(&self.path).unwrap_or(0)
+        self.disk.size_on_disk(&self.path).unwrap_or(0)
     }
 
     /// Rewrites the file to release free pages. Fails while a read transaction is open.

@@ -17,8 +17,10 @@ pub trait Disk: Debug + Send + Sync + 'static {
     fn storage(&self, path: &Path) -> io::Result<Box<dyn redb::StorageBackend>>;
     /// Removes the file at `path`; a missing file is not an error.
     fn remove(&self, path: &Path) -> io::Result<()>;
-    /// The length of the file at `path`, in bytes.
-    fn len(&self, path: &Path) -> io::Result<u64>;
+    /// The bytes the file at `path` occupies on disk: its allocated blocks, so the holes of a
+    /// sparse file are not counted (redb reserves room by extending its file, sparse, to twice
+    /// its length; see docs/PERFORMANCE.md).
+    fn size_on_disk(&self, path: &Path) -> io::Result<u64>;
 }
 
 /// The machine's file system.
@@ -45,8 +47,10 @@ impl Disk for RealDisk {
         }
     }
 
-    fn len(&self, path: &Path) -> io::Result<u64> {
-        std::fs::metadata(path).map(|m| m.len())
+    fn size_on_disk(&self, path: &Path) -> io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        // `blocks` counts 512-byte units, whatever the file system's block size.
+        std::fs::metadata(path).map(|m| m.blocks() * 512)
     }
 }
 

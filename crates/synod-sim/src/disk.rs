@@ -257,7 +257,8 @@ impl synod_core::disk::Disk for SimDisk {
         Ok(())
     }
 
-    fn len(&self, path: &Path) -> io::Result<u64> {
+    /// A simulated file has no holes: it occupies its length.
+    fn size_on_disk(&self, path: &Path) -> io::Result<u64> {
         Ok(self
             .file(path)
             .map_or(0, |file| lock(&file).current.len() as u64))
