@@ -77,62 +77,76 @@ pub struct DurableEvery {
     pub entries: u64,
 }
 
+/// Opens a redb file as the state machine's storage: the shell's (which times syncs for the
+/// metrics) or the simulator's. Used for the file at start and for a snapshot file installed in
+/// its place.
+pub type OpenStorage =
+    Arc<dyn Fn(&Path) -> std::io::Result<Box<dyn redb::StorageBackend>> + Send + Sync>;
+
 /// The redb database of one member.
 pub struct Backend {
     path: PathBuf,
     /// Where snapshot files are written and read, and the file's size is measured.
     disk: Arc<dyn Disk>,
-    /// Write-locked only by defragmentation, which needs the database to itself.
-    db: RwLock<Database>,
+    open_storage: OpenStorage,
+    cache_bytes: usize,
+    /// Replaced whole when a snapshot is installed; write-locked then and by defragmentation,
+    /// which needs the database to itself. Readers hold their database alive (see [`ReadView`]).
+    db: RwLock<Arc<Database>>,
+}
+
+/// A read transaction and the database it reads: a snapshot installed meanwhile replaces the
+/// backend's database, and the one this view reads stays open until the view ends.
+pub struct ReadView {
+    // Declared first, so dropped before the database it reads.
+    tx: redb::ReadTransaction,
+    _db: Arc<Database>,
+}
+
+impl std::ops::Deref for ReadView {
+    type Target = redb::ReadTransaction;
+
+    fn deref(&self) -> &redb::ReadTransaction {
+        &self.tx
+    }
 }
 
 impl Backend {
-    /// Opens (or creates) the state-machine file at `path`, creating every table.
+    /// Opens (or creates) the state-machine file at `path` on the machine's disk, creating every
+    /// table.
     pub fn open(path: &Path) -> Result<Backend, StorageError> {
-        let db = open_checked(path, |builder| builder.create(path))?;
-        Backend::with_tables(db, path, Arc::new(RealDisk))
+        let disk = Arc::new(RealDisk);
+        let opener = disk.clone();
+        Backend::open_on(
+            Arc::new(move |path: &Path| opener.storage(path)),
+            path,
+            CACHE_BYTES,
+            disk,
+        )
     }
 
-    /// Opens (or creates) the state machine on a storage backend of the caller's (the simulator's
-    /// disk); `path` only names it in messages.
+    /// Opens (or creates) the state machine at `path` on storage of the caller's (the shell's
+    /// timed file, the simulator's disk).
     pub fn open_on(
-        storage: impl redb::StorageBackend,
+        open_storage: OpenStorage,
         path: &Path,
         cache_bytes: usize,
         disk: Arc<dyn Disk>,
     ) -> Result<Backend, StorageError> {
+        let storage = open_storage(path)
+            .map_err(|e| StorageError::open(path, format!("state-machine file: {e}")))?;
         let db = open_checked(path, |builder| {
             builder
                 .set_cache_size(cache_bytes)
-                .create_with_backend(storage)
+                .create_with_backend(Boxed(storage))
         })?;
-        Backend::with_tables(db, path, disk)
-    }
-
-    fn with_tables(
-        db: Database,
-        path: &Path,
-        disk: Arc<dyn Disk>,
-    ) -> Result<Backend, StorageError> {
-        let tx = db.begin_write().map_err(StorageError::backend)?;
-        {
-            tx.open_table(KEY).map_err(StorageError::backend)?;
-            tx.open_table(VALUE).map_err(StorageError::backend)?;
-            tx.open_table(META).map_err(StorageError::backend)?;
-            tx.open_table(LEASE).map_err(StorageError::backend)?;
-            tx.open_table(MEMBERS).map_err(StorageError::backend)?;
-            tx.open_table(ALARM).map_err(StorageError::backend)?;
-            tx.open_table(REMOVED).map_err(StorageError::backend)?;
-            tx.open_table(APPLIED_REQUESTS)
-                .map_err(StorageError::backend)?;
-            tx.delete_table(APPLIED_REQUESTS_OLD)
-                .map_err(StorageError::backend)?;
-        }
-        tx.commit().map_err(StorageError::backend)?;
+        with_tables(&db)?;
         Ok(Backend {
             path: path.to_path_buf(),
             disk,
-            db: RwLock::new(db),
+            open_storage,
+            cache_bytes,
+            db: RwLock::new(Arc::new(db)),
         })
     }
 
@@ -145,9 +159,12 @@ impl Backend {
         &self.disk
     }
 
-    pub fn begin_read(&self) -> Result<redb::ReadTransaction, StorageError> {
-        let db = self.db.read().map_err(|_| StorageError::Poisoned)?;
-        db.begin_read().map_err(StorageError::backend)
+    pub fn begin_read(&self) -> Result<ReadView, StorageError> {
+        let db = self.db.read().map_err(|_| StorageError::Poisoned)?.clone();
+        Ok(ReadView {
+            tx: db.begin_read().map_err(StorageError::backend)?,
+            _db: db,
+        })
     }
 
     pub fn begin_write(&self) -> Result<redb::WriteTransaction, StorageError> {
@@ -164,7 +181,12 @@ impl Backend {
 
     /// Rewrites the file to release free pages. Fails while a read transaction is open.
     pub fn defragment(&self) -> Result<(), StorageError> {
-        let mut db = self.db.write().map_err(|_| StorageError::Poisoned)?;
+        let mut slot = self.db.write().map_err(|_| StorageError::Poisoned)?;
+        let Some(db) = Arc::get_mut(&mut *slot) else {
+            return Err(StorageError::backend(
+                redb::CompactionError::TransactionInProgress,
+            ));
+        };
         db.compact().map_err(StorageError::backend)?;
         Ok(())
     }
@@ -229,27 +251,35 @@ impl Backend {
         Ok(members)
     }
 
-    /// Replaces the contents of every table with those of the snapshot file at `path`, in one
-    /// durable transaction, keeping this member's own id and recording `conf_state` (the
-    /// snapshot's Raft configuration, encoded). The caller holds whatever locks keep readers from
-    /// mixing old and new contents (see `KvStore::restore_from`).
-    pub fn restore_from(&self, path: &Path, conf_state: &[u8]) -> Result<(), StorageError> {
+    /// Makes the snapshot file at `path` (the leader's state machine, received whole and synced)
+    /// this member's state-machine file: its rows are written once, by the leader. The file is
+    /// given this member's own id and boot epoch and `conf_state` (the snapshot's Raft
+    /// configuration, encoded) in one durable commit, then renamed over the state-machine file,
+    /// and the database is swapped under the readers. A crash before the rename leaves the old
+    /// file (the snapshot is asked for again); after it, the new one is whole. The caller holds
+    /// whatever locks keep readers from mixing old and new contents (see
+    /// `KvStore::restore_from`).
+    pub fn install_snapshot_file(
+        &self,
+        path: &Path,
+        conf_state: &[u8],
+    ) -> Result<(), StorageError> {
         let unreadable = |e: &dyn std::fmt::Display| {
             StorageError::open(path, format!("snapshot file is unreadable: {e}"))
         };
-        let storage = self.disk.storage(path).map_err(|e| unreadable(&e))?;
-        let source = Database::builder()
-            .create_with_backend(Boxed(storage))
-            .map_err(|e| unreadable(&e))?;
-        let from = source.begin_read().map_err(StorageError::backend)?;
         let (member_id, _) = self.identity()?;
         let boot_epoch = {
             let tx = self.begin_read()?;
             let meta = tx.open_table(META).map_err(StorageError::backend)?;
             read_meta_u64(&meta, META_BOOT_EPOCH)?
         };
-        let mut tx = self.begin_write()?;
-        copy_tables(&from, &tx, true)?;
+        let storage = (self.open_storage)(path).map_err(|e| unreadable(&e))?;
+        let db = Database::builder()
+            .set_cache_size(self.cache_bytes)
+            .create_with_backend(Boxed(storage))
+            .map_err(|e| unreadable(&e))?;
+        with_tables(&db)?;
+        let mut tx = db.begin_write().map_err(StorageError::backend)?;
         {
             let mut meta = tx.open_table(META).map_err(StorageError::backend)?;
             write_meta_u64(&mut meta, META_MEMBER_ID, member_id)?;
@@ -259,7 +289,12 @@ impl Backend {
         }
         tx.set_durability(redb::Durability::Immediate)
             .map_err(StorageError::backend)?;
-        tx.commit().map_err(StorageError::backend)
+        tx.commit().map_err(StorageError::backend)?;
+        self.disk
+            .rename(path, &self.path)
+            .map_err(|e| StorageError::open(&self.path, format!("installing a snapshot: {e}")))?;
+        *self.db.write().map_err(|_| StorageError::Poisoned)? = Arc::new(db);
+        Ok(())
     }
 
     /// Counts one more start of this member, durably, and returns the new count: no two
@@ -311,35 +346,49 @@ pub fn export(
         .create_with_backend(Boxed(storage))
         .map_err(|e| StorageError::open(path, e))?;
     let mut out = target.begin_write().map_err(StorageError::backend)?;
-    copy_tables(tx, &out, false)?;
+    copy_tables(tx, &out)?;
     out.set_durability(redb::Durability::Immediate)
         .map_err(StorageError::backend)?;
     out.commit().map_err(StorageError::backend)
 }
 
-/// Copies every table from `from` into `to`, whose tables are empty or, with `replace`, emptied
-/// first.
+/// Creates every table `db` lacks (a file from an older version, a snapshot from a leader that
+/// has not written one yet) and drops those no longer used.
+fn with_tables(db: &Database) -> Result<(), StorageError> {
+    let tx = db.begin_write().map_err(StorageError::backend)?;
+    {
+        tx.open_table(KEY).map_err(StorageError::backend)?;
+        tx.open_table(VALUE).map_err(StorageError::backend)?;
+        tx.open_table(META).map_err(StorageError::backend)?;
+        tx.open_table(LEASE).map_err(StorageError::backend)?;
+        tx.open_table(MEMBERS).map_err(StorageError::backend)?;
+        tx.open_table(ALARM).map_err(StorageError::backend)?;
+        tx.open_table(REMOVED).map_err(StorageError::backend)?;
+        tx.open_table(APPLIED_REQUESTS)
+            .map_err(StorageError::backend)?;
+        tx.delete_table(APPLIED_REQUESTS_OLD)
+            .map_err(StorageError::backend)?;
+    }
+    tx.commit().map_err(StorageError::backend)
+}
+
+/// Copies every table from `from` into `to`, whose tables are empty.
 fn copy_tables(
     from: &redb::ReadTransaction,
     to: &redb::WriteTransaction,
-    replace: bool,
 ) -> Result<(), StorageError> {
     fn copy<K: redb::Key + 'static, V: redb::Value + 'static>(
         from: &redb::ReadTransaction,
         to: &redb::WriteTransaction,
         definition: TableDefinition<K, V>,
-        replace: bool,
     ) -> Result<(), StorageError> {
-        if replace {
-            to.delete_table(definition).map_err(StorageError::backend)?;
-        }
         let mut target = to.open_table(definition).map_err(StorageError::backend)?;
         let source = match from.open_table(definition) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
             Err(error) => return Err(StorageError::backend(error)),
         };
-        // The target is empty (a fresh file, or a table just deleted) and the source iterates in
+        // The target is empty (a fresh file) and the source iterates in
         // key order, so every row goes in at the end through one cursor: redb buffers such runs
         // and splices them in, about 3x faster than one `insert` per row.
         let mut cursor = target
@@ -353,16 +402,16 @@ fn copy_tables(
         }
         cursor.close().map_err(StorageError::backend)
     }
-    copy(from, to, KEY, replace)?;
-    copy(from, to, VALUE, replace)?;
-    copy(from, to, META, replace)?;
-    copy(from, to, LEASE, replace)?;
-    copy(from, to, MEMBERS, replace)?;
-    copy(from, to, ALARM, replace)?;
-    copy(from, to, REMOVED, replace)?;
-    copy(from, to, AUTH_USERS, replace)?;
-    copy(from, to, AUTH_ROLES, replace)?;
-    copy(from, to, APPLIED_REQUESTS, replace)
+    copy(from, to, KEY)?;
+    copy(from, to, VALUE)?;
+    copy(from, to, META)?;
+    copy(from, to, LEASE)?;
+    copy(from, to, MEMBERS)?;
+    copy(from, to, ALARM)?;
+    copy(from, to, REMOVED)?;
+    copy(from, to, AUTH_USERS)?;
+    copy(from, to, AUTH_ROLES)?;
+    copy(from, to, APPLIED_REQUESTS)
 }
 
 /// redb's page cache. The operating system's page cache holds the file as well, so a larger one
@@ -472,4 +521,86 @@ pub fn write_meta_u64(
         .insert(name, value.to_be_bytes().as_slice())
         .map_err(StorageError::backend)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put_meta(backend: &Backend, name: &str, value: u64) {
+        let mut tx = backend.begin_write().expect("write");
+        {
+            let mut meta = tx.open_table(META).expect("meta");
+            write_meta_u64(&mut meta, name, value).expect("meta");
+        }
+        tx.set_durability(redb::Durability::Immediate)
+            .expect("durable");
+        tx.commit().expect("commit");
+    }
+
+    fn meta(tx: &redb::ReadTransaction, name: &str) -> u64 {
+        read_meta_u64(&tx.open_table(META).expect("meta"), name).expect("read")
+    }
+
+    /// Goal: an installed snapshot file becomes the state-machine file, under this member's own
+    /// id and boot epoch with the snapshot's configuration; a read begun before the install goes
+    /// on reading the old state to its end; and the file at the state machine's path is the new
+    /// one when reopened.
+    #[test]
+    fn an_installed_snapshot_file_replaces_the_state_machine_under_its_readers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        let follower = Backend::open(&path).expect("open");
+        follower
+            .write_bootstrap(7, 2, &[], Some(b"old conf"))
+            .expect("bootstrap");
+        put_meta(&follower, META_BOOT_EPOCH, 5);
+        put_meta(&follower, META_APPLIED_INDEX, 10);
+
+        let leader = Backend::open(&dir.path().join("leader")).expect("open leader");
+        leader
+            .write_bootstrap(7, 1, &[], Some(b"leader conf"))
+            .expect("bootstrap");
+        put_meta(&leader, META_APPLIED_INDEX, 500);
+        let snapshot = dir.path().join("snapshot.db");
+        export(&RealDisk, &leader.begin_read().expect("read"), &snapshot).expect("export");
+
+        let before = follower.begin_read().expect("read");
+        follower
+            .install_snapshot_file(&snapshot, b"new conf")
+            .expect("install");
+        assert!(
+            !snapshot.exists(),
+            "the snapshot file became the state machine"
+        );
+        assert_eq!(
+            meta(&before, META_APPLIED_INDEX),
+            10,
+            "an open read sees the old state"
+        );
+        drop(before);
+
+        let check = |backend: &Backend| {
+            let tx = backend.begin_read().expect("read");
+            assert_eq!(meta(&tx, META_MEMBER_ID), 2, "the member keeps its own id");
+            assert_eq!(meta(&tx, META_BOOT_EPOCH), 5, "and its boot epoch");
+            let conf = tx.open_table(META).expect("meta");
+            let conf = conf.get(META_CONF_STATE).expect("get").expect("conf");
+            assert_eq!(conf.value(), b"new conf");
+        };
+        check(&follower);
+        assert_eq!(
+            meta(&follower.begin_read().expect("read"), META_APPLIED_INDEX),
+            500
+        );
+        // Writes go to the new file, and so does what a restart opens.
+        put_meta(&follower, META_APPLIED_INDEX, 501);
+        drop(follower);
+        let reopened = Backend::open(&path).expect("reopen");
+        assert_eq!(
+            meta(&reopened.begin_read().expect("read"), META_APPLIED_INDEX),
+            501
+        );
+        check(&reopened);
+    }
 }

@@ -17,6 +17,10 @@ pub trait Disk: Debug + Send + Sync + 'static {
     fn storage(&self, path: &Path) -> io::Result<Box<dyn redb::StorageBackend>>;
     /// Removes the file at `path`; a missing file is not an error.
     fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Moves the file at `from` to `to` (on the same file system), replacing what was there, at
+    /// once and durably: after a crash, `to` is the old file or the new one, and once this
+    /// returns, the new one.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// The bytes the file at `path` occupies on disk: its allocated blocks, so the holes of a
     /// sparse file are not counted (redb reserves room by extending its file, sparse, to twice
     /// its length; see docs/PERFORMANCE.md).
@@ -45,6 +49,13 @@ impl Disk for RealDisk {
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,
         }
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)?;
+        // The rename is durable once the directory holding the new name is.
+        let dir = to.parent().unwrap_or(Path::new("."));
+        std::fs::File::open(dir)?.sync_all()
     }
 
     fn size_on_disk(&self, path: &Path) -> io::Result<u64> {

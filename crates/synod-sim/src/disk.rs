@@ -257,6 +257,19 @@ impl synod_core::disk::Disk for SimDisk {
         Ok(())
     }
 
+    /// Atomic and durable at once, as a rename followed by a sync of its directory is.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        if state.crashed {
+            return Ok(());
+        }
+        let Some(file) = state.files.remove(from) else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such file"));
+        };
+        state.files.insert(to.to_path_buf(), file);
+        Ok(())
+    }
+
     /// A simulated file has no holes: it occupies its length.
     fn size_on_disk(&self, path: &Path) -> io::Result<u64> {
         Ok(self

@@ -504,8 +504,11 @@ fn read_value(node: &Node<SimFs>, key: Vec<u8>, serializable: bool) -> Done {
 /// driver the server runs.
 fn open_driver(start: &Start) -> Result<Driver<SimFs>, String> {
     let db_path = start.dir.join("db");
+    let disk = start.disk.clone();
     let backend = Backend::open_on(
-        SimStorage::open(&start.disk, &db_path),
+        Arc::new(move |path: &std::path::Path| {
+            Ok(Box::new(SimStorage::open(&disk, path)) as Box<dyn redb::StorageBackend>)
+        }),
         &db_path,
         4 << 20,
         Arc::new(start.disk.clone()),

@@ -46,8 +46,8 @@ pub use dedup::DEDUP_WINDOW_ENTRIES;
 use dedup::{RecentRequests, read_recent_requests};
 pub use permissions::check_lease_keys;
 use read::txn_path;
-use requests::operation_name;
 pub use read::{ReadView, compare_holds, execute_range, txn_puts, txn_writes};
+use requests::operation_name;
 
 /// A successful answer of the state machine to one request.
 #[derive(Debug, Clone, PartialEq)]
@@ -285,15 +285,16 @@ impl StateMachine {
     }
 
     /// Replaces the whole state with the leader's snapshot file at `path`, described by
-    /// `metadata`, in one durable transaction; then rebuilds the index, the leases and the
+    /// `metadata`: the file becomes the state-machine file (see `Backend::install_snapshot_file`);
+    /// then rebuilds the index, the leases and the
     /// alarms from it and tells the watchers to catch up.
     pub fn install_snapshot(
         &mut self,
         path: &std::path::Path,
         metadata: &raft::eraftpb::SnapshotMetadata,
     ) -> Result<(), StorageError> {
-        // The conf state as of the snapshot goes in the same transaction, so a restart between
-        // this commit and the log's can finish the install (see `Node::new`).
+        // The conf state as of the snapshot goes into the file before it is installed, so a
+        // restart between the install and the log's can finish it (see `Node::new`).
         let conf_state = protobuf::Message::write_to_bytes(metadata.get_conf_state())
             .map_err(|e| StorageError::corrupt(format!("encoding conf state: {e}")))?;
         let leased = self.store.restore_from(path, &conf_state)?;

@@ -100,9 +100,9 @@ impl KvStore {
         conf_state: &[u8],
     ) -> Result<Vec<LeasedKey>, StorageError> {
         let mut state = self.write_state()?;
-        self.backend.restore_from(path, conf_state)?;
+        self.backend.install_snapshot_file(path, conf_state)?;
         // The log's timestamps tell how a catch-up's time splits (core reads no clock).
-        tracing::info!("snapshot rows copied into the state machine; rebuilding the key index");
+        tracing::info!("snapshot file installed as the state machine; rebuilding the key index");
         let (fresh, leased) = load(&self.backend)?;
         self.sweeping.store(fresh.sweeping, Ordering::Relaxed);
         *state = fresh;

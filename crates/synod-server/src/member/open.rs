@@ -86,12 +86,14 @@ impl Member {
             }
             None => None,
         };
-        // The disk, with its syncs timed for the metrics.
+        // The disk, with its syncs timed for the metrics (a snapshot installed in the file's
+        // place too).
         let db_path = member_dir.join("db");
-        let storage = TimedStorage::open(&db_path)
-            .map_err(|e| StorageError::open(&db_path, format!("state-machine file: {e}")))?;
         let backend = Arc::new(Backend::open_on(
-            storage,
+            Arc::new(|path: &Path| {
+                TimedStorage::open(path)
+                    .map(|storage| Box::new(storage) as Box<dyn redb::StorageBackend>)
+            }),
             &db_path,
             synod_core::backend::CACHE_BYTES,
             Arc::new(synod_core::disk::RealDisk),

@@ -651,4 +651,21 @@ async fn lagging_follower_catches_up_by_snapshot() {
         "the follower caught up by snapshot"
     );
     assert_same_hash(&cluster, last).await;
+    // The snapshot file became the state-machine file: a restart opens it.
+    cluster.members[follower].kill9();
+    cluster.members[follower].restart();
+    let mut restarted = cluster.members[follower].etcd_client().await;
+    let all = GetOptions::new()
+        .with_prefix()
+        .with_count_only()
+        .with_serializable();
+    let kept = eventually(Duration::from_secs(30), async || {
+        restarted
+            .get("snap/", Some(all.clone()))
+            .await
+            .is_ok_and(|r| r.count() == 1_500)
+    })
+    .await;
+    assert!(kept, "the restarted follower lost the installed snapshot");
+    assert_same_hash(&cluster, last).await;
 }
