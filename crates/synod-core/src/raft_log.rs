@@ -170,12 +170,20 @@ impl<F: FileSystem> RaftLog<F> {
         Ok(())
     }
 
-    /// Writes the entries and hard state of one Ready in one batch and fsyncs once.
+    /// Writes the entries and hard state of one Ready in one batch, fsync'd once when it must be
+    /// (etcd's `MustSync`): when it holds entries, or a new term or vote. A hard state that only
+    /// moves the commit index is written without one: the commit index can always be learned
+    /// again, and a restart clamps it to at least the applied index (see [`RaftLog::clamp_commit`]).
+    /// Syncing it too cost every put a second fsync on every member.
     pub fn append(
         &mut self,
         entries: &[Entry],
         hard_state: Option<&HardState>,
     ) -> Result<(), StorageError> {
+        let must_sync = !entries.is_empty()
+            || hard_state.is_some_and(|state| {
+                state.term != self.hard_state.term || state.vote != self.hard_state.vote
+            });
         let mut batch = LogBatch::default();
         if !entries.is_empty() {
             batch
@@ -187,7 +195,7 @@ impl<F: FileSystem> RaftLog<F> {
                 .put_message(REGION, KEY_HARD_STATE.to_vec(), state)
                 .map_err(StorageError::log)?;
         }
-        let sync = !crate::planted::is_planted(crate::planted::Bug::AckBeforeFsync);
+        let sync = must_sync && !crate::planted::is_planted(crate::planted::Bug::AckBeforeFsync);
         self.engine
             .write(&mut batch, sync)
             .map_err(StorageError::log)?;
