@@ -232,6 +232,35 @@ async fn peer_round_trips_appear_in_a_cluster() {
     }
 }
 
+/// Goal: in a 3-member cluster a put costs each member one log fsync, not two: the Ready that
+/// only moves the commit index (on the leader after the acknowledgements, on a follower when the
+/// leader announces the commit) is written without one (TRACK_RECORD.md, row 66).
+#[tokio::test]
+async fn a_put_costs_one_log_fsync_on_each_member() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let cluster = Cluster::start(root.path(), 3, &[]);
+    let leader = cluster.leader().await;
+    let mut client = cluster.members[leader].etcd_client().await;
+    client.put("warm", "up", None).await.expect("put");
+    const FSYNCS: &str = "etcd_disk_wal_fsync_duration_seconds_count";
+    let before: Vec<f64> = cluster
+        .members
+        .iter()
+        .map(|m| value(&scrape(m.client_port), FSYNCS))
+        .collect();
+    const PUTS: f64 = 200.0;
+    for i in 0..PUTS as usize {
+        client.put(format!("k{i}"), "v", None).await.expect("put");
+    }
+    for (index, member) in cluster.members.iter().enumerate() {
+        let fsyncs = value(&scrape(member.client_port), FSYNCS) - before[index];
+        assert!(
+            fsyncs <= PUTS * 1.25,
+            "member {index} (leader {leader}) made {fsyncs} log fsyncs for {PUTS} puts"
+        );
+    }
+}
+
 /// Metric names a PromQL expression uses: identifiers in the families Synod exports, outside
 /// label matchers (`{...}`) and grouping lists (`by (...)`, `without (...)`).
 fn metric_names(expression: &str) -> BTreeSet<String> {
