@@ -274,10 +274,21 @@ impl Backend {
             read_meta_u64(&meta, META_BOOT_EPOCH)?
         };
         let storage = (self.open_storage)(path).map_err(|e| unreadable(&e))?;
-        let db = Database::builder()
-            .set_cache_size(self.cache_bytes)
-            .create_with_backend(Boxed(storage))
-            .map_err(|e| unreadable(&e))?;
+        // Every page's checksum is checked before the file is trusted as the state machine
+        // (from the page cache, as it was just written). redb reports some damage by panicking;
+        // a file it would have to repair is refused too, since repairing rolls it back.
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut db = Database::builder()
+                .set_cache_size(self.cache_bytes)
+                .create_with_backend(Boxed(storage))
+                .map_err(|e| unreadable(&e))?;
+            match db.check_integrity() {
+                Ok(true) => Ok(db),
+                Ok(false) => Err(unreadable(&"it failed its integrity check")),
+                Err(error) => Err(unreadable(&error)),
+            }
+        }));
+        let db = checked.unwrap_or_else(|_| Err(unreadable(&"it is corrupt")))?;
         with_tables(&db)?;
         let mut tx = db.begin_write().map_err(StorageError::backend)?;
         {
