@@ -91,19 +91,19 @@ pub struct Backend {
     open_storage: OpenStorage,
     cache_bytes: usize,
     /// Replaced whole when a snapshot is installed; write-locked then and by defragmentation,
-    /// which needs the database to itself. Readers hold their database alive (see [`ReadView`]).
+    /// which needs the database to itself. Readers hold their database alive (see [`ReadTxn`]).
     db: RwLock<Arc<Database>>,
 }
 
 /// A read transaction and the database it reads: a snapshot installed meanwhile replaces the
 /// backend's database, and the one this view reads stays open until the view ends.
-pub struct ReadView {
+pub struct ReadTxn {
     // Declared first, so dropped before the database it reads.
     tx: redb::ReadTransaction,
     _db: Arc<Database>,
 }
 
-impl std::ops::Deref for ReadView {
+impl std::ops::Deref for ReadTxn {
     type Target = redb::ReadTransaction;
 
     fn deref(&self) -> &redb::ReadTransaction {
@@ -159,9 +159,9 @@ impl Backend {
         &self.disk
     }
 
-    pub fn begin_read(&self) -> Result<ReadView, StorageError> {
+    pub fn begin_read(&self) -> Result<ReadTxn, StorageError> {
         let db = self.db.read().map_err(|_| StorageError::Poisoned)?.clone();
-        Ok(ReadView {
+        Ok(ReadTxn {
             tx: db.begin_read().map_err(StorageError::backend)?,
             _db: db,
         })

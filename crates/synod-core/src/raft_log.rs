@@ -173,8 +173,8 @@ impl<F: FileSystem> RaftLog<F> {
     /// Writes the entries and hard state of one Ready in one batch, fsync'd once when it must be
     /// (etcd's `MustSync`): when it holds entries, or a new term or vote. A hard state that only
     /// moves the commit index is written without one: the commit index can always be learned
-    /// again, and a restart clamps it to at least the applied index (see [`RaftLog::clamp_commit`]).
-    /// Syncing it too cost every put a second fsync on every member.
+    /// again, and a restart clamps it to at least the applied index
+    /// ([`RaftLog::clamp_commit`]). Syncing it too cost every put a second fsync on every member.
     pub fn append(
         &mut self,
         entries: &[Entry],

@@ -286,8 +286,8 @@ impl StateMachine {
 
     /// Replaces the whole state with the leader's snapshot file at `path`, described by
     /// `metadata`: the file becomes the state-machine file (see `Backend::install_snapshot_file`);
-    /// then rebuilds the index, the leases and the
-    /// alarms from it and tells the watchers to catch up.
+    /// then rebuilds the index, the leases and the alarms from it and tells the watchers to catch
+    /// up.
     pub fn install_snapshot(
         &mut self,
         path: &std::path::Path,

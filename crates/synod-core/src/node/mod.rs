@@ -109,7 +109,7 @@ pub struct RaftView {
 /// A consistent view of the state machine to be written out as a snapshot, and the Raft metadata
 /// that describes it.
 pub struct SnapshotJob {
-    pub view: crate::backend::ReadView,
+    pub view: crate::backend::ReadTxn,
     pub metadata: SnapshotMetadata,
     disk: Arc<dyn crate::disk::Disk>,
 }
