@@ -135,7 +135,7 @@ impl Backend {
     ) -> Result<Backend, StorageError> {
         let storage = open_storage(path)
             .map_err(|e| StorageError::open(path, format!("state-machine file: {e}")))?;
-        let db = open_checked(path, |builder| {
+        let db = open_checked(path, Checked::StateMachine, |builder| {
             builder
                 .set_cache_size(cache_bytes)
                 .create_with_backend(Boxed(storage))
@@ -252,8 +252,8 @@ impl Backend {
     }
 
     /// Makes the snapshot file at `path` (the leader's state machine, received whole and synced)
-    /// this member's state-machine file: its rows are written once, by the leader. The file is
-    /// given this member's own id and boot epoch and `conf_state` (the snapshot's Raft
+    /// this member's state-machine file: its rows are written once, by the leader. Once every
+    /// page's checksum has been checked, the file is given this member's own id and boot epoch and `conf_state` (the snapshot's Raft
     /// configuration, encoded) in one durable commit, then renamed over the state-machine file,
     /// and the database is swapped under the readers. A crash before the rename leaves the old
     /// file (the snapshot is asked for again); after it, the new one is whole. The caller holds
@@ -264,31 +264,21 @@ impl Backend {
         path: &Path,
         conf_state: &[u8],
     ) -> Result<(), StorageError> {
-        let unreadable = |e: &dyn std::fmt::Display| {
-            StorageError::open(path, format!("snapshot file is unreadable: {e}"))
-        };
         let (member_id, _) = self.identity()?;
         let boot_epoch = {
             let tx = self.begin_read()?;
             let meta = tx.open_table(META).map_err(StorageError::backend)?;
             read_meta_u64(&meta, META_BOOT_EPOCH)?
         };
-        let storage = (self.open_storage)(path).map_err(|e| unreadable(&e))?;
+        let storage = (self.open_storage)(path)
+            .map_err(|e| StorageError::open(path, format!("snapshot file is unreadable: {e}")))?;
         // Every page's checksum is checked before the file is trusted as the state machine
-        // (from the page cache, as it was just written). redb reports some damage by panicking;
-        // a file it would have to repair is refused too, since repairing rolls it back.
-        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut db = Database::builder()
+        // (from the page cache, as it was just written).
+        let db = open_checked(path, Checked::Snapshot, |builder| {
+            builder
                 .set_cache_size(self.cache_bytes)
                 .create_with_backend(Boxed(storage))
-                .map_err(|e| unreadable(&e))?;
-            match db.check_integrity() {
-                Ok(true) => Ok(db),
-                Ok(false) => Err(unreadable(&"it failed its integrity check")),
-                Err(error) => Err(unreadable(&error)),
-            }
-        }));
-        let db = checked.unwrap_or_else(|_| Err(unreadable(&"it is corrupt")))?;
+        })?;
         with_tables(&db)?;
         let mut tx = db.begin_write().map_err(StorageError::backend)?;
         {
@@ -430,31 +420,56 @@ fn copy_tables(
 /// and made the initial load no faster (docs/PERFORMANCE.md).
 pub const CACHE_BYTES: usize = 32 << 20;
 
+/// Which file [`open_checked`] opens, and what it does with one redb had to repair.
+#[derive(Clone, Copy)]
+enum Checked {
+    /// The state-machine file: a torn last commit is rolled back to the previous intact one,
+    /// which is safe, since the Raft log replays everything after its applied index.
+    StateMachine,
+    /// A snapshot received from the leader: a repair would roll it back, so it is refused.
+    Snapshot,
+}
+
+impl Checked {
+    fn name(self) -> &'static str {
+        match self {
+            Checked::StateMachine => "state-machine file",
+            Checked::Snapshot => "snapshot file",
+        }
+    }
+}
+
 /// Opens the redb file and checks every page. redb reports some damage by panicking rather than
-/// with an error; the panic is contained here and becomes a refusal to start that names the file.
+/// with an error; the panic is contained here and becomes a refusal that names the file.
 fn open_checked(
     path: &Path,
+    checked: Checked,
     create: impl FnOnce(&mut redb::Builder) -> Result<Database, redb::DatabaseError>,
 ) -> Result<Database, StorageError> {
+    let what = checked.name();
     let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
         || -> Result<Database, StorageError> {
             let mut db =
                 create(Database::builder().set_cache_size(CACHE_BYTES)).map_err(|source| {
-                    StorageError::open(path, format!("state-machine file is unreadable: {source}"))
+                    StorageError::open(path, format!("{what} is unreadable: {source}"))
                 })?;
-            // A torn last commit is rolled back to the previous intact one, which is safe: the Raft
-            // log replays everything after its applied index.
-            match db.check_integrity() {
-                Ok(true) => {}
-                Ok(false) => tracing::warn!(
+            match (db.check_integrity(), checked) {
+                (Ok(true), _) => {}
+                (Ok(false), Checked::StateMachine) => tracing::warn!(
                     path = %path.display(),
                     "state-machine file failed its integrity check and was repaired to its last intact commit; \
                      the raft log replays the rest"
                 ),
-                Err(error) => {
+                (Ok(false), Checked::Snapshot) => {
                     return Err(StorageError::open(
                         path,
-                        format!("state-machine file is corrupt: {error}"),
+                        format!("{what} failed its integrity check"),
+                    ));
+                }
+                (Err(error), _) => {
+                    return Err(StorageError::open(
+                        path,
+                        format!("{what} is corrupt: {error}"),
                     ));
                 }
             }
@@ -471,7 +486,7 @@ fn open_checked(
                 .unwrap_or_else(|| "unknown damage".to_owned());
             Err(StorageError::open(
                 path,
-                format!("state-machine file is corrupt: {detail}"),
+                format!("{what} is corrupt: {detail}"),
             ))
         }
     }

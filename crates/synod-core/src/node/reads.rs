@@ -66,13 +66,11 @@ impl<F: FileSystem> Node<F> {
                 break;
             }
             let (pending, _, tokens) = self.reads_in_flight.pop_front().expect("front exists");
-            if pending == context {
-                self.reads_waiting.push_back((index, tokens));
-            } else {
-                // An older request whose answer was lost (its leader stepped down): Raft answers
-                // in order, so it will not come now. Serve it with the newer index, which is at
-                // least as recent as any answer it could have had.
-                self.reads_waiting.push_back((index, tokens));
+            // An older request whose answer was lost (its leader stepped down) is served with
+            // this newer index, which is at least as recent as any answer it could have had:
+            // Raft answers in order, so its own will not come now.
+            self.reads_waiting.push_back((index, tokens));
+            if pending != context {
                 self.status
                     .slow_read_indexes
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
