@@ -333,8 +333,10 @@ pub fn apply(store: &mut impl Writer, write: &ZkWrite) -> Result<Vec<OpResult>, 
             write_change(store, change, write.time_ms)?;
         }
         let stat_path = if path.is_empty() { &op.path } else { &path };
+        // A plain create answers with its path alone (ZooKeeper's CreateResponse), so only the
+        // other writes read the node back.
         let stat = match op.opcode {
-            op::CHECK | op::DELETE => None,
+            op::CHECK | op::DELETE | op::CREATE => None,
             _ => node(&*store, stat_path)?.map(|node| node.stat()),
         };
         results.push(OpResult {
