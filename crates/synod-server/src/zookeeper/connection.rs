@@ -195,7 +195,7 @@ impl Connection {
         let max = self.front.settings().max_buffer;
         let idle_max = Duration::from_millis(u64::from(session.timeout_ms));
         let renew_every = renew_interval(session.timeout_ms);
-        let mut watches = Watches::new(member.clone(), self.identities.clone());
+        let mut watches = Watches::new(member.clone());
         let (mut frames, _reading) = self.read_frames(max)?;
         let mut last_heard = Instant::now();
         let mut renewed = Instant::now();
@@ -207,7 +207,7 @@ impl Connection {
                 },
                 notice = watches.next() => {
                     if let Some(notice) = notice {
-                        let fired = watches.fire(notice)?;
+                        let fired = watches.fire(notice, &self.identities)?;
                         self.notify(&fired).await?;
                         self.writer.flush().await?;
                     }
@@ -239,7 +239,6 @@ impl Connection {
                 }
                 opcode::AUTH => {
                     let accepted = self.authenticate(body)?;
-                    watches.identities.clone_from(&self.identities);
                     let err = if accepted {
                         code::OK
                     } else {
@@ -260,7 +259,7 @@ impl Connection {
                 opcode::CLOSE_SESSION => {
                     self.front.sessions.close(session.id).await?;
                     let current = member.machine.store.current_revision();
-                    let fired = watches.catch_up(current).await?;
+                    let fired = watches.catch_up(current, &self.identities).await?;
                     self.notify(&fired).await?;
                     self.reply(xid, current, code::OK, None).await?;
                     self.writer.flush().await?;
@@ -274,7 +273,7 @@ impl Connection {
                         watches: &mut watches,
                     };
                     let reply = command::execute(&mut context, op, body).await?;
-                    let fired = watches.catch_up(reply.revision).await?;
+                    let fired = watches.catch_up(reply.revision, &self.identities).await?;
                     self.notify(&fired).await?;
                     // The zxid a client keeps and sends back with setWatches: never past the
                     // events it has been sent.

@@ -46,8 +46,6 @@ pub struct Watches {
     pub child: HashMap<String, i64>,
     pub persistent: HashMap<String, i64>,
     pub recursive: HashMap<String, i64>,
-    /// The connection's identities: an event goes only where READ on its node is allowed.
-    pub identities: Vec<ZkId>,
     stream: Option<Followed>,
     /// Every change up to this revision has been turned into events.
     seen: i64,
@@ -67,14 +65,13 @@ fn fires(registered: Option<&i64>, at: i64) -> bool {
 }
 
 impl Watches {
-    pub fn new(member: Arc<Member>, identities: Vec<ZkId>) -> Watches {
+    pub fn new(member: Arc<Member>) -> Watches {
         Watches {
             member,
             data: HashMap::new(),
             child: HashMap::new(),
             persistent: HashMap::new(),
             recursive: HashMap::new(),
-            identities,
             stream: None,
             seen: 0,
             broken: false,
@@ -131,8 +128,13 @@ impl Watches {
         }
     }
 
-    /// The events a notice brings to this connection: (type, path), in order.
-    pub fn fire(&mut self, notice: WatchNotice) -> Result<Vec<(i32, String)>, FellBehind> {
+    /// The events a notice brings to this connection, whose `identities` must be allowed READ
+    /// on an event's node: (type, path), in order.
+    pub fn fire(
+        &mut self,
+        notice: WatchNotice,
+        identities: &[ZkId],
+    ) -> Result<Vec<(i32, String)>, FellBehind> {
         let mut fired = Vec::new();
         match notice {
             WatchNotice::Events {
@@ -143,16 +145,17 @@ impl Watches {
                     let Some(path) = zk::path_of(&kv.key) else {
                         continue;
                     };
-                    let path = path.to_owned();
                     let at = kv.mod_revision;
-                    if change.r#type == EventType::Delete as i32 {
-                        self.changed(&path, event::NODE_DELETED, at, &mut fired);
-                        self.parent_changed(&path, at, &mut fired);
+                    let kind = if change.r#type == EventType::Delete as i32 {
+                        event::NODE_DELETED
                     } else if kv.version == 1 {
-                        self.changed(&path, event::NODE_CREATED, at, &mut fired);
-                        self.parent_changed(&path, at, &mut fired);
+                        event::NODE_CREATED
                     } else {
-                        self.changed(&path, event::NODE_DATA_CHANGED, at, &mut fired);
+                        event::NODE_DATA_CHANGED
+                    };
+                    self.changed(path, kind, at, identities, &mut fired);
+                    if kind != event::NODE_DATA_CHANGED {
+                        self.parent_changed(path, at, identities, &mut fired);
                     }
                 }
                 self.seen = self.seen.max(revision);
@@ -171,16 +174,24 @@ impl Watches {
     /// Whether this connection may read `path` as it was at `revision` (ZooKeeper 3.8.4's
     /// ZOOKEEPER-4799: an event about a node the watcher may not read is not sent). A node
     /// whose ACL cannot be read any more (compacted) is not held back.
-    fn may_read(&self, path: &str, revision: i64) -> bool {
+    fn may_read(&self, path: &str, revision: i64, identities: &[ZkId]) -> bool {
         match zk::acl_at(self.member.machine.store.as_ref(), path, revision) {
-            Ok(Some(acl)) => zk::permitted(&acl, &self.identities, zk::perm::READ),
+            Ok(Some(acl)) => zk::permitted(&acl, identities, zk::perm::READ),
             _ => true,
         }
     }
 
-    fn changed(&mut self, path: &str, kind: i32, at: i64, fired: &mut Vec<(i32, String)>) {
+    fn changed(
+        &mut self,
+        path: &str,
+        kind: i32,
+        at: i64,
+        identities: &[ZkId],
+        fired: &mut Vec<(i32, String)>,
+    ) {
         let mut hit = fires(self.persistent.get(path), at)
-            || ancestors_or_self(path).any(|p| fires(self.recursive.get(p), at));
+            || (!self.recursive.is_empty()
+                && ancestors_or_self(path).any(|p| fires(self.recursive.get(p), at)));
         if fires(self.data.get(path), at) {
             self.data.remove(path);
             hit = true;
@@ -189,12 +200,18 @@ impl Watches {
             self.child.remove(path);
             hit = true;
         }
-        if hit && self.may_read(path, at) {
+        if hit && self.may_read(path, at, identities) {
             fired.push((kind, path.to_owned()));
         }
     }
 
-    fn parent_changed(&mut self, path: &str, at: i64, fired: &mut Vec<(i32, String)>) {
+    fn parent_changed(
+        &mut self,
+        path: &str,
+        at: i64,
+        identities: &[ZkId],
+        fired: &mut Vec<(i32, String)>,
+    ) {
         let Some(parent) = zk::parent(path) else {
             return;
         };
@@ -203,7 +220,7 @@ impl Watches {
             self.child.remove(parent);
             hit = true;
         }
-        if hit && self.may_read(parent, at) {
+        if hit && self.may_read(parent, at, identities) {
             fired.push((event::NODE_CHILDREN_CHANGED, parent.to_owned()));
         }
     }
@@ -211,7 +228,11 @@ impl Watches {
     /// Turns every change up to `revision` into events before a reply read at it goes out; if
     /// that cannot be done (history compacted, or the hub did not get there in time), the
     /// connection must close rather than answer before the events.
-    pub async fn catch_up(&mut self, revision: i64) -> Result<Vec<(i32, String)>, FellBehind> {
+    pub async fn catch_up(
+        &mut self,
+        revision: i64,
+        identities: &[ZkId],
+    ) -> Result<Vec<(i32, String)>, FellBehind> {
         let mut fired = Vec::new();
         if self.broken {
             return Err(FellBehind);
@@ -236,7 +257,7 @@ impl Watches {
                 Duration::from_millis(5)
             };
             match tokio::time::timeout(wait, followed.receiver.recv()).await {
-                Ok(Some(notice)) => fired.extend(self.fire(notice)?),
+                Ok(Some(notice)) => fired.extend(self.fire(notice, identities)?),
                 Ok(None) => break,
                 Err(_) => {}
             }
