@@ -495,10 +495,13 @@ pub fn advance(counter: &IntCounter, value: u64) {
     }
 }
 
-/// Times each request the state machine applies into `etcd_server_apply_duration_seconds`.
+/// Times each request the state machine applies into `etcd_server_apply_duration_seconds`. It
+/// lives on the node loop's thread: each (op, success) series is looked up in the vector (a hash
+/// and a lock) once, then kept here.
 #[derive(Default)]
 pub struct ApplyTimer {
     started: Option<std::time::Instant>,
+    series: std::collections::HashMap<(&'static str, bool), Histogram>,
 }
 
 impl synod_core::apply::ApplyObserver for ApplyTimer {
@@ -508,9 +511,15 @@ impl synod_core::apply::ApplyObserver for ApplyTimer {
 
     fn finished(&mut self, op: &'static str, success: bool) {
         if let Some(started) = self.started.take() {
-            metrics()
-                .apply_duration
-                .with_label_values(&["v3", op, if success { "true" } else { "false" }])
+            self.series
+                .entry((op, success))
+                .or_insert_with(|| {
+                    metrics().apply_duration.with_label_values(&[
+                        "v3",
+                        op,
+                        if success { "true" } else { "false" },
+                    ])
+                })
                 .observe(started.elapsed().as_secs_f64());
         }
     }
