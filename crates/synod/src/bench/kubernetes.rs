@@ -284,10 +284,9 @@ async fn work(
             }
             (Op::Create, outcome.map(|(made, _)| made))
         } else if roll < 85 {
-            let Some(key) = pick(&owned, &mut random) else {
+            let Some((key, seen)) = pick(&owned, &mut random) else {
                 continue;
             };
-            let seen = owned[&key];
             let outcome = guarded(&client, &key, seen, put(&key, body(&mut random), 0)).await;
             if let Ok((made, revision)) = outcome {
                 // On a conflict the apiserver reads again and retries: re-read the key.
@@ -300,10 +299,9 @@ async fn work(
             }
             (Op::Update, outcome.map(|(made, _)| made))
         } else if roll < 90 {
-            let Some(key) = pick(&owned, &mut random) else {
+            let Some((key, seen)) = pick(&owned, &mut random) else {
                 continue;
             };
-            let seen = owned[&key];
             let delete = request_op::Request::RequestDeleteRange(DeleteRangeRequest {
                 key: key.clone(),
                 ..DeleteRangeRequest::default()
@@ -337,12 +335,16 @@ async fn work(
     Ok(tally)
 }
 
-fn pick(owned: &Owned, random: &mut Random) -> Option<Vec<u8>> {
+/// One of the objects this client made, with the revision it last saw it at.
+fn pick(owned: &Owned, random: &mut Random) -> Option<(Vec<u8>, i64)> {
     if owned.is_empty() {
         return None;
     }
     let skip = (random.next() % owned.len() as u64) as usize;
-    owned.keys().nth(skip).cloned()
+    owned
+        .iter()
+        .nth(skip)
+        .map(|(key, seen)| (key.clone(), *seen))
 }
 
 async fn current(client: &Client, key: &[u8]) -> Result<i64, ClientError> {

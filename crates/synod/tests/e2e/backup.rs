@@ -74,7 +74,6 @@ async fn write_history(client: &mut Client) -> i64 {
     lease
 }
 
-/// `synod snapshot restore` with etcdutl's flags, checked to succeed.
 /// `<program> snapshot save` (synod's CLI or etcdctl) of the member at `endpoint` into `file`.
 fn save_snapshot(program: &str, endpoint: &str, file: &Path) {
     let (ok, out, err) = run_tool(
@@ -86,6 +85,7 @@ fn save_snapshot(program: &str, endpoint: &str, file: &Path) {
     assert!(ok, "{program} snapshot save from {endpoint}: {out}{err}");
 }
 
+/// `synod snapshot restore` with etcdutl's flags, checked to succeed.
 fn restore(snapshot: &Path, name: &str, data_dir: &Path, cluster: &str, peer_url: &str) {
     let args = [
         "snapshot",
