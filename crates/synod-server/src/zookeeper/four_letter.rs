@@ -136,11 +136,7 @@ fn connections(front: &Front, detail: bool) -> String {
         if detail && session != 0 {
             let last = c.last();
             let established = super::command::now_ms() - c.started.elapsed().as_millis() as i64;
-            let average = if last.count == 0 {
-                0.0
-            } else {
-                last.sum_ms as f64 / last.count as f64
-            };
+            let (min, average, max) = last.latencies.min_avg_max();
             let _ = write!(
                 out,
                 ",sid=0x{session:x},lop={},est={established},to={},lcxid=0x{:x},lzxid=0x{:x},\
@@ -151,8 +147,8 @@ fn connections(front: &Front, detail: bool) -> String {
                 last.zxid,
                 last.response_ms,
                 last.latency_ms,
-                last.min_ms,
-                last.max_ms,
+                min,
+                max,
             );
         }
         out.push_str(")\n");

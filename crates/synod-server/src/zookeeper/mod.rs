@@ -58,6 +58,40 @@ pub struct ConnectionStats {
     pub last: Mutex<LastRequest>,
 }
 
+/// Request latencies in ms, as `cons`, `srvr` and `mntr` report them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Latencies {
+    min_ms: u64,
+    max_ms: u64,
+    sum_ms: u64,
+    count: u64,
+}
+
+impl Latencies {
+    fn record(&mut self, ms: u64) {
+        self.min_ms = if self.count == 0 {
+            ms
+        } else {
+            self.min_ms.min(ms)
+        };
+        self.max_ms = self.max_ms.max(ms);
+        self.sum_ms += ms;
+        self.count += 1;
+    }
+
+    /// (min, average, max); zeros before the first request.
+    pub fn min_avg_max(&self) -> (u64, f64, u64) {
+        if self.count == 0 {
+            return (0, 0.0, 0);
+        }
+        (
+            self.min_ms,
+            self.sum_ms as f64 / self.count as f64,
+            self.max_ms,
+        )
+    }
+}
+
 /// What `cons` says of a connection's requests.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LastRequest {
@@ -67,10 +101,7 @@ pub struct LastRequest {
     /// When the answer went out, in ms since the epoch.
     pub response_ms: i64,
     pub latency_ms: u64,
-    pub min_ms: u64,
-    pub max_ms: u64,
-    pub sum_ms: u64,
-    pub count: u64,
+    pub latencies: Latencies,
 }
 
 impl ConnectionStats {
@@ -79,14 +110,7 @@ impl ConnectionStats {
             .last
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        last.min_ms = if last.count == 0 {
-            latency_ms
-        } else {
-            last.min_ms.min(latency_ms)
-        };
-        last.max_ms = last.max_ms.max(latency_ms);
-        last.sum_ms += latency_ms;
-        last.count += 1;
+        last.latencies.record(latency_ms);
         last.op = op;
         last.xid = xid;
         last.zxid = zxid;
@@ -109,8 +133,7 @@ pub struct Front {
     next_connection: AtomicU64,
     received: AtomicU64,
     sent: AtomicU64,
-    /// Request latencies in ms: min, max, sum, count.
-    latency: Mutex<(u64, u64, u64, u64)>,
+    latency: Mutex<Latencies>,
     started: Instant,
     /// Whether `/` is known to exist (the built-in nodes were created).
     tree_ready: std::sync::atomic::AtomicBool,
@@ -124,7 +147,7 @@ impl Front {
             next_connection: AtomicU64::new(1),
             received: AtomicU64::new(0),
             sent: AtomicU64::new(0),
-            latency: Mutex::new((u64::MAX, 0, 0, 0)),
+            latency: Mutex::new(Latencies::default()),
             started: Instant::now(),
             tree_ready: std::sync::atomic::AtomicBool::new(false),
         }
@@ -207,26 +230,18 @@ impl Front {
     }
 
     fn record_latency(&self, ms: u64) {
-        let mut latency = self
-            .latency
+        self.latency
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        latency.0 = latency.0.min(ms);
-        latency.1 = latency.1.max(ms);
-        latency.2 += ms;
-        latency.3 += 1;
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .record(ms);
     }
 
     /// (min, avg, max) request latency in ms.
     fn latencies(&self) -> (u64, f64, u64) {
-        let (min, max, sum, count) = *self
-            .latency
+        self.latency
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if count == 0 {
-            return (0, 0.0, 0);
-        }
-        (min, sum as f64 / count as f64, max)
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .min_avg_max()
     }
 }
 
