@@ -215,11 +215,9 @@ impl<S: Reader> Plan<'_, S> {
         let Some(acl) = fix_acl(&op.acl, ids) else {
             return Ok(Err(code::INVALID_ACL));
         };
-        let parent_path = match path.rfind('/') {
-            Some(0) => "/",
-            Some(at) => &path[..at],
-            None => return Ok(Err(code::BAD_ARGUMENTS)),
-        };
+        // A path without a slash was refused above; `/` has itself for a parent here, and is
+        // found to exist.
+        let parent_path = parent(path).unwrap_or("/");
         let Some(mut parent_node) = self.node(parent_path)? else {
             return Ok(Err(code::NO_NODE));
         };
