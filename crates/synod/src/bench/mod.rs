@@ -73,6 +73,13 @@ enum Workload {
         key_space_size: u64,
         #[arg(long, default_value_t = 1)]
         txn_ops: usize,
+        /// Keys in order instead of from a random start: txn `n` puts keys `n * txn_ops` on
+        /// (a fast way to load `--key-space-size` distinct keys).
+        #[arg(long)]
+        sequential_keys: bool,
+        /// Added to every key number (to load keys above those already there).
+        #[arg(long, default_value_t = 0)]
+        first_key: u64,
     },
     /// Txns that either read or write one key from `--key-space-size` keys, `--rw-ratio` reads
     /// per write (etcd's txn-mixed).
@@ -86,6 +93,16 @@ enum Workload {
         #[arg(long, default_value_t = 1.0)]
         rw_ratio: f64,
         /// l (linearizable) or s (serializable) reads.
+        #[arg(long, default_value = "l")]
+        consistency: String,
+    },
+    /// Reads of keys drawn at random from `--key-space-size` keys, named as `put` names them.
+    Get {
+        #[arg(long, default_value_t = 8)]
+        key_size: usize,
+        #[arg(long, default_value_t = 1)]
+        key_space_size: u64,
+        /// l (linearizable) or s (serializable).
         #[arg(long, default_value = "l")]
         consistency: String,
     },
@@ -157,6 +174,13 @@ enum Workload {
         interval_ms: u64,
         #[arg(long, default_value_t = 256)]
         val_size: usize,
+    },
+    /// Opens `--conns` connections (one per client when 0), sends one read on each, prints a
+    /// JSON line once all have answered, then holds them open and idle for `--hold-secs`
+    /// (for measuring what an idle client connection costs a server).
+    Idle {
+        #[arg(long, default_value_t = 60)]
+        hold_secs: u64,
     },
     /// `--leases` leases, each renewed over keep-alive streams (one per client) until `--total`
     /// renewals are done; measures renewal latency; a lease lost (TTL 0, or gone at the end) is
@@ -325,6 +349,9 @@ pub async fn run(target: &Target, args: BenchArgs) -> Result<std::process::ExitC
             };
             return streams::lease_keepalive(target, load, args.json).await;
         }
+        Workload::Idle { hold_secs } => {
+            return idle(target, args.clients, args.conns, hold_secs).await;
+        }
         _ => {}
     }
     let clients = connect_all(target, args.clients, args.conns).await?;
@@ -471,6 +498,9 @@ impl Workload {
             Workload::Put { .. } => "put",
             Workload::TxnPut { .. } => "txn-put",
             Workload::TxnMixed { .. } => "txn-mixed",
+            Workload::Get { consistency, .. } if consistency == "s" => "get-serializable",
+            Workload::Get { .. } => "get-linearizable",
+            Workload::Idle { .. } => "idle",
             Workload::Range { consistency, .. } if consistency == "s" => "range-serializable",
             Workload::Range { .. } => "range-linearizable",
             Workload::Lock { .. } => "lock",
@@ -525,14 +555,22 @@ async fn one(
             val_size,
             key_space_size,
             txn_ops,
+            sequential_keys,
+            first_key,
         } => {
-            // Consecutive keys from a random start: a txn may not put one key twice.
+            // Consecutive keys from a random start (or the txn's own place in order): a txn may
+            // not put one key twice.
             let space = (*key_space_size).max(1);
-            let base = pick_key(random, n, space, false);
-            let success = (0..(*txn_ops).max(1) as u64)
+            let ops = (*txn_ops).max(1) as u64;
+            let base = if *sequential_keys {
+                n.wrapping_mul(ops) % space
+            } else {
+                pick_key(random, n, space, false)
+            };
+            let success = (0..ops)
                 .map(|i| RequestOp {
                     request: Some(request_op::Request::RequestPut(PutRequest {
-                        key: key_of((base + i) % space, *key_size),
+                        key: key_of(first_key + (base + i) % space, *key_size),
                         value: value_of(n, *val_size),
                         ..PutRequest::default()
                     })),
@@ -578,6 +616,21 @@ async fn one(
                 })
                 .await?;
         }
+        Workload::Get {
+            key_size,
+            key_space_size,
+            consistency,
+        } => {
+            let key = key_of(pick_key(random, n, *key_space_size, false), *key_size);
+            client
+                .kv()
+                .range(RangeRequest {
+                    key,
+                    serializable: consistency == "s",
+                    ..RangeRequest::default()
+                })
+                .await?;
+        }
         Workload::Range { key, consistency } => {
             client
                 .kv()
@@ -604,7 +657,8 @@ async fn one(
         | Workload::WatchFanout { .. }
         | Workload::Zookeeper { .. }
         | Workload::Kubernetes { .. }
-        | Workload::LeaseKeepalive { .. } => {
+        | Workload::LeaseKeepalive { .. }
+        | Workload::Idle { .. } => {
             return Err(other("this workload is measured separately"));
         }
     }
@@ -687,6 +741,42 @@ impl Summary<'_> {
             println!("  {name}: {value}");
         }
     }
+}
+
+/// Opens the connections, reads once on each, says so on stdout, then holds them idle.
+async fn idle(
+    target: &Target,
+    clients: usize,
+    conns: usize,
+    hold_secs: u64,
+) -> Result<std::process::ExitCode, ClientError> {
+    use std::io::Write;
+    let count = if conns == 0 { clients } else { conns }.max(1);
+    let started = Instant::now();
+    let mut connections = Vec::with_capacity(count);
+    for i in 0..count {
+        let endpoint = &target.endpoints[i % target.endpoints.len()];
+        let client = Client::connect(endpoint, target.dial.clone()).await?;
+        client
+            .kv()
+            .range(RangeRequest {
+                key: b"foo".to_vec(),
+                serializable: true,
+                ..RangeRequest::default()
+            })
+            .await?;
+        connections.push(client);
+    }
+    let ready = serde_json::json!({
+        "workload": "idle",
+        "connections": count,
+        "connect_seconds": started.elapsed().as_secs_f64(),
+    });
+    println!("{ready}");
+    let _ = std::io::stdout().flush();
+    tokio::time::sleep(Duration::from_secs(hold_secs)).await;
+    drop(connections);
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// Rounds of: two campaigners on leases of `ttl`; the leader "dies" (its lease is no longer
