@@ -1,15 +1,18 @@
 //! The outbound side of the peer transport: Raft messages to the other members over gRPC on
 //! their peer URLs. Every peer has one link: a bounded queue filled by the node loop (which never
 //! blocks: a full queue drops the message and tells Raft the peer is unreachable, which is all
-//! the backpressure Raft needs) and a task that drains the queue into batches on one long-lived
-//! client stream, reconnecting with backoff when the stream breaks. Snapshots go on a stream of
+//! the backpressure Raft needs), drained into batches as the body of one long-lived client
+//! stream, and a task that reopens the stream with backoff when it breaks. Snapshots go on a stream of
 //! their own, in chunks, so a large state-machine file never holds up heartbeats. Requests a
 //! follower forwards to the leader use the same link's channel (see `peer`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use raft::eraftpb::{Message, MessageType};
@@ -208,88 +211,49 @@ impl Transport {
         let _ = self.commands.try_send(command);
     }
 
-    /// Drains the queue into batches on one stream; reconnects with backoff when it breaks.
+    /// Keeps one stream open to `peer`, whose body is the link's queue (see [`Outbox`]);
+    /// reconnects with backoff when it breaks, and ends when the link is dropped.
     async fn run_link(
         self: Arc<Self>,
         peer: u64,
-        mut client: PeerClient<Channel>,
-        mut queue: mpsc::Receiver<Message>,
+        client: PeerClient<Channel>,
+        queue: mpsc::Receiver<Message>,
     ) {
         let metrics = crate::metrics::metrics();
         let to = format!("{peer:x}");
         let sent_bytes = metrics.peer_sent_bytes.with_label_values(&[to.as_str()]);
         let sent_failures = metrics.peer_sent_failures.with_label_values(&[to.as_str()]);
+        let queue = Arc::new(Mutex::new(queue));
         let mut backoff = BACKOFF_MIN;
-        'connect: loop {
-            let (batches, stream) = mpsc::channel::<RaftBatch>(16);
-            let mut call_client = client.clone();
-            let mut call =
-                tokio::spawn(async move { call_client.raft(ReceiverStream::new(stream)).await });
-            loop {
-                let first = tokio::select! {
-                    message = queue.recv() => message,
-                    ended = &mut call => {
-                        if let Ok(Err(status)) = ended {
-                            if crate::error::is_removed_refusal(&status) {
-                                self.report(Command::Removed);
-                                return;
-                            }
-                            tracing::debug!(peer = %format!("{peer:x}"), %status, "peer stream ended");
-                        }
-                        self.report(Command::Input(Input::Unreachable(peer)));
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
-                        continue 'connect;
-                    }
-                };
-                let Some(first) = first else {
-                    // The link was dropped: the member left or its URLs changed.
-                    call.abort();
+        loop {
+            let sent = Arc::new(AtomicBool::new(false));
+            let outbox = Outbox {
+                queue: queue.clone(),
+                transport: self.clone(),
+                peer,
+                client: client.clone(),
+                sent_bytes: sent_bytes.clone(),
+                sent: sent.clone(),
+            };
+            let ended = client.clone().raft(outbox).await;
+            if lock(&queue).is_closed() {
+                // The link was dropped: the member left or its URLs changed.
+                return;
+            }
+            if let Err(status) = ended {
+                if crate::error::is_removed_refusal(&status) {
+                    self.report(Command::Removed);
                     return;
-                };
-                let mut batch = RaftBatch {
-                    cluster_id: self.cluster_id,
-                    from: self.member_id,
-                    to: peer,
-                    messages: Vec::new(),
-                };
-                let mut bytes = 0;
-                let mut next = Some(first);
-                while let Some(message) = next {
-                    if message.get_msg_type() == MessageType::MsgSnapshot {
-                        let transport = self.clone();
-                        let snapshot_client = client.clone();
-                        tokio::spawn(async move {
-                            let delivered = transport
-                                .send_snapshot(peer, snapshot_client, message)
-                                .await;
-                            transport
-                                .report(Command::Input(Input::SnapshotStatus { peer, delivered }));
-                        });
-                    } else if let Ok(encoded) = protobuf::Message::write_to_bytes(&message) {
-                        bytes += encoded.len();
-                        batch.messages.push(encoded);
-                    }
-                    next = if batch.messages.len() < BATCH_MESSAGES_MAX && bytes < BATCH_BYTES_MAX {
-                        queue.try_recv().ok()
-                    } else {
-                        None
-                    };
                 }
-                if batch.messages.is_empty() {
-                    continue;
-                }
-                if batches.send(batch).await.is_err() {
-                    sent_failures.inc();
-                    self.report(Command::Input(Input::Unreachable(peer)));
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    client = client.clone();
-                    continue 'connect;
-                }
-                sent_bytes.inc_by(bytes as u64);
+                tracing::debug!(peer = %to, %status, "peer stream ended");
+            }
+            sent_failures.inc();
+            self.report(Command::Input(Input::Unreachable(peer)));
+            if sent.load(Ordering::Relaxed) {
                 backoff = BACKOFF_MIN;
             }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
@@ -359,6 +323,67 @@ impl Transport {
                 tracing::warn!(peer = %format!("{peer:x}"), %status, "sending the snapshot failed");
                 false
             }
+        }
+    }
+}
+
+/// The body of a link's stream: each poll drains what the node loop queued into one batch. The
+/// connection's own body task takes the messages straight from the queue, with no task between
+/// the node loop and the socket (a wake-up less on every message between members). The queue
+/// outlives the stream, for the next one after a reconnect.
+struct Outbox {
+    queue: Arc<Mutex<mpsc::Receiver<Message>>>,
+    transport: Arc<Transport>,
+    peer: u64,
+    /// Snapshots go on a stream of their own, through this client.
+    client: PeerClient<Channel>,
+    sent_bytes: prometheus::IntCounter,
+    /// A batch went out on this stream (the link worked: the next reconnect need not back off).
+    sent: Arc<AtomicBool>,
+}
+
+impl futures::Stream for Outbox {
+    type Item = RaftBatch;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RaftBatch>> {
+        let this = self.get_mut();
+        let mut queue = lock(&this.queue);
+        loop {
+            let Some(first) = std::task::ready!(queue.poll_recv(cx)) else {
+                return Poll::Ready(None);
+            };
+            let mut batch = RaftBatch {
+                cluster_id: this.transport.cluster_id,
+                from: this.transport.member_id,
+                to: this.peer,
+                messages: Vec::new(),
+            };
+            let mut bytes = 0;
+            let mut next = Some(first);
+            while let Some(message) = next {
+                if message.get_msg_type() == MessageType::MsgSnapshot {
+                    let (transport, client, peer) =
+                        (this.transport.clone(), this.client.clone(), this.peer);
+                    tokio::spawn(async move {
+                        let delivered = transport.send_snapshot(peer, client, message).await;
+                        transport.report(Command::Input(Input::SnapshotStatus { peer, delivered }));
+                    });
+                } else if let Ok(encoded) = protobuf::Message::write_to_bytes(&message) {
+                    bytes += encoded.len();
+                    batch.messages.push(encoded);
+                }
+                next = if batch.messages.len() < BATCH_MESSAGES_MAX && bytes < BATCH_BYTES_MAX {
+                    queue.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            if !batch.messages.is_empty() {
+                this.sent_bytes.inc_by(bytes as u64);
+                this.sent.store(true, Ordering::Relaxed);
+                return Poll::Ready(Some(batch));
+            }
+            // Only snapshots were queued: they went their own way; wait for more.
         }
     }
 }
