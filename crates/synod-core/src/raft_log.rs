@@ -47,6 +47,50 @@ pub struct RaftLog<F: FileSystem = DefaultFileSystem> {
     /// raft-rs asked for a snapshot that is not available yet (set from `Storage::snapshot`,
     /// which takes `&self`).
     requested: std::cell::Cell<bool>,
+    /// The term of every entry the log holds, kept in memory: raft-rs asks for terms on every
+    /// append it sends and every commit it weighs, and raft-engine can only answer by reading
+    /// (and decompressing) the entry from its file.
+    terms: Terms,
+}
+
+/// The terms of a run of log entries, as the indexes at which the term changes: terms change
+/// only at elections, so this is a handful of pairs however long the log.
+#[derive(Debug, Default)]
+struct Terms {
+    /// (first index, term), by index; each run lasts until the next one starts.
+    runs: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl Terms {
+    /// Records entries that start at `first` and run on, replacing any from `first` on (raft-rs
+    /// overwrites a conflicting suffix, and raft-engine drops it in the same way).
+    fn append(&mut self, first: u64, terms: impl IntoIterator<Item = u64>) {
+        while self.runs.back().is_some_and(|&(start, _)| start >= first) {
+            self.runs.pop_back();
+        }
+        for (index, term) in (first..).zip(terms) {
+            if self.runs.back().is_none_or(|&(_, last)| last != term) {
+                self.runs.push_back((index, term));
+            }
+        }
+    }
+
+    /// Forgets runs that end before `first` (the log was compacted up to it).
+    fn compact(&mut self, first: u64) {
+        while self.runs.get(1).is_some_and(|&(start, _)| start <= first) {
+            self.runs.pop_front();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.runs.clear();
+    }
+
+    /// The term of the entry at `index`; the caller checks that the log holds it.
+    fn term(&self, index: u64) -> Option<u64> {
+        let after = self.runs.partition_point(|&(start, _)| start <= index);
+        after.checked_sub(1).map(|run| self.runs[run].1)
+    }
 }
 
 impl RaftLog {
@@ -81,25 +125,27 @@ impl<F: FileSystem> RaftLog<F> {
         let hard_state: HardState = read_message(&engine, KEY_HARD_STATE)?;
         let conf_state: ConfState = read_message(&engine, KEY_CONF_STATE)?;
         let snapshot: SnapshotMetadata = read_message(&engine, KEY_SNAPSHOT)?;
-        let log = RaftLog {
+        let mut log = RaftLog {
             engine,
             hard_state,
             conf_state,
             snapshot,
             available: None,
             requested: std::cell::Cell::new(false),
+            terms: Terms::default(),
         };
         log.check()?;
-        log.verify_entries(dir)?;
+        log.terms = log.verify_entries(dir)?;
         Ok(log)
     }
 
     /// Reads every retained entry once: raft-engine checks an entry block's checksum only when
     /// the block is read, so without this a damaged entry would be found only when a follower
     /// or a replay needs it. The log holds at most about `--snapshot-count` entries beyond the
-    /// catch-up margin, so this stays cheap.
-    fn verify_entries(&self, dir: &Path) -> Result<(), StorageError> {
+    /// catch-up margin, so this stays cheap. Returns their terms.
+    fn verify_entries(&self, dir: &Path) -> Result<Terms, StorageError> {
         const CHUNK: u64 = 1024;
+        let mut terms = Terms::default();
         let mut low = self.first();
         let end = self.last() + 1;
         let mut entries = Vec::new();
@@ -129,9 +175,10 @@ impl<F: FileSystem> RaftLog<F> {
                     dir.display()
                 )));
             }
+            terms.append(low, entries.iter().map(|entry| entry.term));
             low = high;
         }
-        Ok(())
+        Ok(terms)
     }
 
     /// Cross-checks what was read back: the committed index must exist in the log.
@@ -199,6 +246,10 @@ impl<F: FileSystem> RaftLog<F> {
         self.engine
             .write(&mut batch, sync)
             .map_err(StorageError::log)?;
+        if let Some(first) = entries.first() {
+            self.terms
+                .append(first.index, entries.iter().map(|entry| entry.term));
+        }
         if let Some(state) = hard_state {
             self.hard_state = state.clone();
         }
@@ -267,6 +318,7 @@ impl<F: FileSystem> RaftLog<F> {
         self.put_message(KEY_SNAPSHOT, &snapshot, true)?;
         self.snapshot = snapshot;
         self.engine.compact_to(REGION, index + 1);
+        self.terms.compact(index + 1);
         self.engine
             .purge_expired_files()
             .map_err(StorageError::log)?;
@@ -297,6 +349,7 @@ impl<F: FileSystem> RaftLog<F> {
         self.hard_state = hard_state;
         self.conf_state = metadata.get_conf_state().clone();
         self.snapshot = metadata.clone();
+        self.terms.clear();
         Ok(())
     }
 
@@ -500,11 +553,9 @@ impl<F: FileSystem> Storage for RaftLog<F> {
         if index > self.last() {
             return Err(raft::Error::Store(raft::StorageError::Unavailable));
         }
-        match self.engine.get_entry::<EntryCodec>(REGION, index) {
-            Ok(Some(entry)) => Ok(entry.term),
-            Ok(None) => Err(raft::Error::Store(raft::StorageError::Unavailable)),
-            Err(e) => Err(raft::Error::Store(raft::StorageError::Other(Box::new(e)))),
-        }
+        self.terms
+            .term(index)
+            .ok_or(raft::Error::Store(raft::StorageError::Unavailable))
     }
 
     fn first_index(&self) -> raft::Result<u64> {
@@ -559,6 +610,66 @@ mod tests {
         let mut snapshot = Snapshot::default();
         snapshot.set_metadata(metadata);
         snapshot
+    }
+
+    /// The terms kept in memory answer as the entries on disk do, through appends that overwrite
+    /// a suffix, compactions and reopens.
+    #[test]
+    fn terms_in_memory_match_the_entries_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = RaftLog::open(dir.path()).expect("open");
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |bound: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % bound.max(1)
+        };
+        let mut term = 1;
+        for round in 0..400 {
+            match next(10) {
+                0 => {
+                    let target = log.first() + next(log.last() + 1 - log.first());
+                    log.compact(target).expect("compact");
+                }
+                1 => {
+                    drop(log);
+                    log = RaftLog::open(dir.path()).expect("reopen");
+                }
+                _ => {
+                    // Mostly at the end, sometimes over a suffix (a new leader's entries).
+                    let from = if next(4) == 0 {
+                        log.first() + next(log.last() + 1 - log.first())
+                    } else {
+                        log.last() + 1
+                    };
+                    term += next(3) / 2;
+                    let entries: Vec<Entry> = (from..from + 1 + next(20))
+                        .map(|index| Entry {
+                            index,
+                            term,
+                            data: vec![round as u8; 10].into(),
+                            ..Entry::default()
+                        })
+                        .collect();
+                    log.append(&entries, None).expect("append");
+                }
+            }
+            for index in log.first()..=log.last() {
+                let on_disk = log
+                    .engine
+                    .get_entry::<EntryCodec>(REGION, index)
+                    .expect("read")
+                    .expect("held")
+                    .term;
+                assert_eq!(
+                    Storage::term(&log, index).ok(),
+                    Some(on_disk),
+                    "index {index}"
+                );
+            }
+        }
+        assert!(log.last() > 100, "the log grew: {}", log.last());
     }
 
     #[test]
