@@ -8,7 +8,8 @@
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -93,6 +94,50 @@ pub struct Backend {
     /// Replaced whole when a snapshot is installed; write-locked then and by defragmentation,
     /// which needs the database to itself. Readers hold their database alive (see [`ReadTxn`]).
     db: RwLock<Arc<Database>>,
+    /// Writes to the file that can change its size (see [`Counted`]).
+    changes: Arc<AtomicU64>,
+    /// The size on disk last measured, and the count of changes it reflects.
+    measured: Mutex<(u64, u64)>,
+}
+
+/// The state-machine file's storage, counting the writes and resizes that can change the file's
+/// size on disk, so [`Backend::size_bytes`] measures the file again only after one. Asked on
+/// every put (the quota check), a `stat` each time was 2% of a leader's CPU at 100 clients.
+#[derive(Debug)]
+struct Counted {
+    storage: Box<dyn redb::StorageBackend>,
+    changes: Arc<AtomicU64>,
+}
+
+impl redb::StorageBackend for Counted {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.storage.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.storage.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        let done = self.storage.set_len(len);
+        // Counted after the change, so a size measured after seeing the count includes it.
+        self.changes.fetch_add(1, Ordering::Release);
+        done
+    }
+
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.storage.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        let done = self.storage.write(offset, data);
+        self.changes.fetch_add(1, Ordering::Release);
+        done
+    }
+
+    fn close(&self) -> Result<(), std::io::Error> {
+        self.storage.close()
+    }
 }
 
 /// A read transaction and the database it reads: a snapshot installed meanwhile replaces the
@@ -135,10 +180,15 @@ impl Backend {
     ) -> Result<Backend, StorageError> {
         let storage = open_storage(path)
             .map_err(|e| StorageError::open(path, format!("state-machine file: {e}")))?;
+        let changes = Arc::new(AtomicU64::new(1));
+        let storage = Counted {
+            storage,
+            changes: changes.clone(),
+        };
         let db = open_checked(path, Checked::StateMachine, |builder| {
             builder
                 .set_cache_size(cache_bytes)
-                .create_with_backend(Boxed(storage))
+                .create_with_backend(storage)
         })?;
         with_tables(&db)?;
         Ok(Backend {
@@ -147,6 +197,8 @@ impl Backend {
             open_storage,
             cache_bytes,
             db: RwLock::new(Arc::new(db)),
+            changes,
+            measured: Mutex::new((0, 0)),
         })
     }
 
@@ -176,7 +228,19 @@ impl Backend {
     /// the quota counts. redb extends its file by doubling it, sparse, so the file's length can
     /// run up to twice ahead of the pages it has written.
     pub fn size_bytes(&self) -> u64 {
-        self.disk.size_on_disk(&self.path).unwrap_or(0)
+        let changes = self.changes.load(Ordering::Acquire);
+        if let Ok(measured) = self.measured.lock()
+            && measured.0 == changes
+        {
+            return measured.1;
+        }
+        let size = self.disk.size_on_disk(&self.path).unwrap_or(0);
+        if let Ok(mut measured) = self.measured.lock()
+            && measured.0 < changes
+        {
+            *measured = (changes, size);
+        }
+        size
     }
 
     /// Rewrites the file to release free pages. Fails while a read transaction is open.
@@ -274,10 +338,14 @@ impl Backend {
             .map_err(|e| StorageError::open(path, format!("snapshot file is unreadable: {e}")))?;
         // Every page's checksum is checked before the file is trusted as the state machine
         // (from the page cache, as it was just written).
+        let storage = Counted {
+            storage,
+            changes: self.changes.clone(),
+        };
         let db = open_checked(path, Checked::Snapshot, |builder| {
             builder
                 .set_cache_size(self.cache_bytes)
-                .create_with_backend(Boxed(storage))
+                .create_with_backend(storage)
         })?;
         with_tables(&db)?;
         let mut tx = db.begin_write().map_err(StorageError::backend)?;
@@ -295,6 +363,8 @@ impl Backend {
             .rename(path, &self.path)
             .map_err(|e| StorageError::open(&self.path, format!("installing a snapshot: {e}")))?;
         *self.db.write().map_err(|_| StorageError::Poisoned)? = Arc::new(db);
+        // The file at `path` is another one now.
+        self.changes.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
@@ -566,6 +636,38 @@ mod tests {
 
     fn meta(tx: &redb::ReadTransaction, name: &str) -> u64 {
         read_meta_u64(&tx.open_table(META).expect("meta"), name).expect("read")
+    }
+
+    /// Goal: the size on disk follows the file as it grows, though it is measured only after a
+    /// write (and asking again without one gives the same answer).
+    #[test]
+    fn the_size_on_disk_follows_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backend = Backend::open(&dir.path().join("db")).expect("open");
+        let before = backend.size_bytes();
+        assert_eq!(backend.size_bytes(), before);
+        for round in 0..64_u64 {
+            let mut tx = backend.begin_write().expect("write");
+            {
+                let mut keys = tx.open_table(KEY).expect("key");
+                for n in 0..64_u64 {
+                    let key = (round * 64 + n).to_be_bytes();
+                    keys.insert(&key[..], &[7_u8; 1024][..]).expect("insert");
+                }
+            }
+            tx.set_durability(redb::Durability::Immediate)
+                .expect("durable");
+            tx.commit().expect("commit");
+        }
+        let after = backend.size_bytes();
+        assert!(after >= before + (4 << 20), "{before} then {after}");
+        assert_eq!(
+            after,
+            backend
+                .disk()
+                .size_on_disk(backend.path())
+                .expect("measure")
+        );
     }
 
     /// Goal: an installed snapshot file becomes the state-machine file, under this member's own
