@@ -21,7 +21,7 @@ use synod_client::etcdserverpb::{
 };
 use synod_client::{Client, ClientError, prefix_range_end};
 
-use super::{Random, Summary, Target, connect_all, exit_code, new_histogram, other};
+use super::{Random, Summary, Target, connect_all, exit_code, new_histogram, other, random_bytes};
 
 /// Kinds of objects, as the apiserver names its resources.
 const KINDS: [&str; 5] = ["pods", "configmaps", "secrets", "services", "deployments"];
@@ -67,7 +67,7 @@ fn object_key(kind: &str, namespace: u64, name: &str, run: u32) -> Vec<u8> {
 /// An object's body: 1 to 10 KiB.
 fn body(random: &mut Random) -> Vec<u8> {
     let size = 1024 + (random.next() % (9 * 1024)) as usize;
-    vec![b'k'; size]
+    random_bytes(random.next(), size)
 }
 
 fn mod_revision_is(key: &[u8], revision: i64) -> Compare {
@@ -312,7 +312,7 @@ async fn work(
         } else {
             let key = format!("/registry/events/bench-{run}-ns{namespace}/event-{index}-{n}")
                 .into_bytes();
-            let value = vec![b'e'; 512 + (random.next() % 1024) as usize];
+            let value = random_bytes(random.next(), 512 + (random.next() % 1024) as usize);
             let outcome = guarded(&client, &key, 0, put(&key, value, lease)).await;
             (Op::Event, outcome.map(|(made, _)| made))
         };

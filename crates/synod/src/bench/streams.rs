@@ -14,7 +14,7 @@ use synod_client::{Client, ClientError, prefix_range_end};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Summary, Target, connect_all, exit_code, new_histogram, other, pace};
+use super::{Summary, Target, connect_all, exit_code, new_histogram, other, pace, random_bytes};
 
 /// How long watchers may take, after the last write, to deliver everything.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -36,10 +36,9 @@ pub struct WatchLoad {
 /// A written value: the write's sequence number and when it was sent (microseconds since the
 /// run began), then padding.
 fn stamped_value(seq: u64, sent_micros: u64, size: usize) -> Vec<u8> {
-    let mut value = Vec::with_capacity(size.max(16));
-    value.extend_from_slice(&seq.to_be_bytes());
-    value.extend_from_slice(&sent_micros.to_be_bytes());
-    value.resize(size.max(16), b'v');
+    let mut value = random_bytes(seq, size.max(16));
+    value[..8].copy_from_slice(&seq.to_be_bytes());
+    value[8..16].copy_from_slice(&sent_micros.to_be_bytes());
     value
 }
 
