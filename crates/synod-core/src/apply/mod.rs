@@ -353,6 +353,8 @@ impl StateMachine {
         let (last_index, last_term) = (last.index, last.term);
         let mut batch = self.store.begin_batch()?;
         let mut conf_state = None;
+        // Rows of the requests applied, written to their table once for the batch.
+        let mut dedup_rows = Vec::new();
         for entry in fresh {
             // A compaction's old revisions go a few rows per entry (on every member at the same
             // entries), so no turn removes them all at once.
@@ -403,12 +405,7 @@ impl StateMachine {
                             }
                             applied.results.push((key, result));
                             if key.id != 0 {
-                                batch
-                                    .transaction()
-                                    .open_table(backend::APPLIED_REQUESTS)
-                                    .map_err(StorageError::backend)?
-                                    .insert(entry.index, (key.origin, key.id))
-                                    .map_err(StorageError::backend)?;
+                                dedup_rows.push((entry.index, key));
                                 self.recent_requests.insert(entry.index, key);
                             }
                         }
@@ -440,13 +437,22 @@ impl StateMachine {
             }
         }
         let forget_below = last_index.saturating_sub(DEDUP_WINDOW_ENTRIES);
-        if self.recent_requests.forget_below(forget_below) {
-            batch
+        let forget = self.recent_requests.forget_below(forget_below);
+        if forget || !dedup_rows.is_empty() {
+            let mut table = batch
                 .transaction()
                 .open_table(backend::APPLIED_REQUESTS)
-                .map_err(StorageError::backend)?
-                .retain_in(..forget_below, |_, _| false)
                 .map_err(StorageError::backend)?;
+            for (index, key) in dedup_rows {
+                table
+                    .insert(index, (key.origin, key.id))
+                    .map_err(StorageError::backend)?;
+            }
+            if forget {
+                table
+                    .retain_in(..forget_below, |_, _| false)
+                    .map_err(StorageError::backend)?;
+            }
         }
         {
             let tx = batch.transaction();
