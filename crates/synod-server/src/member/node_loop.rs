@@ -24,8 +24,9 @@ use crate::transport::Transport;
 
 /// Commands handled per turn, so ticks are not starved under load.
 const COMMANDS_PER_TURN_MAX: usize = 4 * 1024;
-/// Proposal bytes drained per turn. This bounds one Raft log write, and with it how much a torn
-/// last write can cut (see `synod_core::raft_log::TORN_TAIL_BYTES_MAX`).
+/// Proposal bytes (or, on a follower, bytes of appended entries) drained per turn. This bounds
+/// one Raft log write, and with it how much a torn last write can cut (see
+/// `synod_core::raft_log::TORN_TAIL_BYTES_MAX`).
 const PROPOSAL_BYTES_PER_TURN_MAX: usize = 8 << 20;
 /// How long a removed member keeps running before it stops (etcd: one second).
 const REMOVED_STOP_DELAY: Duration = Duration::from_secs(1);
@@ -120,7 +121,14 @@ impl NodeLoop {
                         self.waiters.insert(id, (reply, span));
                         self.driver.handle(input, &mut out);
                     }
-                    Command::Input(input) => self.driver.handle(input, &mut out),
+                    Command::Input(input) => {
+                        if let Input::Step(message) = &input {
+                            // A leader's appends are written in this turn's batch too.
+                            proposed_bytes +=
+                                message.entries.iter().map(|e| e.data.len()).sum::<usize>();
+                        }
+                        self.driver.handle(input, &mut out);
+                    }
                     Command::Defragment { reply } => {
                         let _ = reply.send(self.defragment());
                     }
