@@ -856,3 +856,26 @@ async fn election_failover(
     .print(json);
     Ok(std::process::ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: benchmark values do not compress (a run of one letter cost Synod's compressed log
+    /// nothing and etcd's WAL its full size; TRACK_RECORD.md, row 69). No byte value may stand
+    /// out the way a repeated letter does: 4 KiB of uniform bytes hold each about 16 times.
+    #[test]
+    fn values_are_random_bytes() {
+        for n in [0, 1, 12_345] {
+            let value = value_of(n, 4096);
+            assert_eq!(value.len(), 4096);
+            let mut counts = [0_u32; 256];
+            for byte in &value {
+                counts[*byte as usize] += 1;
+            }
+            let most = counts.iter().max().copied().unwrap_or(0);
+            assert!(most < 64, "value {n}: one byte value {most} times of 4096");
+        }
+        assert_ne!(value_of(1, 64), value_of(2, 64));
+    }
+}
