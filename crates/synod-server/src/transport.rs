@@ -2,9 +2,9 @@
 //! their peer URLs. Every peer has one link: a bounded queue filled by the node loop (which never
 //! blocks: a full queue drops the message and tells Raft the peer is unreachable, which is all
 //! the backpressure Raft needs), drained into batches as the body of one long-lived client
-//! stream, and a task that reopens the stream with backoff when it breaks. Snapshots go on a stream of
-//! their own, in chunks, so a large state-machine file never holds up heartbeats. Requests a
-//! follower forwards to the leader use the same link's channel (see `peer`).
+//! stream, and a task that reopens the stream with backoff when it breaks. Snapshots go on a
+//! stream of their own, in chunks, so a large state-machine file never holds up heartbeats.
+//! Requests a follower forwards to the leader use the same link's channel (see `peer`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
