@@ -5,8 +5,11 @@
 //! `bench/compare`. Request/response workloads live here; watch and lease keep-alive streams in
 //! [`streams`].
 
+mod election;
 mod kubernetes;
 mod streams;
+mod summary;
+mod values;
 mod zookeeper;
 
 use std::collections::BTreeMap;
@@ -15,14 +18,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use hdrhistogram::Histogram;
-use synod_client::etcdserverpb::{
-    LeaseGrantRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, request_op,
-};
+use synod_client::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest, request_op};
 use synod_client::recipes::Session;
-use synod_client::v3electionpb::{CampaignRequest, LeaderRequest};
 use synod_client::v3lockpb::{LockRequest, UnlockRequest};
 use synod_client::{Client, ClientError};
+
+use summary::{Summary, exit_code, new_histogram, progress_bar};
+use values::{Random, key_of, pick_key, random_bytes, value_of};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -235,37 +237,14 @@ async fn pace(started: Instant, rate: u64, n: u64) {
 /// The newest acknowledged write of each key, for `--verify`.
 type Acknowledged = Mutex<BTreeMap<Vec<u8>, (i64, Vec<u8>)>>;
 
-fn new_histogram() -> Result<Histogram<u64>, ClientError> {
-    Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| other(e.to_string()))
-}
-
 fn other(message: impl Into<String>) -> ClientError {
     ClientError::Other(message.into())
-}
-
-/// A key of `size` bytes for number `n` (zero-padded decimal, etcd's benchmark does the same).
-fn key_of(n: u64, size: usize) -> Vec<u8> {
-    let text = format!("{n:0size$}");
-    let bytes = text.into_bytes();
-    bytes[bytes.len().saturating_sub(size.max(1))..].to_vec()
-}
-
-/// A small random generator (xorshift), so the benchmark needs no extra dependency.
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 pub async fn run(target: &Target, args: BenchArgs) -> Result<std::process::ExitCode, ClientError> {
     match args.workload {
         Workload::ElectionFailover { ttl } => {
-            return election_failover(target, args.total, ttl, args.json).await;
+            return election::election_failover(target, args.total, ttl, args.json).await;
         }
         Workload::Watch {
             watchers,
@@ -435,14 +414,6 @@ pub async fn run(target: &Target, args: BenchArgs) -> Result<std::process::ExitC
     Ok(exit_code(healthy))
 }
 
-fn exit_code(healthy: bool) -> std::process::ExitCode {
-    if healthy {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::FAILURE
-    }
-}
-
 /// Reads every acknowledged key back: it must hold the acknowledged value at its revision, or a
 /// newer write. Returns how many do not.
 async fn verify_writes(
@@ -472,38 +443,6 @@ async fn verify_writes(
         }
     }
     Ok(wrong)
-}
-
-/// `size` random bytes from `seed`. Values are random, as etcd's benchmark tool makes them: a
-/// run of one letter compresses to nothing in Synod's Raft log (raft-engine compresses write
-/// batches) and not in etcd's, which would flatter Synod.
-fn random_bytes(seed: u64, size: usize) -> Vec<u8> {
-    let mut random = Random(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-    let mut bytes = Vec::with_capacity(size + 8);
-    while bytes.len() < size {
-        bytes.extend_from_slice(&random.next().to_le_bytes());
-    }
-    bytes.truncate(size);
-    bytes
-}
-
-/// A value of `size` random bytes that names operation `n` (so `--verify` can tell writes
-/// apart).
-fn value_of(n: u64, size: usize) -> Vec<u8> {
-    let mut value = random_bytes(n, size);
-    let tag = n.to_string().into_bytes();
-    let len = tag.len().min(size);
-    value[..len].copy_from_slice(&tag[..len]);
-    value
-}
-
-fn pick_key(random: &mut Random, n: u64, space: u64, sequential: bool) -> u64 {
-    let space = space.max(1);
-    if sequential {
-        n % space
-    } else {
-        random.next() % space
-    }
 }
 
 impl Workload {
@@ -679,84 +618,6 @@ async fn one(
     Ok(())
 }
 
-async fn progress_bar(issued: Arc<AtomicU64>, total: u64, quiet: bool) {
-    use std::io::{IsTerminal, Write};
-    if quiet || !std::io::stderr().is_terminal() {
-        return;
-    }
-    loop {
-        let done = issued.load(Ordering::Relaxed).min(total);
-        let width = 40;
-        let filled = (done * width / total.max(1)) as usize;
-        eprint!(
-            "\r[{}{}] {done}/{total}",
-            "#".repeat(filled),
-            " ".repeat(width as usize - filled)
-        );
-        let _ = std::io::stderr().flush();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// What a workload measured.
-struct Summary<'a> {
-    name: &'static str,
-    clients: usize,
-    histogram: &'a Histogram<u64>,
-    failed: u64,
-    elapsed: Duration,
-    /// Workload-specific counts (events, missing events, lost leases, verify failures).
-    extra: serde_json::Map<String, serde_json::Value>,
-}
-
-impl Summary<'_> {
-    fn print(&self, json: bool) {
-        let histogram = self.histogram;
-        let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
-        let throughput = histogram.len() as f64 / self.elapsed.as_secs_f64();
-        if json {
-            let mut value = serde_json::json!({
-                "workload": self.name,
-                "clients": self.clients,
-                "ok": histogram.len(),
-                "failed": self.failed,
-                "seconds": self.elapsed.as_secs_f64(),
-                "throughput": throughput,
-                "p50_ms": ms(0.5),
-                "p90_ms": ms(0.9),
-                "p99_ms": ms(0.99),
-                "p999_ms": ms(0.999),
-                "max_ms": histogram.max() as f64 / 1000.0,
-            });
-            if let Some(object) = value.as_object_mut() {
-                object.extend(self.extra.clone());
-            }
-            println!("{value}");
-            return;
-        }
-        eprintln!();
-        println!("Summary ({}, {} clients):", self.name, self.clients);
-        println!("  Total:      {:.4} secs", self.elapsed.as_secs_f64());
-        println!(
-            "  Requests:   {} ok, {} failed",
-            histogram.len(),
-            self.failed
-        );
-        println!("  Throughput: {throughput:.1} per sec");
-        println!(
-            "  Latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
-            ms(0.5),
-            ms(0.9),
-            ms(0.99),
-            ms(0.999),
-            histogram.max() as f64 / 1000.0
-        );
-        for (name, value) in &self.extra {
-            println!("  {name}: {value}");
-        }
-    }
-}
-
 /// Opens the connections, reads once on each, says so on stdout, then holds them idle.
 async fn idle(
     target: &Target,
@@ -767,10 +628,8 @@ async fn idle(
     use std::io::Write;
     let count = if conns == 0 { clients } else { conns }.max(1);
     let started = Instant::now();
-    let mut connections = Vec::with_capacity(count);
-    for i in 0..count {
-        let endpoint = &target.endpoints[i % target.endpoints.len()];
-        let client = Client::connect(endpoint, target.dial.clone()).await?;
+    let connections = connect_all(target, count, 0).await?;
+    for client in &connections {
         client
             .kv()
             .range(RangeRequest {
@@ -779,7 +638,6 @@ async fn idle(
                 ..RangeRequest::default()
             })
             .await?;
-        connections.push(client);
     }
     let ready = serde_json::json!({
         "workload": "idle",
@@ -791,91 +649,4 @@ async fn idle(
     tokio::time::sleep(Duration::from_secs(hold_secs)).await;
     drop(connections);
     Ok(std::process::ExitCode::SUCCESS)
-}
-
-/// Rounds of: two campaigners on leases of `ttl`; the leader "dies" (its lease is no longer
-/// renewed); measure until the other is elected. Works against etcd and Synod alike.
-async fn election_failover(
-    target: &Target,
-    rounds: u64,
-    ttl: i64,
-    json: bool,
-) -> Result<std::process::ExitCode, ClientError> {
-    let client = Client::connect(&target.endpoints[0], target.dial.clone()).await?;
-    let mut histogram = new_histogram()?;
-    let started = Instant::now();
-    for round in 0..rounds {
-        let name = format!("bench-election-{round}-{}", std::process::id()).into_bytes();
-        let first_lease = client
-            .lease()
-            .lease_grant(LeaseGrantRequest { ttl, id: 0 })
-            .await?
-            .into_inner()
-            .id;
-        // The first campaigner renews its lease this once (the grant) and never again: it dies
-        // now, and failover is measured from here. The second's session is kept alive.
-        let died = Instant::now();
-        let second = Session::new(&client, ttl).await?;
-        client
-            .election()
-            .campaign(CampaignRequest {
-                name: name.clone(),
-                lease: first_lease,
-                value: b"first".to_vec(),
-            })
-            .await?;
-        let mut election = client.election();
-        let campaign = election.campaign(CampaignRequest {
-            name: name.clone(),
-            lease: second.lease(),
-            value: b"second".to_vec(),
-        });
-        tokio::time::timeout(Duration::from_secs((ttl as u64) * 5 + 10), campaign)
-            .await
-            .map_err(|_| other("the second campaigner was never elected"))??;
-        let took = died.elapsed();
-        let leader = client
-            .election()
-            .leader(LeaderRequest { name })
-            .await?
-            .into_inner();
-        if leader.kv.map(|kv| kv.value) != Some(b"second".to_vec()) {
-            return Err(other("the second campaigner won but is not the leader"));
-        }
-        let _ = second.close().await;
-        let _ = histogram.record((took.as_micros() as u64).max(1));
-    }
-    Summary {
-        name: Workload::ElectionFailover { ttl }.name(),
-        clients: 1,
-        histogram: &histogram,
-        failed: 0,
-        elapsed: started.elapsed(),
-        extra: serde_json::Map::new(),
-    }
-    .print(json);
-    Ok(std::process::ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Goal: benchmark values do not compress (a run of one letter cost Synod's compressed log
-    /// nothing and etcd's WAL its full size; TRACK_RECORD.md, row 69). No byte value may stand
-    /// out the way a repeated letter does: 4 KiB of uniform bytes hold each about 16 times.
-    #[test]
-    fn values_are_random_bytes() {
-        for n in [0, 1, 12_345] {
-            let value = value_of(n, 4096);
-            assert_eq!(value.len(), 4096);
-            let mut counts = [0_u32; 256];
-            for byte in &value {
-                counts[*byte as usize] += 1;
-            }
-            let most = counts.iter().max().copied().unwrap_or(0);
-            assert!(most < 64, "value {n}: one byte value {most} times of 4096");
-        }
-        assert_ne!(value_of(1, 64), value_of(2, 64));
-    }
 }
