@@ -6,7 +6,6 @@
 //! safe because the Raft log is the durability point: after a crash redb reverts to its last
 //! durable commit, whose applied index says where WAL replay starts (etcd's `cindex`).
 
-use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -15,7 +14,7 @@ use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use synod_api::synodpb::MemberRecord;
 
-use crate::disk::{Boxed, Disk, RealDisk};
+use crate::disk::{Disk, RealDisk};
 use crate::error::StorageError;
 
 /// Key history: revision bytes (see [`crate::mvcc::revision`]) to an encoded `mvccpb.KeyValue`.
@@ -315,14 +314,13 @@ impl Backend {
         Ok(members)
     }
 
-    /// Makes the snapshot file at `path` (the leader's state machine, received whole and synced)
-    /// this member's state-machine file: its rows are written once, by the leader. Once every
-    /// page's checksum has been checked, the file is given this member's own id and boot epoch and `conf_state` (the snapshot's Raft
-    /// configuration, encoded) in one durable commit, then renamed over the state-machine file,
-    /// and the database is swapped under the readers. A crash before the rename leaves the old
-    /// file (the snapshot is asked for again); after it, the new one is whole. The caller holds
-    /// whatever locks keep readers from mixing old and new contents (see
-    /// `KvStore::restore_from`).
+    /// Makes the snapshot file at `path` (built on this member from the leader's rows, see
+    /// `snapshot::build_from_rows`) this member's state-machine file. The file is given this
+    /// member's own id and boot epoch and `conf_state` (the snapshot's Raft configuration,
+    /// encoded) in one durable commit, then renamed over the state-machine file, and the
+    /// database is swapped under the readers. A crash before the rename leaves the old file (the
+    /// snapshot is asked for again); after it, the new one is whole. The caller holds whatever
+    /// locks keep readers from mixing old and new contents (see `KvStore::restore_from`).
     pub fn install_snapshot_file(
         &self,
         path: &Path,
@@ -336,8 +334,6 @@ impl Backend {
         };
         let storage = (self.open_storage)(path)
             .map_err(|e| StorageError::open(path, format!("snapshot file is unreadable: {e}")))?;
-        // Every page's checksum is checked before the file is trusted as the state machine
-        // (from the page cache, as it was just written).
         let storage = Counted {
             storage,
             changes: self.changes.clone(),
@@ -401,28 +397,6 @@ impl Backend {
     }
 }
 
-/// Writes every table as `tx` sees it into a new file at `path`: the state-machine snapshot sent
-/// to a follower that is too far behind for the log. Runs on any thread: `tx` is a consistent
-/// view, so the node keeps applying while the copy is made.
-pub fn export(
-    disk: &dyn Disk,
-    tx: &redb::ReadTransaction,
-    path: &Path,
-) -> Result<(), StorageError> {
-    disk.remove(path).map_err(|e| StorageError::open(path, e))?;
-    let storage = disk
-        .storage(path)
-        .map_err(|e| StorageError::open(path, e))?;
-    let target = Database::builder()
-        .create_with_backend(Boxed(storage))
-        .map_err(|e| StorageError::open(path, e))?;
-    let mut out = target.begin_write().map_err(StorageError::backend)?;
-    copy_tables(tx, &out)?;
-    out.set_durability(redb::Durability::Immediate)
-        .map_err(StorageError::backend)?;
-    out.commit().map_err(StorageError::backend)
-}
-
 /// Creates every table `db` lacks (a file from an older version, a snapshot from a leader that
 /// has not written one yet) and drops those no longer used.
 fn with_tables(db: &Database) -> Result<(), StorageError> {
@@ -443,48 +417,6 @@ fn with_tables(db: &Database) -> Result<(), StorageError> {
     tx.commit().map_err(StorageError::backend)
 }
 
-/// Copies every table from `from` into `to`, whose tables are empty.
-fn copy_tables(
-    from: &redb::ReadTransaction,
-    to: &redb::WriteTransaction,
-) -> Result<(), StorageError> {
-    fn copy<K: redb::Key + 'static, V: redb::Value + 'static>(
-        from: &redb::ReadTransaction,
-        to: &redb::WriteTransaction,
-        definition: TableDefinition<K, V>,
-    ) -> Result<(), StorageError> {
-        let mut target = to.open_table(definition).map_err(StorageError::backend)?;
-        let source = match from.open_table(definition) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-            Err(error) => return Err(StorageError::backend(error)),
-        };
-        // The target is empty (a fresh file) and the source iterates in
-        // key order, so every row goes in at the end through one cursor: redb buffers such runs
-        // and splices them in, about 3x faster than one `insert` per row.
-        let mut cursor = target
-            .upper_bound_mut(Bound::<K::SelfType<'_>>::Unbounded)
-            .map_err(StorageError::backend)?;
-        for entry in source.iter().map_err(StorageError::backend)? {
-            let (key, value) = entry.map_err(StorageError::backend)?;
-            cursor
-                .insert_before(key.value(), value.value())
-                .map_err(StorageError::backend)?;
-        }
-        cursor.close().map_err(StorageError::backend)
-    }
-    copy(from, to, KEY)?;
-    copy(from, to, VALUE)?;
-    copy(from, to, META)?;
-    copy(from, to, LEASE)?;
-    copy(from, to, MEMBERS)?;
-    copy(from, to, ALARM)?;
-    copy(from, to, REMOVED)?;
-    copy(from, to, AUTH_USERS)?;
-    copy(from, to, AUTH_ROLES)?;
-    copy(from, to, APPLIED_REQUESTS)
-}
-
 /// redb's page cache. The operating system's page cache holds the file as well, so a larger one
 /// mostly duplicates it: with 1,000,000 keys, 256 MiB of cache was a third of the member's RSS
 /// and made the initial load no faster (docs/PERFORMANCE.md).
@@ -496,7 +428,10 @@ enum Checked {
     /// The state-machine file: a torn last commit is rolled back to the previous intact one,
     /// which is safe, since the Raft log replays everything after its applied index.
     StateMachine,
-    /// A snapshot received from the leader: a repair would roll it back, so it is refused.
+    /// A snapshot this member built from the leader's rows (`snapshot::build_from_rows`): the
+    /// rows came under a checksum and this member's redb wrote and closed the file, so its pages
+    /// are not read again; but one redb would have to repair (a repair would roll it back) is
+    /// refused.
     Snapshot,
 }
 
@@ -519,10 +454,17 @@ fn open_checked(
     let what = checked.name();
     let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
         || -> Result<Database, StorageError> {
-            let mut db =
-                create(Database::builder().set_cache_size(CACHE_BYTES)).map_err(|source| {
-                    StorageError::open(path, format!("{what} is unreadable: {source}"))
-                })?;
+            let mut builder = Database::builder();
+            builder.set_cache_size(CACHE_BYTES);
+            if let Checked::Snapshot = checked {
+                builder.set_repair_callback(redb::RepairSession::abort);
+            }
+            let mut db = create(&mut builder).map_err(|source| {
+                StorageError::open(path, format!("{what} is unreadable: {source}"))
+            })?;
+            if let Checked::Snapshot = checked {
+                return Ok(db);
+            }
             match (db.check_integrity(), checked) {
                 (Ok(true), _) => {}
                 (Ok(false), Checked::StateMachine) => tracing::warn!(
@@ -670,7 +612,7 @@ mod tests {
         );
     }
 
-    /// Goal: an installed snapshot file becomes the state-machine file, under this member's own
+    /// Goal: a snapshot file built from the leader's rows becomes the state-machine file, under this member's own
     /// id and boot epoch with the snapshot's configuration; a read begun before the install goes
     /// on reading the old state to its end; and the file at the state machine's path is the new
     /// one when reopened.
@@ -691,7 +633,15 @@ mod tests {
             .expect("bootstrap");
         put_meta(&leader, META_APPLIED_INDEX, 500);
         let snapshot = dir.path().join("snapshot.db");
-        export(&RealDisk, &leader.begin_read().expect("read"), &snapshot).expect("export");
+        let view = leader.begin_read().expect("read");
+        let mut chunks = Vec::new();
+        crate::snapshot::send_rows(&view, 1 << 20, &mut |chunk| {
+            chunks.push(chunk);
+            true
+        })
+        .expect("stream");
+        crate::snapshot::build_from_rows(&RealDisk, &snapshot, &mut chunks.into_iter())
+            .expect("build");
 
         let before = follower.begin_read().expect("read");
         follower

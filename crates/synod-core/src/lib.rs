@@ -33,6 +33,7 @@ pub mod mvcc;
 pub mod node;
 pub mod planted;
 pub mod raft_log;
+pub mod snapshot;
 pub mod watch;
 pub mod zk;
 

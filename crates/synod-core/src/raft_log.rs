@@ -368,6 +368,11 @@ impl<F: FileSystem> RaftLog<F> {
         self.available.as_ref()
     }
 
+    /// Stops offering the available snapshot; returns it.
+    pub fn take_available_snapshot(&mut self) -> Option<Snapshot> {
+        self.available.take()
+    }
+
     /// The term of the entry at `index`, if the log still holds it (or it is the compaction point).
     pub fn term_at(&self, index: u64) -> Option<u64> {
         self.term(index).ok()

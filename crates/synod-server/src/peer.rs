@@ -17,6 +17,7 @@ use synod_api::synodpb::{
     MemberChangeForward, MemberChangeForwarded, PeerAck, PeerHashKvRequest, PeerStatus,
     PeerStatusRequest, RaftBatch, SnapshotChunk, member_change_forward,
 };
+use synod_core::disk::RealDisk;
 use tonic::Status;
 
 use crate::error::{Failure, ServerError};
@@ -78,20 +79,61 @@ fn decode(bytes: &[u8]) -> Result<Message, Status> {
         .map_err(|e| Failure::BadPeerRequest(format!("undecodable raft message: {e}")).into())
 }
 
-/// Writes a received snapshot to `path` through a `.part` file, refusing one larger than
-/// `bytes_max`; a failed or refused transfer leaves no file behind.
-async fn write_snapshot(
+/// Builds this member's snapshot file at `path` from the rows of a received snapshot stream
+/// (`synod_core::snapshot::build_from_rows`), written on a blocking thread as the chunks arrive,
+/// through a `.part` file; refuses a stream longer than `bytes_max`. A failed or refused
+/// transfer leaves no file behind.
+async fn build_snapshot(
     path: &Path,
     first_data: Vec<u8>,
     chunks: &mut (impl Stream<Item = Result<SnapshotChunk, Status>> + Unpin),
     bytes_max: u64,
-) -> Result<(), Status> {
+) -> Result<u64, Status> {
     let partial = PartialFile(path.with_extension("part"));
-    write_partial(&partial.0, first_data, chunks, bytes_max).await?;
+    let (feed, mut rows) = tokio::sync::mpsc::channel::<Vec<u8>>(SNAPSHOT_CHUNKS_QUEUED);
+    let target = partial.0.clone();
+    let builder = tokio::task::spawn_blocking(move || {
+        synod_core::snapshot::build_from_rows(
+            &RealDisk,
+            &target,
+            &mut std::iter::from_fn(|| rows.blocking_recv()),
+        )
+    });
+    let forwarded = async {
+        let mut received = 0u64;
+        let mut data = first_data;
+        loop {
+            received += data.len() as u64;
+            if received > bytes_max {
+                return Err(Status::from(Failure::BadPeerRequest(format!(
+                    "snapshot larger than {bytes_max} bytes (the backend quota and room to spare)"
+                ))));
+            }
+            if feed.send(data).await.is_err() {
+                // The builder stopped: its error says why.
+                return Ok(());
+            }
+            match chunks.next().await {
+                Some(chunk) => data = chunk?.data,
+                None => return Ok(()),
+            }
+        }
+    }
+    .await;
+    drop(feed);
+    let built = builder
+        .await
+        .map_err(|e| Status::from(Failure::operation("building the snapshot", e)))?;
+    forwarded?;
+    let rows = built.map_err(|e| Status::from(Failure::operation("building the snapshot", e)))?;
     tokio::fs::rename(&partial.0, path)
         .await
-        .map_err(|e| Status::from(Failure::operation("writing the snapshot", e)))
+        .map_err(|e| Status::from(Failure::operation("building the snapshot", e)))?;
+    Ok(rows)
 }
+
+/// Snapshot chunks received ahead of the builder.
+const SNAPSHOT_CHUNKS_QUEUED: usize = 4;
 
 /// A `.part` file, removed when dropped: whether the transfer fails, is refused, or is dropped
 /// with its connection (the handler's future is then never resumed), nothing is left behind.
@@ -102,37 +144,6 @@ impl Drop for PartialFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
-}
-
-async fn write_partial(
-    partial: &Path,
-    first_data: Vec<u8>,
-    chunks: &mut (impl Stream<Item = Result<SnapshotChunk, Status>> + Unpin),
-    bytes_max: u64,
-) -> Result<(), Status> {
-    use tokio::io::AsyncWriteExt;
-    let io = |e: std::io::Error| Status::from(Failure::operation("writing the snapshot", e));
-    let too_large = || {
-        Status::from(Failure::BadPeerRequest(format!(
-            "snapshot larger than {bytes_max} bytes (the backend quota and room to spare)"
-        )))
-    };
-    let mut written = first_data.len() as u64;
-    if written > bytes_max {
-        return Err(too_large());
-    }
-    let mut file = tokio::fs::File::create(partial).await.map_err(io)?;
-    file.write_all(&first_data).await.map_err(io)?;
-    while let Some(chunk) = chunks.next().await {
-        let data = chunk?.data;
-        written += data.len() as u64;
-        if written > bytes_max {
-            return Err(too_large());
-        }
-        file.write_all(&data).await.map_err(io)?;
-    }
-    file.sync_all().await.map_err(io)?;
-    Ok(())
 }
 
 #[tonic::async_trait]
@@ -196,6 +207,15 @@ impl Peer for PeerService {
         if self.member.transport().faults.is_blocked(first.from) {
             return Err(Failure::Partitioned.into());
         }
+        if first.format != synod_core::snapshot::FORMAT {
+            return Err(Failure::PeerRefused(format!(
+                "a snapshot in format {} from a member of another Synod version (this one takes \
+                 format {}); run one version on every member",
+                first.format,
+                synod_core::snapshot::FORMAT
+            ))
+            .into());
+        }
         let mut message = decode(&first.message)?;
         if message.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot {
             return Err(Failure::BadPeerRequest("not a snapshot message".to_owned()).into());
@@ -222,8 +242,8 @@ impl Peer for PeerService {
         // A snapshot is the state-machine file: it cannot be larger than the quota allows.
         let quota = self.member.config.quota_backend_bytes;
         let bytes_max = quota + quota / 4 + (16 << 20);
-        write_snapshot(&path, first.data, &mut chunks, bytes_max).await?;
-        tracing::info!(index, file = %path.display(), "received a snapshot");
+        let rows = build_snapshot(&path, first.data, &mut chunks, bytes_max).await?;
+        tracing::info!(index, rows, file = %path.display(), "received a snapshot");
         message.mut_snapshot().data = path.display().to_string().into_bytes().into();
         self.member.step(message);
         Ok(tonic::Response::new(PeerAck {}))

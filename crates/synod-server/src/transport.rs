@@ -3,11 +3,11 @@
 //! blocks: a full queue drops the message and tells Raft the peer is unreachable, which is all
 //! the backpressure Raft needs), drained into batches as the body of one long-lived client
 //! stream, and a task that reopens the stream with backoff when it breaks. Snapshots go on a
-//! stream of their own, in chunks, so a large state-machine file never holds up heartbeats.
+//! stream of their own, as rows read from a kept view (`synod_core::snapshot`), so a large state
+//! machine never holds up heartbeats.
 //! Requests a follower forwards to the leader use the same link's channel (see `peer`).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
@@ -18,10 +18,10 @@ use std::time::Duration;
 use raft::eraftpb::{Message, MessageType};
 use synod_api::synodpb::peer_client::PeerClient;
 use synod_api::synodpb::{ClusterRequest, ClusterResponse, RaftBatch, SnapshotChunk};
-use synod_core::backend::Backend;
+use synod_core::backend::{Backend, ReadTxn};
 use synod_core::driver::Input;
+use synod_core::snapshot;
 use synod_tls::ClientTls;
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -36,6 +36,8 @@ const BATCH_MESSAGES_MAX: usize = 512;
 const BATCH_BYTES_MAX: usize = 2 << 20;
 /// Size of one snapshot chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Snapshot chunks read ahead of the peer.
+const SNAPSHOT_CHUNKS_QUEUED: usize = 4;
 /// Largest message the peer service accepts: a batch, or a snapshot chunk, with room to spare.
 pub const PEER_MESSAGE_BYTES_MAX: usize = 16 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -60,6 +62,8 @@ pub struct Transport {
     tls: Option<Arc<ClientTls>>,
     /// Faults switched on by tests (nothing, in a build without `fault-injection`).
     pub faults: crate::faults::Faults,
+    /// Views offered to followers as snapshots, by name.
+    snapshots: Mutex<HashMap<String, Arc<ReadTxn>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -119,6 +123,7 @@ impl Transport {
             links: Mutex::new(HashMap::new()),
             tls,
             faults: crate::faults::Faults::default(),
+            snapshots: Mutex::new(HashMap::new()),
         })
     }
 
@@ -257,51 +262,58 @@ impl Transport {
         }
     }
 
-    /// Streams a snapshot message and the file its data names; returns whether the peer took it.
+    /// Keeps the view of a snapshot offered to followers under `name` (what its Raft snapshot's
+    /// data says), for [`Transport::send_snapshot`] to stream.
+    pub fn keep_snapshot(&self, name: String, view: ReadTxn) {
+        lock(&self.snapshots).insert(name, Arc::new(view));
+    }
+
+    /// Lets go of a snapshot's view: transfers still streaming it hold their own reference.
+    pub fn drop_snapshot(&self, name: &str) {
+        lock(&self.snapshots).remove(name);
+    }
+
+    /// Streams a snapshot message and the rows of the view its data names, read on a blocking
+    /// thread as the peer takes them; returns whether the peer took it all.
     async fn send_snapshot(
         &self,
         peer: u64,
         mut client: PeerClient<Channel>,
         message: Message,
     ) -> bool {
-        let path = PathBuf::from(String::from_utf8_lossy(&message.get_snapshot().data).as_ref());
-        let mut file = match tokio::fs::File::open(&path).await {
-            Ok(file) => file,
-            Err(error) => {
-                tracing::warn!(file = %path.display(), %error, "cannot open the snapshot to send");
-                return false;
-            }
+        let name = String::from_utf8_lossy(&message.get_snapshot().data).into_owned();
+        let Some(view) = lock(&self.snapshots).get(&name).cloned() else {
+            tracing::warn!(snapshot = %name, "the snapshot to send was let go; Raft asks for a new one");
+            return false;
         };
         let Ok(encoded) = protobuf::Message::write_to_bytes(&message) else {
             return false;
         };
-        let (chunks, stream) = mpsc::channel::<SnapshotChunk>(4);
+        let (chunks, stream) = mpsc::channel::<SnapshotChunk>(SNAPSHOT_CHUNKS_QUEUED);
         let (cluster_id, from) = (self.cluster_id, self.member_id);
-        let reader = tokio::spawn(async move {
+        let reader = tokio::task::spawn_blocking(move || {
             let mut first = Some(encoded);
-            loop {
-                let mut data = vec![0; SNAPSHOT_CHUNK_BYTES];
-                let read = match file.read(&mut data).await {
-                    Ok(read) => read,
-                    Err(_) => return false,
-                };
-                data.truncate(read);
+            let sent = snapshot::send_rows(&view, SNAPSHOT_CHUNK_BYTES, &mut |data| {
+                let message = first.take();
                 let chunk = SnapshotChunk {
                     cluster_id,
                     from,
                     to: peer,
-                    message: first.take().unwrap_or_default(),
+                    format: if message.is_some() {
+                        snapshot::FORMAT
+                    } else {
+                        0
+                    },
+                    message: message.unwrap_or_default(),
                     data,
                 };
-                if read == 0 {
-                    // The end: an empty chunk (or the message alone, for an empty file).
-                    if !chunk.message.is_empty() {
-                        return chunks.send(chunk).await.is_ok();
-                    }
-                    return true;
-                }
-                if chunks.send(chunk).await.is_err() {
-                    return false;
+                chunks.blocking_send(chunk).is_ok()
+            });
+            match sent {
+                Ok(sent) => sent,
+                Err(error) => {
+                    tracing::error!(%error, "reading the snapshot's rows failed");
+                    false
                 }
             }
         });

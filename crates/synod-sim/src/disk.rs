@@ -278,23 +278,6 @@ impl synod_core::disk::Disk for SimDisk {
     }
 }
 
-impl SimDisk {
-    /// Copies the file at `path` to `target_path` on `target`, written and synced there: a
-    /// snapshot file received over the peer stream (which fails as the target's disk fails).
-    pub fn copy_to(&self, path: &Path, target: &SimDisk, target_path: &Path) -> io::Result<()> {
-        let Some(source) = self.file(path) else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "no such snapshot file",
-            ));
-        };
-        let data = lock(&source).current.clone();
-        let file = target.create_file(target_path, false);
-        target.write_at(&file, 0, &data)?;
-        target.sync_file(&file)
-    }
-}
-
 /// raft-engine's view of a [`SimDisk`].
 #[derive(Debug, Clone)]
 pub struct SimFs {

@@ -118,8 +118,8 @@ pub struct TurnInput {
     /// Membership changes (request id, kind, the member), as a client asks for them.
     pub conf_changes: Vec<(u64, MemberChangeKind, MemberRecord)>,
     pub reports: Vec<PeerReport>,
-    /// Where a follower snapshot goes, if Raft asks for one this turn.
-    pub snapshot_path: PathBuf,
+    /// The name of a follower snapshot's view, if Raft asks for one this turn.
+    pub snapshot_name: String,
     /// Crash the member when its turn reaches this point (its disk takes nothing after it).
     pub crash_at: Option<FaultPoint>,
 }
@@ -146,6 +146,9 @@ pub struct TurnOutput {
     pub stopped: Option<String>,
     /// The member crashed at the fault point it was given; the rest of the turn is lost.
     pub crashed_at: Option<FaultPoint>,
+    /// The snapshot views the member keeps are not exactly the one it offers followers: one it
+    /// let go is still kept (pinning pages), or the one it offers is gone.
+    pub views_astray: Option<String>,
 }
 
 /// A member's state as the checkers see it after a turn.
@@ -165,9 +168,14 @@ struct Resident {
     /// Linearizable gets waiting for their read barrier: token → key (as a handler waits).
     reads: std::collections::BTreeMap<u64, Vec<u8>>,
     disk: SimDisk,
+    /// Views offered to followers as snapshots, by name (as the server's transport keeps them).
+    views: std::collections::BTreeMap<String, synod_core::backend::ReadTxn>,
 }
 
 type Job = Box<dyn FnOnce(&mut Option<Resident>) + Send>;
+
+/// Snapshot chunks in the simulation: small, so that rows straddle them.
+const SNAPSHOT_CHUNK_BYTES: usize = 4096;
 
 /// One incarnation of a member process.
 pub struct Host {
@@ -246,6 +254,7 @@ impl Host {
                 collector,
                 reads: std::collections::BTreeMap::new(),
                 disk: start.disk.clone(),
+                views: std::collections::BTreeMap::new(),
             });
             Ok::<MemberState, String>(state)
         })??;
@@ -306,6 +315,24 @@ impl Host {
             }
             turn
         })
+    }
+
+    /// The rows of the snapshot view `name`, as the server's transport streams them to a
+    /// follower (in small chunks, so records straddle them); none if the view was let go.
+    pub fn snapshot_rows(&self, name: String) -> Result<Option<Vec<Vec<u8>>>, String> {
+        self.call(move |resident| {
+            let resident = resident.as_ref().ok_or("not running")?;
+            let Some(view) = resident.views.get(&name) else {
+                return Ok(None);
+            };
+            let mut chunks = Vec::new();
+            synod_core::snapshot::send_rows(view, SNAPSHOT_CHUNK_BYTES, &mut |chunk| {
+                chunks.push(chunk);
+                true
+            })
+            .map_err(|e| e.to_string())?;
+            Ok(Some(chunks))
+        })?
     }
 
     /// (applied index, revision, HashKV) for the agreement check.
@@ -432,13 +459,24 @@ fn run_turn(
         .map_err(|e| e.to_string())?;
     turn.synced = resident.disk.counters().0 > syncs_before;
     if let Some(job) = out.snapshot_job.take() {
-        // The server writes it on a thread of its own; here it is ready at once. The file is on
-        // the member's simulated disk, like everything else it writes.
-        let snapshot = job.write(&input.snapshot_path).ok();
-        driver.handle(Input::SnapshotReady(snapshot), &mut out);
+        // The server keeps the view for its transport; here the world streams it when the
+        // snapshot message is delivered (see `Host::snapshot_rows`).
+        let (snapshot, view) = job.into_parts(&input.snapshot_name);
+        resident.views.insert(input.snapshot_name.clone(), view);
+        driver.handle(Input::SnapshotReady(Some(snapshot)), &mut out);
     }
-    if let Some(file) = out.obsolete_snapshot.take() {
-        let _ = synod_core::disk::Disk::remove(&resident.disk, Path::new(&file));
+    for name in out.obsolete_snapshots.drain(..) {
+        resident.views.remove(&name);
+    }
+    let offered = driver
+        .node()
+        .available_snapshot()
+        .map(|snapshot| String::from_utf8_lossy(&snapshot.data).into_owned());
+    if !resident.views.keys().eq(offered.iter()) {
+        turn.views_astray = Some(format!(
+            "keeps snapshot views {:?} but offers {offered:?}",
+            resident.views.keys().collect::<Vec<_>>()
+        ));
     }
     let node = driver.node();
     for Reply { id, outcome } in out.replies {

@@ -288,9 +288,14 @@ pub struct SnapshotChunk {
     /// The encoded eraftpb.Message (MsgSnapshot); only in the first chunk.
     #[prost(bytes = "vec", tag = "4")]
     pub message: ::prost::alloc::vec::Vec<u8>,
-    /// The next piece of the state-machine file.
+    /// The next piece of the state machine's rows, in the stream format of
+    /// synod_core::snapshot (cut anywhere).
     #[prost(bytes = "vec", tag = "5")]
     pub data: ::prost::alloc::vec::Vec<u8>,
+    /// SNAPSHOT_FORMAT_ROWS in the first chunk. Members before it sent the state-machine
+    /// file itself, and left this 0.
+    #[prost(uint32, tag = "6")]
+    pub format: u32,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PeerAck {}

@@ -74,8 +74,8 @@ pub enum Input {
     Unreachable(u64),
     /// How sending a snapshot to a peer ended.
     SnapshotStatus { peer: u64, delivered: bool },
-    /// A snapshot asked for in [`Output::snapshot_job`] was written (`data` names its file), or
-    /// writing it failed.
+    /// The snapshot of a job asked for in [`Output::snapshot_job`] (`data` names its view), or
+    /// none, if keeping the view failed.
     SnapshotReady(Option<Snapshot>),
     /// One unit of logical time passed.
     Tick,
@@ -141,12 +141,12 @@ impl From<ProposeError> for DriverError {
 #[derive(Debug, Default)]
 pub struct Output {
     pub replies: Vec<Reply>,
-    /// Raft wants a state-machine snapshot for a follower: write it (off the loop) and hand it
-    /// back with [`Input::SnapshotReady`].
+    /// Raft wants a state-machine snapshot for a follower: keep the job's view under a name of
+    /// its own and hand its snapshot back with [`Input::SnapshotReady`].
     pub snapshot_job: Option<SnapshotJob>,
-    /// A snapshot file that is no longer offered to followers and may be deleted (a transfer
-    /// still reading it keeps its open handle).
-    pub obsolete_snapshot: Option<String>,
+    /// Snapshots no longer offered to followers, by name: their views may be dropped (a
+    /// transfer still streaming one keeps its own reference).
+    pub obsolete_snapshots: Vec<String>,
     /// A configuration change removed this member: it must stop serving.
     pub removed: bool,
     /// The member list changed: peer links should follow it.
@@ -490,13 +490,20 @@ impl<F: FileSystem> Driver<F> {
         let fresh = snapshot.is_some();
         self.node.offer_snapshot(snapshot);
         let current = file(self.node.available_snapshot());
-        if fresh && previous.is_some() && previous != current {
-            out.obsolete_snapshot = previous;
+        if let Some(previous) = previous
+            && fresh
+            && Some(&previous) != current.as_ref()
+        {
+            out.obsolete_snapshots.push(previous);
         }
     }
 
     fn tick(&mut self, out: &mut Output) {
         self.node.tick();
+        if let Some(released) = self.node.release_idle_snapshot() {
+            out.obsolete_snapshots
+                .push(String::from_utf8_lossy(&released.data).into_owned());
+        }
         let now = self.node.now_tick();
         let max = self.config.pending_ticks_max;
         let expired = |registered: u64| now.saturating_sub(registered) > max;

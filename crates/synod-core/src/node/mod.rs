@@ -106,24 +106,23 @@ pub struct RaftView {
     pub last_index: u64,
 }
 
-/// A consistent view of the state machine to be written out as a snapshot, and the Raft metadata
-/// that describes it.
+/// A consistent view of the state machine, to be streamed to followers as a snapshot
+/// (`crate::snapshot::send_rows`), and the Raft metadata that describes it.
 pub struct SnapshotJob {
     pub view: crate::backend::ReadTxn,
     pub metadata: SnapshotMetadata,
-    disk: Arc<dyn crate::disk::Disk>,
 }
 
 impl SnapshotJob {
-    /// Writes the snapshot file at `path` (on any thread: the view is consistent) and returns the
-    /// Raft snapshot that names it, to hand back with [`Node::offer_snapshot`].
-    pub fn write(self, path: &std::path::Path) -> Result<Snapshot, StorageError> {
-        crate::backend::export(&*self.disk, &self.view, path)?;
-        drop(self.view);
+    /// The Raft snapshot that names this view `name`, to hand back with
+    /// [`Node::offer_snapshot`], and the view. The owner keeps the view under that name, and
+    /// streams it to each follower a `MsgSnapshot` naming it goes to, until the driver's
+    /// `obsolete_snapshot` names it.
+    pub fn into_parts(self, name: &str) -> (Snapshot, crate::backend::ReadTxn) {
         let mut snapshot = Snapshot::default();
         snapshot.set_metadata(self.metadata);
-        snapshot.data = path.display().to_string().into_bytes().into();
-        Ok(snapshot)
+        snapshot.data = name.as_bytes().to_vec().into();
+        (snapshot, self.view)
     }
 }
 
@@ -161,6 +160,8 @@ pub struct Node<F: FileSystem = DefaultFileSystem> {
     role: StateRole,
     /// A [`SnapshotJob`] was handed out and its snapshot has not come back yet.
     snapshot_in_progress: bool,
+    /// The tick the available snapshot was offered at.
+    snapshot_offered_at: Option<u64>,
     trace_applied: bool,
     /// Set by the simulator: election timeouts drawn from this seed instead of a thread RNG.
     election_seed: Option<ElectionSeed>,
@@ -261,6 +262,7 @@ impl<F: FileSystem> Node<F> {
             reads_waiting: VecDeque::new(),
             role: StateRole::Follower,
             snapshot_in_progress: false,
+            snapshot_offered_at: None,
             trace_applied: false,
             election_seed: None,
         };
@@ -527,13 +529,9 @@ impl<F: FileSystem> Node<F> {
         metadata.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
         tracing::info!(
             index = metadata.index,
-            "a follower needs a snapshot; writing one"
+            "a follower needs a snapshot; streaming it from a view of this index"
         );
-        Ok(SnapshotJob {
-            view,
-            metadata,
-            disk: self.machine.backend().disk().clone(),
-        })
+        Ok(SnapshotJob { view, metadata })
     }
 
     /// Offers a snapshot written from a [`SnapshotJob`] (`data` names its file), or reports that
@@ -541,15 +539,41 @@ impl<F: FileSystem> Node<F> {
     pub fn offer_snapshot(&mut self, snapshot: Option<Snapshot>) {
         self.snapshot_in_progress = false;
         if let Some(snapshot) = snapshot {
+            self.snapshot_offered_at = Some(self.now_tick);
             // Requests made while this one was being written are answered by it.
             self.raw.mut_store().take_snapshot_request();
             self.raw.mut_store().set_available_snapshot(snapshot);
         }
     }
 
-    /// The newest snapshot offered to followers: its file must be kept until a newer one exists.
+    /// The snapshot offered to followers: its view must be kept until it is released or a newer
+    /// one is offered.
     pub fn available_snapshot(&self) -> Option<&Snapshot> {
         self.raw.store().available_snapshot()
+    }
+
+    /// Stops offering the snapshot once no follower is being sent one and raft-rs has had an
+    /// election timeout to send it (or this member is no longer the leader); returns it. Its view
+    /// pins the pages it reads, so redb cannot reuse them while the view lives and the
+    /// state-machine file would grow under writes. A follower that needs a snapshot later gets a
+    /// fresh view, which costs nothing to take.
+    pub fn release_idle_snapshot(&mut self) -> Option<Snapshot> {
+        let offered_at = self.snapshot_offered_at?;
+        if self.role == StateRole::Leader {
+            let sending = self
+                .raw
+                .raft
+                .prs()
+                .iter()
+                .any(|(_, progress)| progress.state == raft::ProgressState::Snapshot);
+            let recent =
+                self.now_tick.saturating_sub(offered_at) < self.config.election_ticks as u64;
+            if sending || recent {
+                return None;
+            }
+        }
+        self.snapshot_offered_at = None;
+        self.raw.mut_store().take_available_snapshot()
     }
 
     /// Tells Raft that a message to `peer` could not be delivered.

@@ -5,9 +5,8 @@
 //! replaces with its own host.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
@@ -39,10 +38,8 @@ pub struct NodeLoop {
     /// timeout), so entries do not outlive their requests for long.
     waiters: HashMap<u64, (Waiter, tracing::Span)>,
     tick: Duration,
-    data_dir: PathBuf,
     snapshots_taken: u64,
     transport: Arc<Transport>,
-    commands_back: SyncSender<Command>,
     progress: tokio::sync::watch::Sender<Progress>,
 }
 
@@ -50,7 +47,6 @@ impl NodeLoop {
     pub(super) fn new(
         driver: Driver<TimedFs>,
         commands: Receiver<Command>,
-        commands_back: SyncSender<Command>,
         transport: Arc<Transport>,
         progress: tokio::sync::watch::Sender<Progress>,
         config: &Config,
@@ -60,10 +56,8 @@ impl NodeLoop {
             commands,
             waiters: HashMap::new(),
             tick: Duration::from_millis(config.heartbeat_ms),
-            data_dir: config.data_dir.clone(),
             snapshots_taken: 0,
             transport,
-            commands_back,
             progress,
         }
     }
@@ -175,6 +169,9 @@ impl NodeLoop {
             for peer in unreachable {
                 self.driver.handle(Input::Unreachable(peer), &mut out);
             }
+            if let Some(job) = out.snapshot_job.take() {
+                self.offer_snapshot(job, &mut out);
+            }
             if (out.removed || removed) && removed_at.is_none() {
                 // Stop after a moment, as etcd does: the reply to the request that removed this
                 // member (it may be the leader) and the commit to the others still go out.
@@ -239,53 +236,24 @@ impl NodeLoop {
                 let _ = waiter.send(reply.outcome.map_err(ServerError::from));
             }
         }
-        if let Some(file) = out.obsolete_snapshot {
-            let _ = std::fs::remove_file(file);
-        }
-        if let Some(job) = out.snapshot_job {
-            self.write_snapshot(job);
+        for name in out.obsolete_snapshots {
+            self.transport.drop_snapshot(&name);
         }
     }
 
-    /// Writes a follower snapshot from a consistent view on a thread of its own, so the node
-    /// keeps ticking and applying meanwhile; the result comes back as a command.
-    fn write_snapshot(&mut self, job: SnapshotJob) {
+    /// Offers followers a snapshot of the view the job holds: the transport keeps the view
+    /// and streams its rows to each follower the snapshot goes to. Nothing is written here.
+    fn offer_snapshot(&mut self, job: SnapshotJob, out: &mut Output) {
         // A name never used before: an older snapshot may still be streaming to a follower.
         self.snapshots_taken += 1;
-        let path = self.data_dir.join("member/snap").join(format!(
-            "{:016x}-{:016x}-{}.snap.db",
+        let name = format!(
+            "{:016x}-{:016x}-{}",
             job.metadata.term, job.metadata.index, self.snapshots_taken
-        ));
-        let commands = self.commands_back.clone();
-        let spawned = std::thread::Builder::new()
-            .name("synod-snapshot".to_owned())
-            .spawn(move || {
-                let started = Instant::now();
-                let index = job.metadata.index;
-                let snapshot = match job.write(&path) {
-                    Ok(snapshot) => {
-                        tracing::info!(
-                            index,
-                            file = %path.display(),
-                            elapsed_ms = started.elapsed().as_millis() as u64,
-                            "snapshot written"
-                        );
-                        Some(snapshot)
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "writing a snapshot failed");
-                        None
-                    }
-                };
-                // A blocking send: the node loop must learn that the job ended.
-                let _ = commands.send(Command::Input(Input::SnapshotReady(snapshot)));
-            });
-        if spawned.is_err() {
-            tracing::error!("cannot start the snapshot thread");
-            let _ = self
-                .commands_back
-                .try_send(Command::Input(Input::SnapshotReady(None)));
-        }
+        );
+        let (snapshot, view) = job.into_parts(&name);
+        self.transport.keep_snapshot(name, view);
+        self.driver
+            .handle(Input::SnapshotReady(Some(snapshot)), out);
     }
 
     fn defragment(&mut self) -> Result<(), String> {

@@ -185,14 +185,7 @@ impl Member {
             config: config.clone(),
             progress,
         });
-        let node_loop = NodeLoop::new(
-            driver,
-            receiver,
-            sender,
-            transport,
-            progress_sender,
-            &config,
-        );
+        let node_loop = NodeLoop::new(driver, receiver, transport, progress_sender, &config);
         Ok((member, node_loop))
     }
 }

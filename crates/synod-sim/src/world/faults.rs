@@ -286,20 +286,25 @@ impl World {
                 continue;
             }
             if message.get_msg_type() == MessageType::MsgSnapshot {
-                // The follower receives its own copy of the file, as over the peer stream.
-                let source = String::from_utf8_lossy(&message.get_snapshot().data).into_owned();
+                // The leader streams the view the message names; the follower builds its own
+                // file from the rows, on its own disk, as over the peer stream.
+                let name = String::from_utf8_lossy(&message.get_snapshot().data).into_owned();
                 self.net.seq += 1;
                 let target = self.members[to]
                     .dir
                     .join(format!("received-{}.db", self.net.seq));
-                let copied = self.members[from]
-                    .disk
-                    .copy_to(
-                        std::path::Path::new(&source),
+                let rows = self.members[from]
+                    .host
+                    .as_ref()
+                    .and_then(|host| host.snapshot_rows(name).ok().flatten());
+                let copied = rows.is_some_and(|chunks| {
+                    synod_core::snapshot::build_from_rows(
                         &self.members[to].disk,
                         &target,
+                        &mut chunks.into_iter(),
                     )
-                    .is_ok();
+                    .is_ok()
+                });
                 self.members[from]
                     .reports
                     .push(PeerReport::Snapshot(message.to, copied));

@@ -569,7 +569,7 @@ impl World {
             proposals: std::mem::take(&mut member.proposals),
             conf_changes: std::mem::take(&mut member.conf_changes),
             reports: std::mem::take(&mut member.reports),
-            snapshot_path: member.dir.join(format!("snap-{}.db", member.snapshots)),
+            snapshot_name: format!("view-{}", member.snapshots),
             crash_at,
         };
         Some(member.host.as_ref()?.turn(input, probe))
@@ -589,6 +589,10 @@ impl World {
         }
         if let Some(error) = turn.stopped {
             self.member_stopped(index, &error);
+            return;
+        }
+        if let Some(astray) = turn.views_astray {
+            self.violate(format!("m{}: {astray}", self.members[index].id));
             return;
         }
         self.members[index].busy = turn.busy;

@@ -77,7 +77,8 @@ async fn a_forged_leadership_hand_over_is_dropped() {
 
 /// Goal: the peer port took a snapshot upload of any size (151 MB written) and left aborted
 /// `.part` files until restart. Now an upload larger than the quota allows, one from a
-/// stranger, and one cut short are refused, and none leaves a file.
+/// stranger, one whose rows are garbage, one in an older version's format and one cut short are
+/// refused, and none leaves a file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_uploads_are_bounded_and_cleaned_up() {
     let root = tempfile::tempdir().expect("temp dir");
@@ -107,6 +108,11 @@ async fn snapshot_uploads_are_bounded_and_cleaned_up() {
         to: own_id,
         message: if first { snapshot(from) } else { Vec::new() },
         data: vec![7u8; 1 << 20],
+        format: if first {
+            synod_core::snapshot::FORMAT
+        } else {
+            0
+        },
     };
     let snap_dir = member.data_dir.join("member/snap");
     let leftovers = || {
@@ -135,6 +141,34 @@ async fn snapshot_uploads_are_bounded_and_cleaned_up() {
         .await
         .expect_err("a stranger's snapshot is refused");
     assert!(error.message().contains("is not a member"), "{error:?}");
+
+    // Rows that are not rows (a row of 117 MB, cut short by the stream's end).
+    let error = peer_client(member.peer_url())
+        .await
+        .snapshot(futures::stream::iter([
+            chunk(own_id, true),
+            chunk(own_id, false),
+        ]))
+        .await
+        .expect_err("a stream of garbage is refused");
+    assert!(
+        error.message().contains("snapshot stream refused"),
+        "{error:?}"
+    );
+    assert_eq!(leftovers(), 0, "a refused stream left a file");
+
+    // In the format of an older version (the state-machine file itself).
+    let mut old = chunk(own_id, true);
+    old.format = 0;
+    let error = peer_client(member.peer_url())
+        .await
+        .snapshot(futures::stream::iter([old]))
+        .await
+        .expect_err("an older version's snapshot is refused");
+    assert!(
+        error.message().contains("another Synod version"),
+        "{error:?}"
+    );
 
     // Cut short: the client goes away after two chunks.
     let url = member.peer_url();
