@@ -292,7 +292,7 @@ pub struct SnapshotChunk {
     /// synod_core::snapshot (cut anywhere).
     #[prost(bytes = "vec", tag = "5")]
     pub data: ::prost::alloc::vec::Vec<u8>,
-    /// SNAPSHOT_FORMAT_ROWS in the first chunk. Members before it sent the state-machine
+    /// synod_core::snapshot::FORMAT in the first chunk. Members before it sent the state-machine
     /// file itself, and left this 0.
     #[prost(uint32, tag = "6")]
     pub format: u32,
@@ -508,7 +508,7 @@ pub mod peer_client {
             req.extensions_mut().insert(GrpcMethod::new("synodpb.Peer", "Raft"));
             self.inner.client_streaming(req, path, codec).await
         }
-        /// One Raft snapshot message, then the state-machine file it describes, in chunks.
+        /// One Raft snapshot message, then the state machine's rows it describes, in chunks.
         pub async fn snapshot(
             &mut self,
             request: impl tonic::IntoStreamingRequest<Message = super::SnapshotChunk>,
@@ -684,7 +684,7 @@ pub mod peer_server {
             &self,
             request: tonic::Request<tonic::Streaming<super::RaftBatch>>,
         ) -> std::result::Result<tonic::Response<super::PeerAck>, tonic::Status>;
-        /// One Raft snapshot message, then the state-machine file it describes, in chunks.
+        /// One Raft snapshot message, then the state machine's rows it describes, in chunks.
         async fn snapshot(
             &self,
             request: tonic::Request<tonic::Streaming<super::SnapshotChunk>>,
