@@ -38,6 +38,9 @@ const BATCH_BYTES_MAX: usize = 2 << 20;
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Snapshot chunks read ahead of the peer.
 const SNAPSHOT_CHUNKS_QUEUED: usize = 4;
+/// How long a snapshot transfer waits for the peer to take the next chunk, or, once all are
+/// sent, to answer (it builds and syncs its file meanwhile).
+const SNAPSHOT_STALL_MAX: Duration = Duration::from_secs(60);
 /// Largest message the peer service accepts: a batch, or a snapshot chunk, with room to spare.
 pub const PEER_MESSAGE_BYTES_MAX: usize = 16 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -291,6 +294,7 @@ impl Transport {
         };
         let (chunks, stream) = mpsc::channel::<SnapshotChunk>(SNAPSHOT_CHUNKS_QUEUED);
         let (cluster_id, from) = (self.cluster_id, self.member_id);
+        let runtime = tokio::runtime::Handle::current();
         let reader = tokio::task::spawn_blocking(move || {
             let mut first = Some(encoded);
             let sent = snapshot::send_rows(&view, SNAPSHOT_CHUNK_BYTES, &mut |data| {
@@ -307,10 +311,18 @@ impl Transport {
                     message: message.unwrap_or_default(),
                     data,
                 };
-                chunks.blocking_send(chunk).is_ok()
+                // A peer that takes nothing for a while is given up on: the view would pin
+                // the leader's pages for as long as the transfer hung.
+                runtime
+                    .block_on(tokio::time::timeout(SNAPSHOT_STALL_MAX, chunks.send(chunk)))
+                    .is_ok_and(|sent| sent.is_ok())
             });
             match sent {
-                Ok(sent) => sent,
+                Ok(false) => {
+                    tracing::warn!(peer = %format!("{peer:x}"), "the peer stopped taking the snapshot");
+                    false
+                }
+                Ok(true) => true,
                 Err(error) => {
                     tracing::error!(%error, "reading the snapshot's rows failed");
                     false
@@ -319,8 +331,25 @@ impl Transport {
         });
         tracing::info!(peer = %format!("{peer:x}"), index = message.get_snapshot().get_metadata().index, "sending a snapshot");
         let started = std::time::Instant::now();
-        let sent = client.snapshot(ReceiverStream::new(stream)).await;
-        let read_all = reader.await.unwrap_or(false);
+        let call = client.snapshot(ReceiverStream::new(stream));
+        tokio::pin!(call);
+        let mut reader = reader;
+        let (sent, read_all) = tokio::select! {
+            sent = &mut call => (sent, reader.await.unwrap_or(false)),
+            read = &mut reader => {
+                if !read.unwrap_or(false) {
+                    // Stalled, or the rows could not be read: the peer's answer is not awaited.
+                    return false;
+                }
+                match tokio::time::timeout(SNAPSHOT_STALL_MAX, call).await {
+                    Ok(sent) => (sent, true),
+                    Err(_) => {
+                        tracing::warn!(peer = %format!("{peer:x}"), "the peer did not answer for the whole snapshot");
+                        return false;
+                    }
+                }
+            }
+        };
         match sent {
             Ok(_) if read_all => {
                 tracing::info!(
