@@ -15,15 +15,18 @@ pub enum Bug {
     FollowerExpiresLeases,
     /// The driver answers a put or delete as soon as it is proposed, before it is applied.
     AnswerBeforeApply,
+    /// A member that stopped leading keeps offering its snapshot, and its view pins redb pages.
+    DeposedKeepsSnapshot,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 5] = [
+    pub const ALL: [Bug; 6] = [
         Bug::AckBeforeFsync,
         Bug::ReadWithoutReadIndex,
         Bug::ApplyTwiceAfterRestart,
         Bug::FollowerExpiresLeases,
         Bug::AnswerBeforeApply,
+        Bug::DeposedKeepsSnapshot,
     ];
 
     pub fn name(self) -> &'static str {
@@ -33,6 +36,7 @@ impl Bug {
             Bug::ApplyTwiceAfterRestart => "apply-twice-after-restart",
             Bug::FollowerExpiresLeases => "follower-expires-leases",
             Bug::AnswerBeforeApply => "answer-before-apply",
+            Bug::DeposedKeepsSnapshot => "deposed-keeps-snapshot",
         }
     }
 

@@ -413,6 +413,7 @@ fn run_turn(
 ) -> Result<(), String> {
     let driver = &mut resident.driver;
     let mut out = Output::default();
+    let led = driver.node().raft_view().role == raft::StateRole::Leader;
     for report in input.reports {
         let input = match report {
             PeerReport::Unreachable(peer) => Input::Unreachable(peer),
@@ -476,6 +477,14 @@ fn run_turn(
         turn.views_astray = Some(format!(
             "keeps snapshot views {:?} but offers {offered:?}",
             resident.views.keys().collect::<Vec<_>>()
+        ));
+    }
+    // A member that is not the leader lets its snapshot go at its next tick (ticks come first
+    // in a turn): its view would pin pages no follower will ever be sent.
+    let leads = driver.node().raft_view().role == raft::StateRole::Leader;
+    if input.ticks > 0 && !led && !leads && offered.is_some() {
+        turn.views_astray = Some(format!(
+            "still offers snapshot {offered:?} a tick after it stopped leading"
         ));
     }
     let node = driver.node();

@@ -201,3 +201,11 @@ fn a_candidate_that_wins_its_old_term_late_is_not_a_completeness_violation() {
     let report = run(&config(52980, 5));
     assert!(report.violation.is_none(), "{:?}", report.violation);
 }
+
+#[test]
+fn catches_a_deposed_leader_keeping_its_snapshot_view() {
+    // The view pins the state-machine file's pages; a member that no longer leads lets it go at
+    // its next tick.
+    let (seed, why) = catch(Bug::DeposedKeepsSnapshot, 115..125, "stopped leading");
+    eprintln!("{}: seed {seed}: {why}", Bug::DeposedKeepsSnapshot.name());
+}

@@ -559,6 +559,11 @@ impl<F: FileSystem> Node<F> {
     /// fresh view, which costs nothing to take.
     pub fn release_idle_snapshot(&mut self) -> Option<Snapshot> {
         let offered_at = self.snapshot_offered_at?;
+        if self.role != StateRole::Leader
+            && crate::planted::is_planted(crate::planted::Bug::DeposedKeepsSnapshot)
+        {
+            return None;
+        }
         if self.role == StateRole::Leader {
             let sending = self
                 .raw
