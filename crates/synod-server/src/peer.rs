@@ -90,7 +90,8 @@ async fn build_snapshot(
     bytes_max: u64,
 ) -> Result<u64, Status> {
     let partial = PartialFile(path.with_extension("part"));
-    let (feed, mut rows) = tokio::sync::mpsc::channel::<Vec<u8>>(SNAPSHOT_CHUNKS_QUEUED);
+    let (feed, mut rows) =
+        tokio::sync::mpsc::channel::<Vec<u8>>(crate::transport::SNAPSHOT_CHUNKS_QUEUED);
     let target = partial.0.clone();
     let builder = tokio::task::spawn_blocking(move || {
         synod_core::snapshot::build_from_rows(
@@ -131,9 +132,6 @@ async fn build_snapshot(
         .map_err(|e| Status::from(Failure::operation("building the snapshot", e)))?;
     Ok(rows)
 }
-
-/// Snapshot chunks received ahead of the builder.
-const SNAPSHOT_CHUNKS_QUEUED: usize = 4;
 
 /// A `.part` file, removed when dropped: whether the transfer fails, is refused, or is dropped
 /// with its connection (the handler's future is then never resumed), nothing is left behind.
@@ -239,7 +237,7 @@ impl Peer for PeerService {
             .data_dir
             .join("member/snap")
             .join(format!("received-{:016x}-{index:016x}.db", first.from));
-        // A snapshot is the state-machine file: it cannot be larger than the quota allows.
+        // A snapshot's rows are the state machine: they cannot be larger than the quota allows.
         let quota = self.member.config.quota_backend_bytes;
         let bytes_max = quota + quota / 4 + (16 << 20);
         let rows = build_snapshot(&path, first.data, &mut chunks, bytes_max).await?;

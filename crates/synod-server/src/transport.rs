@@ -36,8 +36,8 @@ const BATCH_MESSAGES_MAX: usize = 512;
 const BATCH_BYTES_MAX: usize = 2 << 20;
 /// Size of one snapshot chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
-/// Snapshot chunks read ahead of the peer.
-const SNAPSHOT_CHUNKS_QUEUED: usize = 4;
+/// Snapshot chunks read ahead of the peer, and received ahead of the builder.
+pub(crate) const SNAPSHOT_CHUNKS_QUEUED: usize = 4;
 /// How long a snapshot transfer waits for the peer to take the next chunk, or, once all are
 /// sent, to answer (it builds and syncs its file meanwhile).
 const SNAPSHOT_STALL_MAX: Duration = Duration::from_secs(60);

@@ -117,7 +117,7 @@ impl SnapshotJob {
     /// The Raft snapshot that names this view `name`, to hand back with
     /// [`Node::offer_snapshot`], and the view. The owner keeps the view under that name, and
     /// streams it to each follower a `MsgSnapshot` naming it goes to, until the driver's
-    /// `obsolete_snapshot` names it.
+    /// `obsolete_snapshots` names it.
     pub fn into_parts(self, name: &str) -> (Snapshot, crate::backend::ReadTxn) {
         let mut snapshot = Snapshot::default();
         snapshot.set_metadata(self.metadata);
@@ -534,8 +534,8 @@ impl<F: FileSystem> Node<F> {
         Ok(SnapshotJob { view, metadata })
     }
 
-    /// Offers a snapshot written from a [`SnapshotJob`] (`data` names its file), or reports that
-    /// writing it failed (`None`), so a later request can try again.
+    /// Offers the snapshot of a [`SnapshotJob`] (`data` names its view), or reports that keeping
+    /// it failed (`None`), so a later request can try again.
     pub fn offer_snapshot(&mut self, snapshot: Option<Snapshot>) {
         self.snapshot_in_progress = false;
         if let Some(snapshot) = snapshot {

@@ -5,6 +5,8 @@ kazoo ships. Prints "kazoo ok" when every check passed.
     python3 zk_kazoo_check.py HOST:PORT[,HOST:PORT...]
 """
 
+import socket
+import struct
 import sys
 import threading
 import time
@@ -30,6 +32,57 @@ def raises(error, call, *args, **kwargs):
     except error:
         return
     raise AssertionError(f"{call.__name__}{args} did not raise {error.__name__}")
+
+
+class RawZk:
+    """ZooKeeper's wire protocol by hand (a session, getData), to see the order frames arrive in."""
+
+    GET_DATA = 4
+    WATCH_EVENT_XID = -1
+
+    def __init__(self, address):
+        host, port = address.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        # ConnectRequest: protocol version, last zxid seen, timeout, session id, password.
+        self.send(struct.pack(">iqiqi", 0, 0, 10000, 0, 16) + bytes(16))
+        self.recv()
+        self.xid = 0
+
+    def send(self, body):
+        self.sock.sendall(struct.pack(">i", len(body)) + body)
+
+    def exactly(self, n):
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError("the server closed the connection")
+            data += chunk
+        return data
+
+    def recv(self):
+        (length,) = struct.unpack(">i", self.exactly(4))
+        return self.exactly(length)
+
+    def get_data(self, path, watch):
+        """Returns the watch events that arrived before the reply, and the data it carries."""
+        self.xid += 1
+        encoded = path.encode()
+        self.send(struct.pack(">iii", self.xid, self.GET_DATA, len(encoded)) + encoded
+                  + struct.pack(">?", watch))
+        events = 0
+        while True:
+            frame = self.recv()
+            xid, _zxid, err = struct.unpack(">iqi", frame[:16])
+            if xid == self.WATCH_EVENT_XID:
+                events += 1
+                continue
+            assert xid == self.xid and err == 0, (xid, err)
+            (length,) = struct.unpack(">i", frame[16:20])
+            return events, frame[20:20 + length]
+
+    def close(self):
+        self.sock.close()
 
 
 def wait_for(condition, what, seconds=10):
@@ -117,14 +170,23 @@ other.set("/kz", b"again")
 time.sleep(0.3)
 assert len(events) == 3, f"a one-shot watch fired twice: {events}"
 
-# A client sees the event before the data that changed.
-order = []
-zk.get("/kz", watch=lambda event: order.append("event"))
+# A client sees the event before the data that changed. kazoo runs watch callbacks on a thread
+# of its own, so the order of a callback and a call's return is kazoo's scheduling, not the
+# server's: the frames are read off the wire here, by hand.
+raw = RawZk(hosts.split(",")[0])
+raw.get_data("/kz", watch=True)
 other.set("/kz", b"ordered")
-data, _ = zk.get("/kz")
-order.append(("read", data))
-wait_for(lambda: len(order) == 2, "event and read")
-assert order[0] == "event", order
+events_before = 0
+deadline = time.time() + 10
+while True:
+    events, data = raw.get_data("/kz", watch=False)
+    events_before += events
+    if data == b"ordered":
+        break
+    assert time.time() < deadline, "the member never showed the new data"
+    time.sleep(0.01)
+assert events_before == 1, f"{events_before} watch events before the reply showing the change"
+raw.close()
 
 # Transactions: all or nothing, results per operation.
 tx = zk.transaction()
