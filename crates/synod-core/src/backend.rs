@@ -444,8 +444,9 @@ impl Checked {
     }
 }
 
-/// Opens the redb file and checks every page. redb reports some damage by panicking rather than
-/// with an error; the panic is contained here and becomes a refusal that names the file.
+/// Opens the redb file and, for the state-machine file, checks every page. redb reports some
+/// damage by panicking rather than with an error; the panic is contained here and becomes a
+/// refusal that names the file.
 fn open_checked(
     path: &Path,
     checked: Checked,
@@ -465,20 +466,14 @@ fn open_checked(
             if let Checked::Snapshot = checked {
                 return Ok(db);
             }
-            match (db.check_integrity(), checked) {
-                (Ok(true), _) => {}
-                (Ok(false), Checked::StateMachine) => tracing::warn!(
+            match db.check_integrity() {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(
                     path = %path.display(),
                     "state-machine file failed its integrity check and was repaired to its last intact commit; \
                      the raft log replays the rest"
                 ),
-                (Ok(false), Checked::Snapshot) => {
-                    return Err(StorageError::open(
-                        path,
-                        format!("{what} failed its integrity check"),
-                    ));
-                }
-                (Err(error), _) => {
+                Err(error) => {
                     return Err(StorageError::open(
                         path,
                         format!("{what} is corrupt: {error}"),
@@ -609,6 +604,33 @@ mod tests {
                 .disk()
                 .size_on_disk(backend.path())
                 .expect("measure")
+        );
+    }
+
+    /// Goal: a snapshot file that was never closed (its process died while writing it), which
+    /// redb would repair to an earlier commit, is refused, and the state machine is untouched.
+    #[test]
+    fn a_snapshot_file_redb_would_have_to_repair_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let follower = Backend::open(&dir.path().join("db")).expect("open");
+        follower
+            .write_bootstrap(7, 2, &[], Some(b"conf"))
+            .expect("bootstrap");
+        put_meta(&follower, META_APPLIED_INDEX, 10);
+        let snapshot = dir.path().join("snapshot.db");
+        let unclosed = Database::create(&snapshot).expect("create");
+        let tx = unclosed.begin_write().expect("write");
+        tx.open_table(META).expect("meta");
+        tx.commit().expect("commit");
+        // Never dropped: the file stays marked as open, as after a crash.
+        std::mem::forget(unclosed);
+        let refused = follower
+            .install_snapshot_file(&snapshot, b"new conf")
+            .expect_err("a file that needs repair was installed");
+        assert!(refused.to_string().contains("snapshot file"), "{refused}");
+        assert_eq!(
+            meta(&follower.begin_read().expect("read"), META_APPLIED_INDEX),
+            10
         );
     }
 
