@@ -634,10 +634,10 @@ mod tests {
         );
     }
 
-    /// Goal: a snapshot file built from the leader's rows becomes the state-machine file, under this member's own
-    /// id and boot epoch with the snapshot's configuration; a read begun before the install goes
-    /// on reading the old state to its end; and the file at the state machine's path is the new
-    /// one when reopened.
+    /// Goal: a snapshot file built from the leader's rows becomes the state-machine file, under
+    /// this member's own id and boot epoch with the snapshot's configuration; a read begun before
+    /// the install goes on reading the old state to its end; and the file at the state machine's
+    /// path is the new one when reopened.
     #[test]
     fn an_installed_snapshot_file_replaces_the_state_machine_under_its_readers() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -655,13 +655,8 @@ mod tests {
             .expect("bootstrap");
         put_meta(&leader, META_APPLIED_INDEX, 500);
         let snapshot = dir.path().join("snapshot.db");
-        let view = leader.begin_read().expect("read");
-        let mut chunks = Vec::new();
-        crate::snapshot::send_rows(&view, 1 << 20, &mut |chunk| {
-            chunks.push(chunk);
-            true
-        })
-        .expect("stream");
+        let chunks = crate::snapshot::rows_in_memory(&leader.begin_read().expect("read"), 1 << 20)
+            .expect("stream");
         crate::snapshot::build_from_rows(&RealDisk, &snapshot, &mut chunks.into_iter())
             .expect("build");
 

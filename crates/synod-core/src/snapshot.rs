@@ -80,6 +80,20 @@ pub fn send_rows(
     Ok(out.end())
 }
 
+/// Every chunk of `view`'s stream (see [`send_rows`]), in memory: for the simulator, which hands
+/// a transfer over whole, and for tests.
+pub fn rows_in_memory(
+    view: &redb::ReadTransaction,
+    chunk_bytes: usize,
+) -> Result<Vec<Vec<u8>>, StorageError> {
+    let mut chunks = Vec::new();
+    send_rows(view, chunk_bytes, &mut |chunk| {
+        chunks.push(chunk);
+        true
+    })?;
+    Ok(chunks)
+}
+
 /// Cuts the stream into chunks.
 struct Framer<'a> {
     chunk: Vec<u8>,
@@ -396,27 +410,7 @@ mod tests {
     }
 
     fn chunks_of(db: &Database, chunk_bytes: usize) -> Vec<Vec<u8>> {
-        let view = db.begin_read().expect("test");
-        let mut chunks = Vec::new();
-        let whole = send_rows(&view, chunk_bytes, &mut |chunk| {
-            chunks.push(chunk);
-            true
-        })
-        .expect("test");
-        assert!(whole);
-        chunks
-    }
-
-    fn dump(path: &Path) -> Vec<Vec<u8>> {
-        let db = Database::open(path).expect("test");
-        let view = db.begin_read().expect("test");
-        let mut rows = Vec::new();
-        send_rows(&view, 1 << 20, &mut |chunk| {
-            rows.push(chunk);
-            true
-        })
-        .expect("test");
-        rows
+        rows_in_memory(&db.begin_read().expect("test"), chunk_bytes).expect("test")
     }
 
     fn build(dir: &Path, chunks: Vec<Vec<u8>>) -> Result<u64, StorageError> {
@@ -432,12 +426,41 @@ mod tests {
         for chunk_bytes in [1, 7, 4096, 1 << 20] {
             let rows = build(dir.path(), chunks_of(&db, chunk_bytes)).expect("test");
             assert_eq!(rows, 2_004);
+            let built = Database::open(dir.path().join("built.db")).expect("test");
             assert_eq!(
-                dump(&dir.path().join("built.db")),
+                chunks_of(&built, 1 << 20),
                 chunks_of(&db, 1 << 20),
                 "cut every {chunk_bytes} bytes"
             );
         }
+    }
+
+    /// The stream carries every table a state machine has: a table added to the backend and not
+    /// to `each_table` would be lost by every member that catches up by snapshot.
+    #[test]
+    fn a_snapshot_carries_every_table_of_the_state_machine() {
+        let dir = tempfile::tempdir().expect("test");
+        let backend = crate::backend::Backend::open(&dir.path().join("db")).expect("test");
+        let tx = backend.begin_write().expect("test");
+        tx.open_table(AUTH_USERS).expect("test");
+        tx.open_table(AUTH_ROLES).expect("test");
+        tx.commit().expect("test");
+        let chunks = rows_in_memory(&backend.begin_read().expect("test"), 1 << 20).expect("test");
+        build(dir.path(), chunks).expect("test");
+        let tables = |view: &redb::ReadTransaction| {
+            let mut names: Vec<String> = view
+                .list_tables()
+                .expect("test")
+                .map(|table| table.name().to_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let built = Database::open(dir.path().join("built.db")).expect("test");
+        assert_eq!(
+            tables(&built.begin_read().expect("test")),
+            tables(&backend.begin_read().expect("test"))
+        );
     }
 
     /// A receiver that goes away stops the sender: nothing more is read or sent.

@@ -325,13 +325,9 @@ impl Host {
             let Some(view) = resident.views.get(&name) else {
                 return Ok(None);
             };
-            let mut chunks = Vec::new();
-            synod_core::snapshot::send_rows(view, SNAPSHOT_CHUNK_BYTES, &mut |chunk| {
-                chunks.push(chunk);
-                true
-            })
-            .map_err(|e| e.to_string())?;
-            Ok(Some(chunks))
+            synod_core::snapshot::rows_in_memory(view, SNAPSHOT_CHUNK_BYTES)
+                .map(Some)
+                .map_err(|e| e.to_string())
         })?
     }
 
