@@ -533,16 +533,16 @@ pub fn read_meta_u64(
 ) -> Result<u64, StorageError> {
     match table.get(name).map_err(StorageError::backend)? {
         None => Ok(0),
-        Some(value) => {
-            let bytes: [u8; 8] = value
-                .value()
-                .try_into()
-                .map_err(|_| StorageError::Corrupt {
-                    what: format!("meta key {name} is not 8 bytes"),
-                })?;
-            Ok(u64::from_be_bytes(bytes))
-        }
+        Some(value) => meta_u64(name, value.value()),
     }
+}
+
+/// The number a meta row holds.
+pub fn meta_u64(name: &str, value: &[u8]) -> Result<u64, StorageError> {
+    let bytes: [u8; 8] = value.try_into().map_err(|_| StorageError::Corrupt {
+        what: format!("meta key {name} is not 8 bytes"),
+    })?;
+    Ok(u64::from_be_bytes(bytes))
 }
 
 pub fn write_meta_u64(

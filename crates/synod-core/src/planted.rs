@@ -17,16 +17,24 @@ pub enum Bug {
     AnswerBeforeApply,
     /// A member that stopped leading keeps offering its snapshot, and its view pins redb pages.
     DeposedKeepsSnapshot,
+    /// The key index rebuilt from a snapshot stream skips deletions: keys deleted before the
+    /// snapshot are alive again on the member that caught up.
+    StreamIndexKeepsDeleted,
+    /// A leader keeps offering its snapshot after every follower was sent it, and its view pins
+    /// redb pages.
+    IdleLeaderKeepsSnapshot,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 8] = [
         Bug::AckBeforeFsync,
         Bug::ReadWithoutReadIndex,
         Bug::ApplyTwiceAfterRestart,
         Bug::FollowerExpiresLeases,
         Bug::AnswerBeforeApply,
         Bug::DeposedKeepsSnapshot,
+        Bug::StreamIndexKeepsDeleted,
+        Bug::IdleLeaderKeepsSnapshot,
     ];
 
     pub fn name(self) -> &'static str {
@@ -37,6 +45,8 @@ impl Bug {
             Bug::FollowerExpiresLeases => "follower-expires-leases",
             Bug::AnswerBeforeApply => "answer-before-apply",
             Bug::DeposedKeepsSnapshot => "deposed-keeps-snapshot",
+            Bug::StreamIndexKeepsDeleted => "stream-index-keeps-deleted",
+            Bug::IdleLeaderKeepsSnapshot => "idle-leader-keeps-snapshot",
         }
     }
 

@@ -22,6 +22,9 @@ use crate::backend::{
 };
 use crate::disk::{Boxed, Disk};
 use crate::error::StorageError;
+use crate::mvcc::kv_store::{IndexLoader, PreparedIndex};
+use crate::mvcc::revision::Revision;
+use crate::planted::Bug;
 
 /// This stream's format, as the first chunk of a transfer names it (`SnapshotChunk.format`);
 /// members before it sent the state-machine file itself, with no format (0).
@@ -43,11 +46,15 @@ trait EachTable {
     ) -> Result<(), StorageError>;
 }
 
+/// The tags of the tables the key index is rebuilt from.
+const KEY_TAG: u8 = 0;
+const META_TAG: u8 = 2;
+
 /// Every table of the state machine, each with its tag in the stream.
 fn each_table(visit: &mut impl EachTable) -> Result<(), StorageError> {
-    visit.table(0, KEY)?;
+    visit.table(KEY_TAG, KEY)?;
     visit.table(1, VALUE)?;
-    visit.table(2, META)?;
+    visit.table(META_TAG, META)?;
     visit.table(3, LEASE)?;
     visit.table(4, MEMBERS)?;
     visit.table(5, ALARM)?;
@@ -177,10 +184,10 @@ impl EachTable for Rows<'_, '_> {
 /// Writes the rows of a stream (see [`send_rows`]) into a new redb file at `path`, in one
 /// durable commit once the stream has ended whole; returns the number of rows. `chunks` ends
 /// when the sender does, or when the transfer broke: a stream without its end is refused.
-pub fn build_from_rows(
+pub fn build_from_rows<C: AsRef<[u8]> + Default>(
     disk: &dyn Disk,
     path: &Path,
-    chunks: &mut dyn Iterator<Item = Vec<u8>>,
+    chunks: &mut dyn Iterator<Item = C>,
 ) -> Result<u64, StorageError> {
     disk.remove(path).map_err(|e| StorageError::open(path, e))?;
     let storage = disk
@@ -193,14 +200,7 @@ pub fn build_from_rows(
         .create_with_backend(Boxed(storage))
         .map_err(|e| StorageError::open(path, e))?;
     let mut tx = db.begin_write().map_err(StorageError::backend)?;
-    let mut input = Input {
-        chunks,
-        chunk: Vec::new(),
-        at: 0,
-        scratch: Vec::new(),
-        crc: crc32fast::Hasher::new(),
-        rows: 0,
-    };
+    let mut input = Input::new(chunks);
     let mut next = input.tag()?;
     each_table(&mut Fill {
         tx: &tx,
@@ -221,14 +221,45 @@ pub fn build_from_rows(
     Ok(input.rows)
 }
 
+/// Rebuilds the key index from the rows of a stream (see [`send_rows`]) while
+/// [`build_from_rows`] writes the same rows into the file, on another thread: the follower then
+/// installs the file without reading it again. Checks the stream as the builder does.
+pub fn index_from_rows<C: AsRef<[u8]> + Default>(
+    chunks: &mut dyn Iterator<Item = C>,
+) -> Result<PreparedIndex, StorageError> {
+    let mut input = Input::new(chunks);
+    let mut loader = IndexLoader::default();
+    loop {
+        match input.tag()? {
+            END => break,
+            KEY_TAG => {
+                let (key, value) = input.row()?;
+                let deletion = || Revision::from_bytes(key).is_some_and(|(_, tombstone)| tombstone);
+                if !(crate::planted::is_planted(Bug::StreamIndexKeepsDeleted) && deletion()) {
+                    loader.key_row(key, value)?;
+                }
+            }
+            META_TAG => {
+                let (key, value) = input.row()?;
+                loader.meta_row(key, value)?;
+            }
+            _ => {
+                input.row()?;
+            }
+        }
+    }
+    input.end()?;
+    Ok(loader.finish())
+}
+
 fn refused(why: impl std::fmt::Display) -> StorageError {
     StorageError::corrupt(format!("snapshot stream refused: {why}"))
 }
 
 /// The receiving side's reader: records out of chunks, however they were cut.
-struct Input<'a> {
-    chunks: &'a mut dyn Iterator<Item = Vec<u8>>,
-    chunk: Vec<u8>,
+struct Input<'a, C> {
+    chunks: &'a mut dyn Iterator<Item = C>,
+    chunk: C,
     /// Bytes of `chunk` already read.
     at: usize,
     /// A record that straddles chunks, put together.
@@ -237,29 +268,42 @@ struct Input<'a> {
     rows: u64,
 }
 
-impl Input<'_> {
+impl<'a, C: AsRef<[u8]> + Default> Input<'a, C> {
+    fn new(chunks: &'a mut dyn Iterator<Item = C>) -> Self {
+        Input {
+            chunks,
+            chunk: C::default(),
+            at: 0,
+            scratch: Vec::new(),
+            crc: crc32fast::Hasher::new(),
+            rows: 0,
+        }
+    }
+
     /// The next `n` bytes, counted into the checksum if `counted`.
     fn take(&mut self, n: usize, counted: bool) -> Result<&[u8], StorageError> {
-        if self.chunk.len() - self.at >= n {
+        let chunk = self.chunk.as_ref();
+        if chunk.len() - self.at >= n {
             let range = self.at..self.at + n;
             self.at += n;
             if counted {
-                self.crc.update(&self.chunk[range.clone()]);
+                self.crc.update(&chunk[range.clone()]);
             }
-            return Ok(&self.chunk[range]);
+            return Ok(&self.chunk.as_ref()[range]);
         }
         self.scratch.clear();
         while self.scratch.len() < n {
-            if self.at == self.chunk.len() {
+            if self.at == self.chunk.as_ref().len() {
                 self.chunk = self
                     .chunks
                     .next()
                     .ok_or_else(|| refused("it ended before its end record"))?;
                 self.at = 0;
             }
-            let wanted = (n - self.scratch.len()).min(self.chunk.len() - self.at);
+            let chunk = self.chunk.as_ref();
+            let wanted = (n - self.scratch.len()).min(chunk.len() - self.at);
             self.scratch
-                .extend_from_slice(&self.chunk[self.at..self.at + wanted]);
+                .extend_from_slice(&chunk[self.at..self.at + wanted]);
             self.at += wanted;
         }
         if counted {
@@ -307,8 +351,10 @@ impl Input<'_> {
                 self.rows
             )));
         }
-        let trailing = self.chunk.len() - self.at
-            + (&mut *self.chunks).map(|chunk| chunk.len()).sum::<usize>();
+        let trailing = self.chunk.as_ref().len() - self.at
+            + (&mut *self.chunks)
+                .map(|chunk| chunk.as_ref().len())
+                .sum::<usize>();
         if trailing > 0 {
             return Err(refused(format!("{trailing} bytes after its end")));
         }
@@ -317,14 +363,14 @@ impl Input<'_> {
 }
 
 /// The receiving side: each table's rows from the stream, through one cursor at its end.
-struct Fill<'a, 'b> {
+struct Fill<'a, 'b, C> {
     tx: &'a redb::WriteTransaction,
-    input: &'a mut Input<'b>,
+    input: &'a mut Input<'b, C>,
     /// The tag of the record read last.
     next: &'a mut u8,
 }
 
-impl EachTable for Fill<'_, '_> {
+impl<C: AsRef<[u8]> + Default> EachTable for Fill<'_, '_, C> {
     fn table<K: Key + 'static, V: Value + 'static>(
         &mut self,
         tag: u8,

@@ -1,7 +1,8 @@
 //! The MVCC store against a model: a full copy of the key space per revision in a BTreeMap.
 //! Seeded random puts, deletes, multi-key requests and compactions; after every batch, reads at
 //! every retained revision must equal the model, and so must a store reopened from disk (the key
-//! index rebuilt from the key table).
+//! index rebuilt from the key table), and so must a store that caught up from a snapshot stream of
+//! its rows (the key index rebuilt from the stream).
 //!
 //! Replay one seed: `SYNOD_MODEL_SEED=5 cargo nextest run -p synod-core --test mvcc_model`.
 
@@ -9,7 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use synod_core::backend::Backend;
+use synod_core::disk::RealDisk;
 use synod_core::mvcc::kv_store::{KvStore, RangeOptions};
+use synod_core::snapshot;
 use synod_core::{Error, RequestError};
 
 /// (value, create revision, mod revision, version) of a live key.
@@ -167,6 +170,23 @@ fn run(seed: u64) {
     let (reopened, _) =
         KvStore::open(Arc::new(Backend::open(&path).expect("reopen file"))).expect("store");
     check(&reopened, &history, compacted, seed);
+
+    // A member catching up by snapshot: the file and the key index are built from a stream of
+    // the store's rows, and the file is installed with that index.
+    let (caught_up, _) = KvStore::open(Arc::new(
+        Backend::open(&dir.path().join("caught-up")).expect("open"),
+    ))
+    .expect("store");
+    let view = reopened.backend().begin_read().expect("view");
+    let chunks = snapshot::rows_in_memory(&view, 64).expect("rows");
+    let received = dir.path().join("received.db");
+    let stream = || chunks.iter().map(Vec::as_slice);
+    snapshot::build_from_rows(&RealDisk, &received, &mut stream()).expect("build");
+    let index = snapshot::index_from_rows(&mut stream()).expect("index");
+    caught_up
+        .restore_from(&received, b"", Some(index))
+        .expect("install");
+    check(&caught_up, &history, compacted, seed);
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use raft::eraftpb::Message;
 use synod_api::etcdserverpb::{HashKvResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse};
@@ -18,6 +19,7 @@ use synod_api::synodpb::{
     PeerStatusRequest, RaftBatch, SnapshotChunk, member_change_forward,
 };
 use synod_core::disk::RealDisk;
+use synod_core::mvcc::kv_store::PreparedIndex;
 use tonic::Status;
 
 use crate::error::{Failure, ServerError};
@@ -81,17 +83,19 @@ fn decode(bytes: &[u8]) -> Result<Message, Status> {
 
 /// Builds this member's snapshot file at `path` from the rows of a received snapshot stream
 /// (`synod_core::snapshot::build_from_rows`), written on a blocking thread as the chunks arrive,
-/// through a `.part` file; refuses a stream longer than `bytes_max`. A failed or refused
-/// transfer leaves no file behind.
+/// through a `.part` file, and the key index from the same rows on another
+/// (`index_from_rows`); refuses a stream longer than `bytes_max`. A failed or refused transfer
+/// leaves no file behind.
 async fn build_snapshot(
     path: &Path,
     first_data: Vec<u8>,
     chunks: &mut (impl Stream<Item = Result<SnapshotChunk, Status>> + Unpin),
     bytes_max: u64,
-) -> Result<u64, Status> {
+) -> Result<(u64, PreparedIndex), Status> {
     let partial = PartialFile(path.with_extension("part"));
-    let (feed, mut rows) =
-        tokio::sync::mpsc::channel::<Vec<u8>>(crate::transport::SNAPSHOT_CHUNKS_QUEUED);
+    let queued = crate::transport::SNAPSHOT_CHUNKS_QUEUED;
+    let (feed, mut rows) = tokio::sync::mpsc::channel::<Bytes>(queued);
+    let (index_feed, mut index_rows) = tokio::sync::mpsc::channel::<Bytes>(queued);
     let target = partial.0.clone();
     let builder = tokio::task::spawn_blocking(move || {
         synod_core::snapshot::build_from_rows(
@@ -99,6 +103,11 @@ async fn build_snapshot(
             &target,
             &mut std::iter::from_fn(|| rows.blocking_recv()),
         )
+    });
+    let indexer = tokio::task::spawn_blocking(move || {
+        synod_core::snapshot::index_from_rows(&mut std::iter::from_fn(|| {
+            index_rows.blocking_recv()
+        }))
     });
     let forwarded = async {
         let mut received = 0u64;
@@ -110,8 +119,9 @@ async fn build_snapshot(
                     "snapshot larger than {bytes_max} bytes (the backend quota and room to spare)"
                 ))));
             }
-            if feed.send(data).await.is_err() {
-                // The builder stopped: its error says why.
+            let shared = Bytes::from(std::mem::take(&mut data));
+            if index_feed.send(shared.clone()).await.is_err() || feed.send(shared).await.is_err() {
+                // A builder stopped: its error says why.
                 return Ok(());
             }
             match chunks.next().await {
@@ -122,15 +132,17 @@ async fn build_snapshot(
     }
     .await;
     drop(feed);
-    let built = builder
-        .await
-        .map_err(|e| Status::from(Failure::operation("building the snapshot", e)))?;
+    drop(index_feed);
+    let failed = |e: &dyn std::fmt::Display| Failure::operation("building the snapshot", e);
+    let built = builder.await.map_err(|e| Status::from(failed(&e)))?;
+    let index = indexer.await.map_err(|e| Status::from(failed(&e)))?;
     forwarded?;
-    let rows = built.map_err(|e| Status::from(Failure::operation("building the snapshot", e)))?;
+    let rows = built.map_err(|e| Status::from(failed(&e)))?;
+    let index = index.map_err(|e| Status::from(failed(&e)))?;
     tokio::fs::rename(&partial.0, path)
         .await
-        .map_err(|e| Status::from(Failure::operation("building the snapshot", e)))?;
-    Ok(rows)
+        .map_err(|e| Status::from(failed(&e)))?;
+    Ok((rows, index))
 }
 
 /// A `.part` file, removed when dropped: whether the transfer fails, is refused, or is dropped
@@ -240,10 +252,13 @@ impl Peer for PeerService {
         // A snapshot's rows are the state machine: they cannot be larger than the quota allows.
         let quota = self.member.config.quota_backend_bytes;
         let bytes_max = quota + quota / 4 + (16 << 20);
-        let rows = build_snapshot(&path, first.data, &mut chunks, bytes_max).await?;
-        tracing::info!(index, rows, file = %path.display(), "received a snapshot");
+        let (rows, key_index) = build_snapshot(&path, first.data, &mut chunks, bytes_max).await?;
+        tracing::info!(index, rows, file = %path.display(), "received a snapshot and its key index");
         message.mut_snapshot().data = path.display().to_string().into_bytes().into();
-        self.member.step(message);
+        self.member
+            .step_snapshot(message, key_index)
+            .await
+            .map_err(|e| Status::from(Failure::operation("handing over the snapshot", e)))?;
         Ok(tonic::Response::new(PeerAck {}))
     }
 

@@ -20,6 +20,7 @@ use synod_core::driver::{
     Answer, Driver, DriverConfig, DriverError, Input, MemberChangeKind, Output, Reply,
 };
 use synod_core::fault::FaultPoint;
+use synod_core::mvcc::kv_store::PreparedIndex;
 use synod_core::node::{AppliedEntry, Node, NodeConfig, RaftView};
 use synod_core::planted::Bug;
 use synod_core::raft_log::RaftLog;
@@ -112,7 +113,8 @@ pub enum PeerReport {
 /// Everything a member does in one millisecond.
 pub struct TurnInput {
     pub ticks: u32,
-    pub inbox: Vec<Message>,
+    /// Messages from peers; a snapshot's may come with the key index rebuilt from its rows.
+    pub inbox: Vec<(Message, Option<PreparedIndex>)>,
     pub reads: Vec<(u64, ReadKind)>,
     pub proposals: Vec<InternalRequest>,
     /// Membership changes (request id, kind, the member), as a client asks for them.
@@ -170,6 +172,9 @@ struct Resident {
     disk: SimDisk,
     /// Views offered to followers as snapshots, by name (as the server's transport keeps them).
     views: std::collections::BTreeMap<String, synod_core::backend::ReadTxn>,
+    /// The snapshot this member offers as the leader while no follower is being sent one, and
+    /// the ticks it has been offered so: an idle view pins pages for nothing.
+    idle_view: Option<(String, u64)>,
 }
 
 type Job = Box<dyn FnOnce(&mut Option<Resident>) + Send>;
@@ -255,6 +260,7 @@ impl Host {
                 reads: std::collections::BTreeMap::new(),
                 disk: start.disk.clone(),
                 views: std::collections::BTreeMap::new(),
+                idle_view: None,
             });
             Ok::<MemberState, String>(state)
         })??;
@@ -420,8 +426,15 @@ fn run_turn(
     for _ in 0..input.ticks {
         driver.handle(Input::Tick, &mut out);
     }
-    for message in input.inbox {
-        driver.handle(Input::Step(message), &mut out);
+    for (message, index) in input.inbox {
+        let input = match index {
+            Some(index) => Input::StepSnapshot {
+                message,
+                index: Box::new(index),
+            },
+            None => Input::Step(message),
+        };
+        driver.handle(input, &mut out);
     }
     for request in input.proposals {
         driver.handle(Input::Propose { request }, &mut out);
@@ -483,6 +496,23 @@ fn run_turn(
             "still offers snapshot {offered:?} a tick after it stopped leading"
         ));
     }
+    // A leader lets its snapshot go an election timeout after it was offered, once no follower
+    // is being sent it: counted here from the later of the two, so it is never longer.
+    resident.idle_view = match (offered, leads && !driver.node().sends_snapshot()) {
+        (Some(name), true) => {
+            let idle = match resident.idle_view.take() {
+                Some((kept, ticks)) if kept == name => ticks + u64::from(input.ticks),
+                _ => 0,
+            };
+            if idle > ELECTION_TICKS as u64 + 1 {
+                turn.views_astray = Some(format!(
+                    "still offers snapshot {name:?} {idle} ticks after a follower was last sent it"
+                ));
+            }
+            Some((name, idle))
+        }
+        _ => None,
+    };
     let node = driver.node();
     for Reply { id, outcome } in out.replies {
         let done = match (resident.reads.remove(&id), outcome) {

@@ -209,3 +209,30 @@ fn catches_a_deposed_leader_keeping_its_snapshot_view() {
     let (seed, why) = catch(Bug::DeposedKeepsSnapshot, 115..125, "stopped leading");
     eprintln!("{}: seed {seed}: {why}", Bug::DeposedKeepsSnapshot.name());
 }
+
+#[test]
+fn catches_a_leader_keeping_a_snapshot_view_no_follower_is_sent() {
+    // Once every follower was sent the snapshot, the leader lets its view go an election
+    // timeout after it offered it.
+    let (seed, why) = catch(
+        Bug::IdleLeaderKeepsSnapshot,
+        0..20,
+        "after a follower was last sent it",
+    );
+    eprintln!(
+        "{}: seed {seed}: {why}",
+        Bug::IdleLeaderKeepsSnapshot.name()
+    );
+}
+
+#[test]
+fn catches_a_key_index_from_a_snapshot_stream_that_keeps_deleted_keys() {
+    // The member that caught up rebuilt its index from the stream without the deletions: a key
+    // written again after one gets the old key's version and creation revision, so its watch
+    // events differ from every other member's.
+    let (seed, why) = catch(Bug::StreamIndexKeepsDeleted, 0..20, "watch");
+    eprintln!(
+        "{}: seed {seed}: {why}",
+        Bug::StreamIndexKeepsDeleted.name()
+    );
+}

@@ -32,7 +32,7 @@ use crate::backend::{self, ALARM, Backend, META};
 use crate::error::{Error, RequestError, StorageError};
 use crate::lease::Lessor;
 use crate::mvcc::key_index::KeyRange;
-use crate::mvcc::kv_store::{KvStore, RangeOptions, RangeResult, RevisionTxn};
+use crate::mvcc::kv_store::{KvStore, PreparedIndex, RangeOptions, RangeResult, RevisionTxn};
 use crate::watch::WatchHub;
 
 mod checks;
@@ -286,18 +286,19 @@ impl StateMachine {
 
     /// Replaces the whole state with the leader's snapshot file at `path`, described by
     /// `metadata`: the file becomes the state-machine file (see `Backend::install_snapshot_file`);
-    /// then rebuilds the index, the leases and the alarms from it and tells the watchers to catch
-    /// up.
+    /// then takes the key index `prepared` from the same rows (or rebuilds it from the file),
+    /// reloads the leases and the alarms and tells the watchers to catch up.
     pub fn install_snapshot(
         &mut self,
         path: &std::path::Path,
         metadata: &raft::eraftpb::SnapshotMetadata,
+        prepared: Option<PreparedIndex>,
     ) -> Result<(), StorageError> {
         // The conf state as of the snapshot goes into the file before it is installed, so a
         // restart between the install and the log's can finish it (see `Node::new`).
         let conf_state = protobuf::Message::write_to_bytes(metadata.get_conf_state())
             .map_err(|e| StorageError::corrupt(format!("encoding conf state: {e}")))?;
-        let leased = self.store.restore_from(path, &conf_state)?;
+        let leased = self.store.restore_from(path, &conf_state, prepared)?;
         let tx = self.backend.begin_read()?;
         {
             let meta = tx.open_table(META).map_err(StorageError::backend)?;

@@ -31,6 +31,7 @@ use synod_api::synodpb::{InternalRequest, MemberChange, MemberRecord, internal_r
 use crate::apply::Response;
 use crate::error::{RequestError, StorageError};
 use crate::lease::{LeaseInfo, RenewError};
+use crate::mvcc::kv_store::PreparedIndex;
 pub use crate::node::SnapshotJob;
 use crate::node::{AppliedEntry, Node, ProposeError};
 
@@ -70,6 +71,12 @@ pub enum Input {
     TransferLeader { token: u64, to: u64 },
     /// A Raft message from a peer.
     Step(Message),
+    /// A snapshot message whose file the shell built from the leader's stream, with the key
+    /// index rebuilt from the same rows (see [`Node::step_snapshot`]).
+    StepSnapshot {
+        message: Message,
+        index: Box<PreparedIndex>,
+    },
     /// A message to a peer could not be delivered.
     Unreachable(u64),
     /// How sending a snapshot to a peer ended.
@@ -264,6 +271,11 @@ impl<F: FileSystem> Driver<F> {
             Input::Step(message) => {
                 if let Err(error) = self.node.step(message) {
                     tracing::debug!(%error, "raft refused a peer message");
+                }
+            }
+            Input::StepSnapshot { message, index } => {
+                if let Err(error) = self.node.step_snapshot(message, *index) {
+                    tracing::debug!(%error, "raft refused a snapshot");
                 }
             }
             Input::Unreachable(peer) => self.node.report_unreachable(peer),

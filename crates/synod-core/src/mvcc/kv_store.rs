@@ -91,19 +91,28 @@ impl KvStore {
     }
 
     /// Replaces the whole store with the snapshot file at `path` (a follower catching up from
-    /// the leader's snapshot) and rebuilds the index. Readers see the old store or the new one,
-    /// never a mix: the index lock is held across the replacement. `conf_state` (an encoded
-    /// `ConfState`) is recorded with it. Returns the leased keys.
+    /// the leader's snapshot) and takes the index `prepared` from the same rows, or rebuilds it
+    /// from the file. Readers see the old store or the new one, never a mix: the index lock is
+    /// held across the replacement. `conf_state` (an encoded `ConfState`) is recorded with it.
+    /// Returns the leased keys.
     pub fn restore_from(
         &self,
         path: &std::path::Path,
         conf_state: &[u8],
+        prepared: Option<PreparedIndex>,
     ) -> Result<Vec<LeasedKey>, StorageError> {
         let mut state = self.write_state()?;
         self.backend.install_snapshot_file(path, conf_state)?;
-        // The log's timestamps tell how a catch-up's time splits (core reads no clock).
-        tracing::info!("snapshot file installed as the state machine; rebuilding the key index");
-        let (fresh, leased) = load(&self.backend)?;
+        let (fresh, leased) = match prepared {
+            Some(PreparedIndex { state, leased }) => (state, leased),
+            None => {
+                // The log's timestamps tell how a catch-up's time splits (core reads no clock).
+                tracing::info!(
+                    "snapshot file installed as the state machine; rebuilding the key index"
+                );
+                load(&self.backend)?
+            }
+        };
         self.sweeping.store(fresh.sweeping, Ordering::Relaxed);
         *state = fresh;
         Ok(leased)
@@ -684,60 +693,101 @@ impl RevisionTxn<'_, '_> {
 fn load(backend: &Backend) -> Result<(IndexState, Vec<LeasedKey>), StorageError> {
     let tx = backend.begin_read()?;
     let meta = tx.open_table(META).map_err(StorageError::backend)?;
-    // -1 until the first compaction, as in etcd: `Compact(0)` on a new store succeeds, and
-    // HashKV reports -1 until then.
-    let compact = match meta
-        .get(backend::META_COMPACT_REVISION)
-        .map_err(StorageError::backend)?
-    {
-        None => -1,
-        Some(_) => backend::read_meta_u64(&meta, backend::META_COMPACT_REVISION)? as i64,
-    };
-    let sweeping = backend::read_meta_u64(&meta, backend::META_SWEEP_UNTIL)? > 0;
+    let mut loader = IndexLoader::default();
+    for name in [backend::META_COMPACT_REVISION, backend::META_SWEEP_UNTIL] {
+        if let Some(value) = meta.get(name).map_err(StorageError::backend)? {
+            loader.meta_row(name.as_bytes(), value.value())?;
+        }
+    }
     let table = tx.open_table(KEY).map_err(StorageError::backend)?;
-    let mut index = TreeIndex::default();
-    // A new store is at revision 1, as in etcd: the first write makes revision 2.
-    let mut current = compact.max(1);
-    let mut leased: std::collections::HashMap<Vec<u8>, i64> = std::collections::HashMap::new();
     for entry in table.iter().map_err(StorageError::backend)? {
         let (rev_bytes, value) = entry.map_err(StorageError::backend)?;
-        let (rev, tombstone) = Revision::from_bytes(rev_bytes.value()).ok_or_else(|| {
+        loader.key_row(rev_bytes.value(), value.value())?;
+    }
+    let PreparedIndex { state, leased } = loader.finish();
+    Ok((state, leased))
+}
+
+/// The key index rebuilt from a state machine's rows before the store takes it: from the
+/// rows of a snapshot stream while they arrive (see [`KvStore::restore_from`]).
+#[derive(Debug)]
+pub struct PreparedIndex {
+    state: IndexState,
+    leased: Vec<LeasedKey>,
+}
+
+/// Rebuilds the key index from the key table's rows, in revision order, and the meta rows that
+/// say where compaction stands; the rows may come from the file or from a snapshot stream.
+#[derive(Debug, Default)]
+pub struct IndexLoader {
+    index: TreeIndex,
+    /// The highest revision seen.
+    latest: i64,
+    leased: std::collections::HashMap<Vec<u8>, i64>,
+    /// None until the first compaction.
+    compact: Option<i64>,
+    sweeping: bool,
+}
+
+impl IndexLoader {
+    /// One row of the key table; rows come in key (revision) order.
+    pub fn key_row(&mut self, rev_bytes: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        let (rev, tombstone) = Revision::from_bytes(rev_bytes).ok_or_else(|| {
             StorageError::corrupt(format!(
-                "key table holds a malformed revision {:?}",
-                rev_bytes.value()
+                "key table holds a malformed revision {rev_bytes:?}"
             ))
         })?;
-        let kv = KeyValue::decode(value.value()).map_err(|e| {
+        let kv = KeyValue::decode(value).map_err(|e| {
             StorageError::corrupt(format!(
                 "key table value at revision {}/{}: {e}",
                 rev.main, rev.sub
             ))
         })?;
         if tombstone {
-            index.tombstone(&kv.key, rev);
-            leased.remove(&kv.key);
+            self.index.tombstone(&kv.key, rev);
+            self.leased.remove(&kv.key);
         } else {
-            index.restore(&kv.key, rev, kv.create_revision, kv.version);
+            self.index
+                .restore(&kv.key, rev, kv.create_revision, kv.version);
             if kv.lease != 0 {
-                leased.insert(kv.key.clone(), kv.lease);
+                self.leased.insert(kv.key, kv.lease);
             } else {
-                leased.remove(&kv.key);
+                self.leased.remove(&kv.key);
             }
         }
-        current = current.max(rev.main);
+        self.latest = self.latest.max(rev.main);
+        Ok(())
     }
-    if compact > 0 {
-        // Old revisions a compaction had not finished removing (see `WriteBatch::sweep`) were
-        // read back above; the index forgets them again.
-        index.compact(compact);
+
+    /// One row of the meta table; only the compaction's rows matter here.
+    pub fn meta_row(&mut self, name: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        let name = std::str::from_utf8(name).unwrap_or_default();
+        if name == backend::META_COMPACT_REVISION {
+            self.compact = Some(backend::meta_u64(name, value)? as i64);
+        } else if name == backend::META_SWEEP_UNTIL {
+            self.sweeping = backend::meta_u64(name, value)? > 0;
+        }
+        Ok(())
     }
-    Ok((
-        IndexState {
-            index,
-            current,
-            compact,
-            sweeping,
-        },
-        leased.into_iter().collect(),
-    ))
+
+    pub fn finish(mut self) -> PreparedIndex {
+        // -1 until the first compaction, as in etcd: `Compact(0)` on a new store succeeds, and
+        // HashKV reports -1 until then.
+        let compact = self.compact.unwrap_or(-1);
+        if compact > 0 {
+            // Old revisions a compaction had not finished removing (see `WriteBatch::sweep`)
+            // were read back; the index forgets them again.
+            self.index.compact(compact);
+        }
+        PreparedIndex {
+            state: IndexState {
+                index: self.index,
+                // A new store is at revision 1, as in etcd: the first write makes revision 2.
+                current: self.latest.max(compact).max(1),
+                compact,
+                sweeping: self.sweeping,
+            },
+            leased: self.leased.into_iter().collect(),
+        }
+    }
 }

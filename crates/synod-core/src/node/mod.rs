@@ -26,6 +26,7 @@ use synod_api::synodpb::{InternalRequest, internal_request::Request};
 
 use crate::apply::{ApplyResult, RequestKey, StateMachine};
 use crate::error::StorageError;
+use crate::mvcc::kv_store::PreparedIndex;
 use crate::raft_log::RaftLog;
 
 mod reads;
@@ -162,6 +163,9 @@ pub struct Node<F: FileSystem = DefaultFileSystem> {
     snapshot_in_progress: bool,
     /// The tick the available snapshot was offered at.
     snapshot_offered_at: Option<u64>,
+    /// Key indexes rebuilt from received snapshots' rows, by file, for this turn's install
+    /// (see [`Node::step_snapshot`]).
+    prepared_indexes: Vec<(String, PreparedIndex)>,
     trace_applied: bool,
     /// Set by the simulator: election timeouts drawn from this seed instead of a thread RNG.
     election_seed: Option<ElectionSeed>,
@@ -262,6 +266,7 @@ impl<F: FileSystem> Node<F> {
             reads_waiting: VecDeque::new(),
             role: StateRole::Follower,
             snapshot_in_progress: false,
+            prepared_indexes: Vec::new(),
             snapshot_offered_at: None,
             trace_applied: false,
             election_seed: None,
@@ -424,6 +429,20 @@ impl<F: FileSystem> Node<F> {
         outcome
     }
 
+    /// Steps a snapshot message whose file the shell built from a stream, with the key index
+    /// rebuilt from the same rows: if Raft takes the snapshot, this turn's install uses the
+    /// index instead of reading the file again. Kept until the end of the turn's
+    /// [`Node::advance`].
+    pub fn step_snapshot(
+        &mut self,
+        message: Message,
+        index: PreparedIndex,
+    ) -> Result<(), raft::Error> {
+        let file = String::from_utf8_lossy(&message.get_snapshot().data).into_owned();
+        self.prepared_indexes.push((file, index));
+        self.step(message)
+    }
+
     /// Handles one Ready, if there is one; see the module docs for the order. Messages for peers
     /// are handed to `send` the moment they may leave: the leader's before its own log write (so
     /// followers persist in parallel with it), acknowledgements after it.
@@ -433,6 +452,7 @@ impl<F: FileSystem> Node<F> {
         send: &mut dyn FnMut(Vec<Message>),
     ) -> Result<(), StorageError> {
         if !self.raw.has_ready() {
+            self.prepared_indexes.clear();
             self.release_reads(out);
             return Ok(());
         }
@@ -449,6 +469,8 @@ impl<F: FileSystem> Node<F> {
             let snapshot = ready.snapshot().clone();
             self.install_snapshot(&snapshot)?;
         }
+        // A snapshot Raft refused leaves its index behind.
+        self.prepared_indexes.clear();
         let committed = ready.take_committed_entries();
         self.apply(&committed, out)?;
         for state in ready.take_read_states() {
@@ -498,14 +520,20 @@ impl<F: FileSystem> Node<F> {
         }
         let path = std::str::from_utf8(&snapshot.data)
             .map_err(|_| StorageError::corrupt("a raft snapshot names no file"))?;
+        let prepared = self
+            .prepared_indexes
+            .iter()
+            .position(|(file, _)| file == path)
+            .map(|at| self.prepared_indexes.swap_remove(at).1);
         tracing::info!(
             index = metadata.index,
             term = metadata.term,
             file = path,
+            index_prepared = prepared.is_some(),
             "installing a state-machine snapshot from the leader"
         );
         self.machine
-            .install_snapshot(std::path::Path::new(path), metadata)?;
+            .install_snapshot(std::path::Path::new(path), metadata, prepared)?;
         crate::fault::reach(crate::fault::FaultPoint::SnapshotInStateMachine);
         self.raw.mut_store().install_snapshot(metadata)?;
         tracing::info!(index = metadata.index, "state-machine snapshot installed");
@@ -565,20 +593,28 @@ impl<F: FileSystem> Node<F> {
             return None;
         }
         if self.role == StateRole::Leader {
-            let sending = self
-                .raw
-                .raft
-                .prs()
-                .iter()
-                .any(|(_, progress)| progress.state == raft::ProgressState::Snapshot);
             let recent =
                 self.now_tick.saturating_sub(offered_at) < self.config.election_ticks as u64;
-            if sending || recent {
+            if self.sends_snapshot()
+                || recent
+                || crate::planted::is_planted(crate::planted::Bug::IdleLeaderKeepsSnapshot)
+            {
                 return None;
             }
         }
         self.snapshot_offered_at = None;
         self.raw.mut_store().take_available_snapshot()
+    }
+
+    /// Whether this member leads and is sending a snapshot to a follower.
+    pub fn sends_snapshot(&self) -> bool {
+        self.role == StateRole::Leader
+            && self
+                .raw
+                .raft
+                .prs()
+                .iter()
+                .any(|(_, progress)| progress.state == raft::ProgressState::Snapshot)
     }
 
     /// Tells Raft that a message to `peer` could not be delivered.

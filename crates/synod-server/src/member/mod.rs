@@ -25,7 +25,7 @@ use synod_core::auth::AuthStore;
 use synod_core::backend::Backend;
 use synod_core::driver::{Answer, Input, RequestIds};
 use synod_core::lease::{LeaseInfo, Lessor};
-use synod_core::mvcc::kv_store::KvStore;
+use synod_core::mvcc::kv_store::{KvStore, PreparedIndex};
 use synod_core::node::NodeStatus;
 use synod_core::watch::WatchHub;
 use synod_core::{RequestError, StorageError};
@@ -338,6 +338,30 @@ impl Member {
     /// treats it as lost and sends again).
     pub fn step(&self, message: Message) {
         let _ = self.commands.try_send(Command::Input(Input::Step(message)));
+    }
+
+    /// Hands a snapshot message whose file was built from a peer's stream to the node loop, with
+    /// the key index rebuilt from the same rows. Waits for room: a whole transfer is not
+    /// dropped for a busy loop.
+    pub async fn step_snapshot(
+        &self,
+        message: Message,
+        index: PreparedIndex,
+    ) -> Result<(), String> {
+        let commands = self.commands.clone();
+        let input = Input::StepSnapshot {
+            message,
+            index: Box::new(index),
+        };
+        let sent =
+            tokio::task::spawn_blocking(move || commands.send(Command::Input(input)).is_ok())
+                .await
+                .map_err(|e| e.to_string())?;
+        if sent {
+            Ok(())
+        } else {
+            Err("the node loop has stopped".to_owned())
+        }
     }
 
     pub fn transport(&self) -> &Arc<Transport> {

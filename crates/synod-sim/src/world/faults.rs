@@ -25,7 +25,7 @@ impl World {
         let snapshot_arrives = member
             .inbox
             .iter()
-            .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+            .any(|(m, _)| m.get_msg_type() == MessageType::MsgSnapshot);
         if snapshot_arrives && self.rng.chance(250_000) {
             return Some(FaultPoint::SnapshotInStateMachine);
         }
@@ -285,9 +285,12 @@ impl World {
                 }
                 continue;
             }
+            let mut prepared = None;
             if message.get_msg_type() == MessageType::MsgSnapshot {
                 // The leader streams the view the message names; the follower builds its own
-                // file from the rows, on its own disk, as over the peer stream.
+                // file from the rows, on its own disk, as over the peer stream, and the key
+                // index from the same rows. Every other transfer leaves the index out, so the
+                // install rebuilds it from the file: both ways are exercised.
                 let name = String::from_utf8_lossy(&message.get_snapshot().data).into_owned();
                 self.net.seq += 1;
                 let target = self.members[to]
@@ -297,13 +300,19 @@ impl World {
                     .host
                     .as_ref()
                     .and_then(|host| host.snapshot_rows(name).ok().flatten());
+                let with_index = self.net.seq.is_multiple_of(2);
                 let copied = rows.is_some_and(|chunks| {
+                    let slices = || chunks.iter().map(Vec::as_slice);
+                    if with_index {
+                        prepared = synod_core::snapshot::index_from_rows(&mut slices()).ok();
+                    }
                     synod_core::snapshot::build_from_rows(
                         &self.members[to].disk,
                         &target,
-                        &mut chunks.into_iter(),
+                        &mut slices(),
                     )
                     .is_ok()
+                        && prepared.is_some() == with_index
                 });
                 self.members[from]
                     .reports
@@ -313,7 +322,7 @@ impl World {
                 }
                 message.mut_snapshot().data = target.display().to_string().into_bytes().into();
             }
-            self.members[to].inbox.push(message);
+            self.members[to].inbox.push((message, prepared));
         }
     }
 }

@@ -23,6 +23,7 @@ use synod_api::synodpb::{InternalRequest, MemberRecord, internal_request::Reques
 use synod_core::apply::Response;
 use synod_core::driver::MemberChangeKind;
 use synod_core::fault::FaultPoint;
+use synod_core::mvcc::kv_store::PreparedIndex;
 use synod_core::watch::WatchNotice;
 
 use crate::disk::SimDisk;
@@ -73,7 +74,8 @@ struct Member {
     next_tick_us: u64,
     paused_until: u64,
     restart_at: Option<u64>,
-    inbox: Vec<Message>,
+    /// Messages from peers; a snapshot's comes with the key index rebuilt from its rows.
+    inbox: Vec<(Message, Option<PreparedIndex>)>,
     reads: Vec<(u64, ReadKind)>,
     proposals: Vec<InternalRequest>,
     conf_changes: Vec<(u64, MemberChangeKind, MemberRecord)>,
