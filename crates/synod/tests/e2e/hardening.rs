@@ -77,8 +77,8 @@ async fn a_forged_leadership_hand_over_is_dropped() {
 
 /// Goal: the peer port took a snapshot upload of any size (151 MB written) and left aborted
 /// `.part` files until restart. Now an upload larger than the quota allows, one from a
-/// stranger, one whose rows are garbage, one in an older version's format and one cut short are
-/// refused, and none leaves a file.
+/// stranger, one whose rows are garbage, one with a key-table row that is no key-value, one in an
+/// older version's format and one cut short are refused, and none leaves a file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_uploads_are_bounded_and_cleaned_up() {
     let root = tempfile::tempdir().expect("temp dir");
@@ -156,6 +156,38 @@ async fn snapshot_uploads_are_bounded_and_cleaned_up() {
         "{error:?}"
     );
     assert_eq!(leftovers(), 0, "a refused stream left a file");
+
+    // Well-framed rows under a good checksum, but a key-table row that holds no key-value: the
+    // key index built from the stream refuses it before it reaches the state machine (at the
+    // install, it would have stopped the member).
+    let source = synod_core::backend::Backend::open(&root.path().join("source.db")).expect("db");
+    let tx = source.begin_write().expect("write");
+    tx.open_table(synod_core::backend::KEY)
+        .expect("key table")
+        .insert(
+            &synod_core::mvcc::revision::Revision { main: 2, sub: 0 }.to_bytes(false)[..],
+            &[0xFFu8; 3][..],
+        )
+        .expect("row");
+    tx.commit().expect("commit");
+    let view = source.begin_read().expect("view");
+    let mut rows = chunk(own_id, true);
+    rows.data = synod_core::snapshot::rows_in_memory(&view, 1 << 30)
+        .expect("rows")
+        .concat();
+    let error = peer_client(member.peer_url())
+        .await
+        .snapshot(futures::stream::iter([rows]))
+        .await
+        .expect_err("a key-table row that is no key-value is refused");
+    assert!(error.message().contains("key table value"), "{error:?}");
+    assert_eq!(leftovers(), 0, "a refused stream left a file");
+    member
+        .etcd_client()
+        .await
+        .status()
+        .await
+        .expect("still serving");
 
     // In the format of an older version (the state-machine file itself).
     let mut old = chunk(own_id, true);
