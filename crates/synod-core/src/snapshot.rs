@@ -289,6 +289,7 @@ impl<'a, C: AsRef<[u8]> + Default> Input<'a, C> {
             if counted {
                 self.crc.update(&chunk[range.clone()]);
             }
+            // Borrowed again: a conditional return of `chunk` would keep it borrowed below.
             return Ok(&self.chunk.as_ref()[range]);
         }
         self.scratch.clear();

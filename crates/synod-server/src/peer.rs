@@ -119,14 +119,18 @@ async fn build_snapshot(
                     "snapshot larger than {bytes_max} bytes (the backend quota and room to spare)"
                 ))));
             }
+            // A thread that stops taking chunks failed: its error says why. The other's, a
+            // stream that ended early, follows from it.
             let shared = Bytes::from(std::mem::take(&mut data));
-            if index_feed.send(shared.clone()).await.is_err() || feed.send(shared).await.is_err() {
-                // A builder stopped: its error says why.
-                return Ok(());
+            if index_feed.send(shared.clone()).await.is_err() {
+                return Ok(Stopped::Indexer);
+            }
+            if feed.send(shared).await.is_err() {
+                return Ok(Stopped::Builder);
             }
             match chunks.next().await {
                 Some(chunk) => data = chunk?.data,
-                None => return Ok(()),
+                None => return Ok(Stopped::Neither),
             }
         }
     }
@@ -136,13 +140,23 @@ async fn build_snapshot(
     let failed = |e: &dyn std::fmt::Display| Failure::operation("building the snapshot", e);
     let built = builder.await.map_err(|e| Status::from(failed(&e)))?;
     let index = indexer.await.map_err(|e| Status::from(failed(&e)))?;
-    forwarded?;
+    if forwarded? == Stopped::Indexer {
+        index.as_ref().map_err(|e| Status::from(failed(e)))?;
+    }
     let rows = built.map_err(|e| Status::from(failed(&e)))?;
     let index = index.map_err(|e| Status::from(failed(&e)))?;
     tokio::fs::rename(&partial.0, path)
         .await
         .map_err(|e| Status::from(failed(&e)))?;
     Ok((rows, index))
+}
+
+/// Which of a transfer's two threads stopped taking its chunks first.
+#[derive(PartialEq)]
+enum Stopped {
+    Builder,
+    Indexer,
+    Neither,
 }
 
 /// A `.part` file, removed when dropped: whether the transfer fails, is refused, or is dropped

@@ -431,8 +431,8 @@ impl<F: FileSystem> Node<F> {
 
     /// Steps a snapshot message whose file the shell built from a stream, with the key index
     /// rebuilt from the same rows: if Raft takes the snapshot, this turn's install uses the
-    /// index instead of reading the file again. Kept until the end of the turn's
-    /// [`Node::advance`].
+    /// index instead of reading the file again. The turn's [`Node::advance`] takes it or, when
+    /// Raft refused the snapshot, drops it.
     pub fn step_snapshot(
         &mut self,
         message: Message,

@@ -159,7 +159,9 @@ async fn snapshot_uploads_are_bounded_and_cleaned_up() {
 
     // Well-framed rows under a good checksum, but a key-table row that holds no key-value: the
     // key index built from the stream refuses it before it reaches the state machine (at the
-    // install, it would have stopped the member).
+    // install, it would have stopped the member). 8 MiB of rows follow it, so the index's
+    // thread stops long before the file's, whose error (the stream ended early) is not the one
+    // reported.
     let source = synod_core::backend::Backend::open(&root.path().join("source.db")).expect("db");
     let tx = source.begin_write().expect("write");
     tx.open_table(synod_core::backend::KEY)
@@ -169,15 +171,29 @@ async fn snapshot_uploads_are_bounded_and_cleaned_up() {
             &[0xFFu8; 3][..],
         )
         .expect("row");
+    let mut values = tx
+        .open_table(synod_core::backend::VALUE)
+        .expect("value table");
+    for i in 0..64u32 {
+        values
+            .insert(&i.to_be_bytes()[..], &vec![1u8; 128 << 10][..])
+            .expect("row");
+    }
+    drop(values);
     tx.commit().expect("commit");
     let view = source.begin_read().expect("view");
-    let mut rows = chunk(own_id, true);
-    rows.data = synod_core::snapshot::rows_in_memory(&view, 1 << 30)
+    let stream: Vec<SnapshotChunk> = synod_core::snapshot::rows_in_memory(&view, 64 << 10)
         .expect("rows")
-        .concat();
+        .into_iter()
+        .enumerate()
+        .map(|(i, data)| SnapshotChunk {
+            data,
+            ..chunk(own_id, i == 0)
+        })
+        .collect();
     let error = peer_client(member.peer_url())
         .await
-        .snapshot(futures::stream::iter([rows]))
+        .snapshot(futures::stream::iter(stream))
         .await
         .expect_err("a key-table row that is no key-value is refused");
     assert!(error.message().contains("key table value"), "{error:?}");
